@@ -1,0 +1,180 @@
+# The job engine's data model and its nogil entry points (DESIGN.md §4). The engine
+# owns functions, jobs, workers and their queues, and writes replies into connection
+# output buffers; it never touches a socket. Callers hold the engine lock around every
+# call (one acquisition per I/O batch, not per packet).
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from fastgear.buffer cimport Buf
+from fastgear.protocol cimport Packet
+
+cdef enum:
+    PRIO_HIGH = 0
+    PRIO_NORMAL = 1
+    PRIO_LOW = 2
+    NPRIO = 3
+    MAX_UNIQUE = 64          # gearmand's GEARMAN_MAX_UNIQUE_SIZE
+    MAX_HANDLE = 64          # handles are at most 63 bytes, as gearmand's
+    MAX_CLIENT_ID = 128
+    MIN_CAN_DO_TIMEOUT_MS = 1000   # gearmand raises smaller timeouts to one second
+
+# engine_packet results
+cdef enum:
+    E_OK = 0
+    E_CLOSE = -1             # queue flushed, then close the connection
+    E_NOMEM = -2
+
+cdef struct Function
+cdef struct Job
+cdef struct Conn
+
+cdef struct Ability:
+    Conn *conn
+    Function *func
+    int64_t timeout_ms
+    Ability *f_prev          # the function's ring of capable workers
+    Ability *f_next
+    Ability *c_next          # the connection's registrations, newest first
+    Ability *c_prev
+
+cdef struct Attach:
+    # One foreground client listening to one job: in two lists at once.
+    Job *job
+    Conn *conn
+    Attach *j_next
+    Attach *j_prev
+    Attach *c_next
+    Attach *c_prev
+
+cdef struct Function:
+    char *name
+    uint32_t name_len
+    uint64_t hash
+    Function *h_next
+    Function *all_next       # creation order, for admin listings
+    Function *all_prev
+    Job *q_head[NPRIO]
+    Job *q_tail[NPRIO]
+    uint32_t queued[NPRIO]   # runnable now
+    uint32_t future          # epoch/sched jobs waiting for their time
+    uint32_t running
+    uint32_t total           # every job of the function in memory
+    uint32_t max_queue[NPRIO]
+    uint32_t workers         # registrations (duplicates count, as gearmand)
+    Ability *ring            # head of the capable-worker ring (rotates on wake-up)
+    uint64_t n_submitted
+    uint64_t n_completed
+    uint64_t n_failed
+    uint64_t n_exception
+    uint64_t n_retried
+
+cdef struct Job:
+    Function *func
+    char handle[MAX_HANDLE]
+    uint32_t handle_len
+    uint64_t handle_hash
+    uint64_t unique_hash
+    char *unique
+    uint32_t unique_len
+    uint8_t ukind            # 0 none (never coalesces), 1 unique key, 2 '-' (by payload)
+    char *reducer
+    uint32_t reducer_len
+    char *data
+    size_t data_len
+    uint8_t priority
+    uint8_t background
+    uint8_t persisted
+    uint8_t state            # JOB_QUEUED, JOB_FUTURE, JOB_RUNNING
+    uint32_t retries
+    uint32_t num
+    uint32_t den
+    uint64_t seq             # submission order, for FIFO across functions
+    int64_t when_s           # wall-clock epoch for EPOCH/SCHED jobs, 0 = now
+    int64_t timer_ms         # monotonic deadline while in the timer heap
+    int64_t heap_idx         # -1 when not in the timer heap
+    int64_t created_ms
+    int64_t started_ms
+    Job *q_prev              # function queue, or the worker's held list
+    Job *q_next
+    Job *h_next              # handle hash chain
+    Job *u_next              # unique hash chain
+    Conn *worker
+    Attach *clients
+
+cdef struct Conn:
+    int fd
+    uint64_t id
+    int thread
+    Buf inbuf
+    Buf outbuf
+    char ip[48]
+    uint8_t loopback
+    char client_id[MAX_CLIENT_ID]
+    uint32_t client_id_len
+    uint8_t sleeping
+    uint8_t noop_sent
+    uint8_t exceptions
+    uint8_t closing          # flush what is queued, then close
+    uint8_t dead             # socket gone: drop output
+    uint8_t admin_pending    # a text line is with the control thread: hold input
+    uint8_t want_out         # EPOLLOUT registered
+    uint8_t dirty
+    uint8_t eof              # peer closed its side: close once replies are out
+    uint8_t detached         # engine state released
+    uint8_t in_close
+    uint8_t in_resume
+    Conn *dirty_next
+    Conn *close_next
+    Conn *resume_next
+    Conn *all_prev
+    Conn *all_next
+    Ability *abilities
+    Job *held                # jobs assigned to this worker
+    Attach *attached         # jobs this client listens to
+    uint64_t jobs_done
+
+cdef struct Engine:
+    Function **ftab
+    uint64_t fmask
+    uint64_t fcount
+    Function *f_first
+    Function *f_last
+    Job **htab
+    uint64_t hmask
+    Job **utab
+    uint64_t umask
+    uint64_t jobs
+    uint64_t ujobs
+    Job **heap
+    uint64_t heap_len
+    uint64_t heap_cap
+    uint64_t next_handle
+    uint64_t next_seq
+    char prefix[48]
+    uint32_t prefix_len
+    uint32_t job_retries     # 0 = unlimited
+    uint32_t worker_wakeup   # 0 = every sleeper
+    uint8_t round_robin
+    uint8_t exceptions_default
+    Conn *dirty
+    Conn *conns
+    uint64_t nconns
+    uint64_t next_conn_id
+    uint64_t queued_bytes
+    int64_t now_ms
+    int64_t now_wall_s
+    uint64_t n_packets
+
+cdef int engine_init(Engine *e, const char *prefix, size_t prefix_len,
+                     uint32_t job_retries, uint32_t worker_wakeup,
+                     int round_robin, int exceptions) noexcept nogil
+cdef void engine_free(Engine *e) noexcept nogil
+cdef void engine_clock(Engine *e) noexcept nogil
+cdef void conn_attach(Engine *e, Conn *c) noexcept nogil
+cdef void conn_detach(Engine *e, Conn *c) noexcept nogil
+cdef void conn_dirty(Engine *e, Conn *c) noexcept nogil
+cdef int engine_packet(Engine *e, Conn *c, Packet *pkt) noexcept nogil
+cdef int engine_error(Engine *e, Conn *c, const char *code, const char *text) noexcept nogil
+cdef int64_t engine_timers(Engine *e) noexcept nogil
+cdef Function *func_get(Engine *e, const char *name, size_t n, int create) noexcept nogil
+cdef Job *job_by_handle(Engine *e, const char *h, size_t n) noexcept nogil
+cdef int engine_cancel(Engine *e, Job *j) noexcept nogil
+cdef int engine_drop_function(Engine *e, Function *f) noexcept nogil

@@ -1,0 +1,1300 @@
+# The job engine: functions, jobs, workers, per-priority FIFO queues, unique-key
+# coalescing, wake-ups, retries and timers (PROTOCOL.md §3, DESIGN.md §4). It is plain
+# C compiled from Cython: every entry point is nogil noexcept and returns a status, and
+# no Python object is touched per packet. The engine does no I/O: replies are encoded
+# into each connection's output buffer and the connection is put on the dirty list for
+# the I/O loop to flush. A job is one allocation (struct + unique + reducer + payload).
+# Deliberate differences from gearmand 1.1.20 (README, compatibility): the grab order is
+# global priority then FIFO across a worker's functions; requeued jobs go to the front;
+# epoch/sched jobs run at their time; CAN_DO_TIMEOUT expiry fails the job to its
+# clients; cancelled or abandoned jobs disappear at once.
+from libc.stdlib cimport malloc, calloc, free, strtoll
+from libc.string cimport memcpy, memcmp, memset
+from libc.stdio cimport snprintf
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+
+from fastgear.buffer cimport Buf, buf_init, buf_free
+from fastgear.protocol cimport *
+from fastgear.includes.sys cimport (now_ms, wall_s, time_t, tm, localtime_r, mktime)
+
+cdef enum:
+    JOB_QUEUED = 0
+    JOB_FUTURE = 1
+    JOB_RUNNING = 2
+    # A sched spec that never matches within this many days is refused.
+    SCHED_MAX_DAYS = 5 * 366
+
+
+cdef inline uint64_t hash_bytes(const char *p, size_t n, uint64_t seed) noexcept nogil:
+    # FNV-1a: tiny, good enough for table sizes that are powers of two after mixing.
+    cdef uint64_t h = 1469598103934665603ULL ^ seed
+    cdef size_t i
+    for i in range(n):
+        h ^= <unsigned char>p[i]
+        h *= 1099511628211ULL
+    h ^= h >> 29
+    return h
+
+
+cdef inline int eq(const char *a, size_t an, const char *b, size_t bn) noexcept nogil:
+    return an == bn and (an == 0 or memcmp(a, b, an) == 0)
+
+
+cdef size_t fmt_u64(char *out, uint64_t v) noexcept nogil:
+    return <size_t>snprintf(out, 24, "%llu", <unsigned long long>v)
+
+
+# ---- tables -------------------------------------------------------------------------
+
+cdef int grow_ftab(Engine *e) noexcept nogil:
+    cdef uint64_t n = (e.fmask + 1) * 2, i
+    cdef Function **t = <Function **>calloc(n, sizeof(Function *))
+    cdef Function *f
+    cdef Function *nx
+    if t == NULL:
+        return -1
+    for i in range(e.fmask + 1):
+        f = e.ftab[i]
+        while f != NULL:
+            nx = f.h_next
+            f.h_next = t[f.hash & (n - 1)]
+            t[f.hash & (n - 1)] = f
+            f = nx
+    free(e.ftab)
+    e.ftab = t
+    e.fmask = n - 1
+    return 0
+
+
+cdef int grow_jtab(Job ***tab, uint64_t *mask, int by_unique) noexcept nogil:
+    cdef uint64_t n = (mask[0] + 1) * 2, i, h
+    cdef Job **t = <Job **>calloc(n, sizeof(Job *))
+    cdef Job *j
+    cdef Job *nx
+    if t == NULL:
+        return -1
+    for i in range(mask[0] + 1):
+        j = tab[0][i]
+        while j != NULL:
+            if by_unique:
+                nx = j.u_next
+                h = j.unique_hash & (n - 1)
+                j.u_next = t[h]
+            else:
+                nx = j.h_next
+                h = j.handle_hash & (n - 1)
+                j.h_next = t[h]
+            t[h] = j
+            j = nx
+    free(tab[0])
+    tab[0] = t
+    mask[0] = n - 1
+    return 0
+
+
+cdef Function *func_get(Engine *e, const char *name, size_t n, int create) noexcept nogil:
+    cdef uint64_t h = hash_bytes(name, n, 0)
+    cdef Function *f = e.ftab[h & e.fmask]
+    while f != NULL:
+        if f.hash == h and eq(f.name, f.name_len, name, n):
+            return f
+        f = f.h_next
+    if not create:
+        return NULL
+    if e.fcount >= e.fmask + 1 and grow_ftab(e) != 0:
+        return NULL
+    f = <Function *>calloc(1, sizeof(Function) + n + 1)
+    if f == NULL:
+        return NULL
+    f.name = <char *>(f + 1)
+    if n:
+        memcpy(f.name, name, n)
+    f.name_len = <uint32_t>n
+    f.hash = h
+    f.h_next = e.ftab[h & e.fmask]
+    e.ftab[h & e.fmask] = f
+    f.all_prev = e.f_last
+    if e.f_last != NULL:
+        e.f_last.all_next = f
+    else:
+        e.f_first = f
+    e.f_last = f
+    e.fcount += 1
+    return f
+
+
+cdef void func_remove(Engine *e, Function *f) noexcept nogil:
+    cdef Function **pp = &e.ftab[f.hash & e.fmask]
+    while pp[0] != f:
+        pp = &pp[0].h_next
+    pp[0] = f.h_next
+    if f.all_prev != NULL:
+        f.all_prev.all_next = f.all_next
+    else:
+        e.f_first = f.all_next
+    if f.all_next != NULL:
+        f.all_next.all_prev = f.all_prev
+    else:
+        e.f_last = f.all_prev
+    e.fcount -= 1
+    free(f)
+
+
+cdef Job *job_by_handle(Engine *e, const char *h, size_t n) noexcept nogil:
+    cdef uint64_t hv = hash_bytes(h, n, 0)
+    cdef Job *j = e.htab[hv & e.hmask]
+    while j != NULL:
+        if j.handle_hash == hv and eq(j.handle, j.handle_len, h, n):
+            return j
+        j = j.h_next
+    return NULL
+
+
+cdef inline uint64_t unique_key(const char *u, size_t un, const char *d, size_t dn,
+                                uint8_t ukind) noexcept nogil:
+    if ukind == 2:
+        return hash_bytes(d, dn, 0x2d)
+    return hash_bytes(u, un, 0)
+
+
+cdef Job *job_by_unique(Engine *e, Function *f, uint8_t ukind, const char *u, size_t un,
+                        const char *d, size_t dn) noexcept nogil:
+    cdef uint64_t hv = unique_key(u, un, d, dn, ukind)
+    cdef Job *j = e.utab[hv & e.umask]
+    while j != NULL:
+        if j.unique_hash == hv and j.func == f and j.ukind == ukind:
+            if ukind == 1 and eq(j.unique, j.unique_len, u, un):
+                return j
+            if ukind == 2 and eq(j.data, j.data_len, d, dn):
+                return j
+        j = j.u_next
+    return NULL
+
+
+# ---- timer heap (epoch jobs waiting for their time; CAN_DO_TIMEOUT deadlines) ----------
+
+cdef inline void heap_set(Engine *e, uint64_t i, Job *j) noexcept nogil:
+    e.heap[i] = j
+    j.heap_idx = <int64_t>i
+
+
+cdef void heap_up(Engine *e, uint64_t i) noexcept nogil:
+    cdef Job *j = e.heap[i]
+    cdef uint64_t p
+    while i > 0:
+        p = (i - 1) // 2
+        if e.heap[p].timer_ms <= j.timer_ms:
+            break
+        heap_set(e, i, e.heap[p])
+        i = p
+    heap_set(e, i, j)
+
+
+cdef void heap_down(Engine *e, uint64_t i) noexcept nogil:
+    cdef Job *j = e.heap[i]
+    cdef uint64_t c
+    while True:
+        c = 2 * i + 1
+        if c >= e.heap_len:
+            break
+        if c + 1 < e.heap_len and e.heap[c + 1].timer_ms < e.heap[c].timer_ms:
+            c += 1
+        if e.heap[c].timer_ms >= j.timer_ms:
+            break
+        heap_set(e, i, e.heap[c])
+        i = c
+    heap_set(e, i, j)
+
+
+cdef int heap_push(Engine *e, Job *j) noexcept nogil:
+    cdef Job **nh
+    if e.heap_len == e.heap_cap:
+        nh = <Job **>malloc(sizeof(Job *) * (e.heap_cap * 2 if e.heap_cap else 64))
+        if nh == NULL:
+            return -1
+        if e.heap_len:
+            memcpy(nh, e.heap, sizeof(Job *) * e.heap_len)
+        free(e.heap)
+        e.heap = nh
+        e.heap_cap = e.heap_cap * 2 if e.heap_cap else 64
+    e.heap[e.heap_len] = j
+    j.heap_idx = <int64_t>e.heap_len
+    e.heap_len += 1
+    heap_up(e, e.heap_len - 1)
+    return 0
+
+
+cdef void heap_remove(Engine *e, Job *j) noexcept nogil:
+    cdef uint64_t i
+    if j.heap_idx < 0:
+        return
+    i = <uint64_t>j.heap_idx
+    j.heap_idx = -1
+    e.heap_len -= 1
+    if i == e.heap_len:
+        return
+    heap_set(e, i, e.heap[e.heap_len])
+    heap_up(e, i)
+    heap_down(e, <uint64_t>e.heap[i].heap_idx)
+
+
+# ---- output ---------------------------------------------------------------------------
+
+cdef void conn_dirty(Engine *e, Conn *c) noexcept nogil:
+    if not c.dirty and not c.dead:
+        c.dirty = 1
+        c.dirty_next = e.dirty
+        e.dirty = c
+
+
+cdef inline int out2(Engine *e, Conn *c, uint32_t t, const char *a, size_t an,
+                     const char *b, size_t bn) noexcept nogil:
+    if c.dead:
+        return 0
+    conn_dirty(e, c)
+    return encode2(&c.outbuf, t, a, an, b, bn)
+
+
+cdef inline int out1(Engine *e, Conn *c, uint32_t t, const char *a, size_t an) noexcept nogil:
+    if c.dead:
+        return 0
+    conn_dirty(e, c)
+    return encode1(&c.outbuf, t, a, an)
+
+
+cdef inline int out0(Engine *e, Conn *c, uint32_t t) noexcept nogil:
+    if c.dead:
+        return 0
+    conn_dirty(e, c)
+    return encode0(&c.outbuf, t)
+
+
+cdef int engine_error(Engine *e, Conn *c, const char *code, const char *text) noexcept nogil:
+    cdef size_t cn = 0, tn = 0
+    while code[cn]:
+        cn += 1
+    while text[tn]:
+        tn += 1
+    return out2(e, c, CMD_ERROR, code, cn, text, tn)
+
+
+# ---- lifecycle ------------------------------------------------------------------------
+
+cdef int engine_init(Engine *e, const char *prefix, size_t prefix_len,
+                     uint32_t job_retries, uint32_t worker_wakeup,
+                     int round_robin, int exceptions) noexcept nogil:
+    memset(e, 0, sizeof(Engine))
+    e.fmask = 63
+    e.hmask = 1023
+    e.umask = 1023
+    e.ftab = <Function **>calloc(e.fmask + 1, sizeof(Function *))
+    e.htab = <Job **>calloc(e.hmask + 1, sizeof(Job *))
+    e.utab = <Job **>calloc(e.umask + 1, sizeof(Job *))
+    if e.ftab == NULL or e.htab == NULL or e.utab == NULL:
+        return -1
+    if prefix_len > sizeof(e.prefix) - 1:
+        prefix_len = sizeof(e.prefix) - 1
+    memcpy(e.prefix, prefix, prefix_len)
+    e.prefix_len = <uint32_t>prefix_len
+    e.next_handle = 1
+    e.next_seq = 1
+    e.next_conn_id = 1
+    e.job_retries = job_retries
+    e.worker_wakeup = worker_wakeup
+    e.round_robin = <uint8_t>round_robin
+    e.exceptions_default = <uint8_t>exceptions
+    engine_clock(e)
+    return 0
+
+
+cdef void engine_clock(Engine *e) noexcept nogil:
+    e.now_ms = now_ms()
+    e.now_wall_s = wall_s()
+
+
+cdef void engine_free(Engine *e) noexcept nogil:
+    cdef uint64_t i
+    cdef Job *j
+    cdef Job *nx
+    cdef Attach *a
+    cdef Attach *an
+    cdef Function *f
+    cdef Function *fn
+    for i in range(e.hmask + 1):
+        j = e.htab[i]
+        while j != NULL:
+            nx = j.h_next
+            a = j.clients
+            while a != NULL:
+                an = a.j_next
+                free(a)
+                a = an
+            free(j)
+            j = nx
+    f = e.f_first
+    while f != NULL:
+        fn = f.all_next
+        free(f)
+        f = fn
+    free(e.ftab)
+    free(e.htab)
+    free(e.utab)
+    free(e.heap)
+    memset(e, 0, sizeof(Engine))
+
+
+cdef void conn_attach(Engine *e, Conn *c) noexcept nogil:
+    """Register a new connection (its fd, ip and buffers set by the caller)."""
+    c.id = e.next_conn_id
+    e.next_conn_id += 1
+    c.exceptions = e.exceptions_default
+    c.client_id[0] = b'-'
+    c.client_id_len = 1
+    c.all_prev = NULL
+    c.all_next = e.conns
+    if e.conns != NULL:
+        e.conns.all_prev = c
+    e.conns = c
+    e.nconns += 1
+
+
+# ---- queues ---------------------------------------------------------------------------
+
+cdef inline void q_push_tail(Function *f, Job *j) noexcept nogil:
+    cdef uint8_t p = j.priority
+    j.q_next = NULL
+    j.q_prev = f.q_tail[p]
+    if f.q_tail[p] != NULL:
+        f.q_tail[p].q_next = j
+    else:
+        f.q_head[p] = j
+    f.q_tail[p] = j
+    f.queued[p] += 1
+    j.state = JOB_QUEUED
+
+
+cdef inline void q_push_head(Function *f, Job *j) noexcept nogil:
+    cdef uint8_t p = j.priority
+    j.q_prev = NULL
+    j.q_next = f.q_head[p]
+    if f.q_head[p] != NULL:
+        f.q_head[p].q_prev = j
+    else:
+        f.q_tail[p] = j
+    f.q_head[p] = j
+    f.queued[p] += 1
+    j.state = JOB_QUEUED
+
+
+cdef inline void q_remove(Function *f, Job *j) noexcept nogil:
+    cdef uint8_t p = j.priority
+    if j.q_prev != NULL:
+        j.q_prev.q_next = j.q_next
+    else:
+        f.q_head[p] = j.q_next
+    if j.q_next != NULL:
+        j.q_next.q_prev = j.q_prev
+    else:
+        f.q_tail[p] = j.q_prev
+    f.queued[p] -= 1
+    j.q_prev = NULL
+    j.q_next = NULL
+
+
+cdef inline void held_push(Conn *w, Job *j) noexcept nogil:
+    j.q_prev = NULL
+    j.q_next = w.held
+    if w.held != NULL:
+        w.held.q_prev = j
+    w.held = j
+
+
+cdef inline void held_remove(Conn *w, Job *j) noexcept nogil:
+    if j.q_prev != NULL:
+        j.q_prev.q_next = j.q_next
+    else:
+        w.held = j.q_next
+    if j.q_next != NULL:
+        j.q_next.q_prev = j.q_prev
+    j.q_prev = NULL
+    j.q_next = NULL
+
+
+cdef void wake(Engine *e, Function *f) noexcept nogil:
+    """NOOP sleeping workers of f, once per sleep; `-w N` bounds the count per job and
+    rotates the ring so successive jobs wake different workers (as gearmand)."""
+    cdef Ability *a = f.ring
+    cdef Ability *start = f.ring
+    cdef uint32_t woken = 0
+    cdef Conn *c
+    if a == NULL:
+        return
+    while True:
+        c = a.conn
+        if c.sleeping and not c.noop_sent:
+            c.noop_sent = 1
+            out0(e, c, CMD_NOOP)
+            woken += 1
+            if e.worker_wakeup and woken >= e.worker_wakeup:
+                f.ring = a.f_next
+                return
+        a = a.f_next
+        if a == start:
+            return
+
+
+cdef void job_make_runnable(Engine *e, Job *j, int front) noexcept nogil:
+    if front:
+        q_push_head(j.func, j)
+    else:
+        q_push_tail(j.func, j)
+    wake(e, j.func)
+
+
+cdef void job_unlink_state(Engine *e, Job *j) noexcept nogil:
+    """Take j out of whichever queue, held list or heap it is in."""
+    heap_remove(e, j)
+    if j.state == JOB_QUEUED:
+        q_remove(j.func, j)
+    elif j.state == JOB_FUTURE:
+        j.func.future -= 1
+    elif j.state == JOB_RUNNING:
+        if j.worker != NULL:
+            held_remove(j.worker, j)
+            j.worker = NULL
+        j.func.running -= 1
+
+
+cdef void job_free(Engine *e, Job *j) noexcept nogil:
+    cdef Job **pp
+    cdef Attach *a
+    cdef Attach *an
+    job_unlink_state(e, j)
+    pp = &e.htab[j.handle_hash & e.hmask]
+    while pp[0] != j:
+        pp = &pp[0].h_next
+    pp[0] = j.h_next
+    e.jobs -= 1
+    if j.ukind:
+        pp = &e.utab[j.unique_hash & e.umask]
+        while pp[0] != j:
+            pp = &pp[0].u_next
+        pp[0] = j.u_next
+        e.ujobs -= 1
+    a = j.clients
+    while a != NULL:
+        an = a.j_next
+        if a.c_prev != NULL:
+            a.c_prev.c_next = a.c_next
+        else:
+            a.conn.attached = a.c_next
+        if a.c_next != NULL:
+            a.c_next.c_prev = a.c_prev
+        free(a)
+        a = an
+    j.func.total -= 1
+    e.queued_bytes -= j.data_len
+    free(j)
+
+
+cdef void send_clients(Engine *e, Job *j, uint32_t t, const char *d, size_t dn,
+                       int with_data) noexcept nogil:
+    cdef Attach *a = j.clients
+    while a != NULL:
+        if with_data:
+            out2(e, a.conn, t, j.handle, j.handle_len, d, dn)
+        else:
+            out1(e, a.conn, t, j.handle, j.handle_len)
+        a = a.j_next
+
+
+cdef void job_fail(Engine *e, Job *j) noexcept nogil:
+    send_clients(e, j, CMD_WORK_FAIL, NULL, 0, 0)
+    j.func.n_failed += 1
+    job_free(e, j)
+
+
+cdef void job_requeue(Engine *e, Job *j) noexcept nogil:
+    """A worker let go of a running job (disconnect, CANT_DO, RESET_ABILITIES)."""
+    job_unlink_state(e, j)
+    j.retries += 1
+    j.num = 0
+    j.den = 0
+    j.func.n_retried += 1
+    if e.job_retries and j.retries >= e.job_retries:
+        job_fail(e, j)
+        return
+    job_make_runnable(e, j, 1)
+
+
+# ---- submission -----------------------------------------------------------------------
+
+cdef int sched_next(Engine *e, Packet *pkt, int64_t *when) noexcept nogil:
+    """Next wall-clock second matching MIN HOUR MDAY MON WDAY (empty = any)."""
+    cdef int spec[5]
+    cdef int i, days = 0
+    cdef time_t t = <time_t>e.now_wall_s
+    cdef tm lt
+    for i in range(5):
+        if pkt.flen[2 + i] == 0:
+            spec[i] = -1
+        else:
+            spec[i] = <int>strtoll(pkt.f[2 + i], NULL, 10)
+    t -= t % 60
+    while days <= SCHED_MAX_DAYS:
+        localtime_r(&t, &lt)
+        if ((spec[3] >= 0 and lt.tm_mon + 1 != spec[3]) or
+                (spec[2] >= 0 and lt.tm_mday != spec[2]) or
+                (spec[4] >= 0 and lt.tm_wday != spec[4])):
+            lt.tm_mday += 1
+            lt.tm_hour = 0
+            lt.tm_min = 0
+            lt.tm_sec = 0
+            lt.tm_isdst = -1
+            t = mktime(&lt)
+            days += 1
+            continue
+        if spec[1] >= 0 and lt.tm_hour != spec[1]:
+            lt.tm_hour += 1
+            lt.tm_min = 0
+            lt.tm_sec = 0
+            lt.tm_isdst = -1
+            t = mktime(&lt)
+            continue
+        if spec[0] >= 0 and lt.tm_min != spec[0]:
+            t += 60
+            continue
+        when[0] = <int64_t>t if t > e.now_wall_s else 0
+        return 0
+    return -1
+
+
+cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
+    cdef uint32_t t = pkt.type
+    cdef uint8_t prio = PRIO_NORMAL
+    cdef uint8_t bg = 0
+    cdef const char *reducer = NULL
+    cdef size_t reducer_len = 0
+    cdef int data_field = 2
+    cdef int64_t when = 0
+    cdef long long ep
+    cdef char *endp
+    cdef Function *f
+    cdef Job *j
+    cdef Attach *a
+    cdef uint8_t ukind
+    cdef size_t n
+    cdef char *w
+    if t == CMD_SUBMIT_JOB_HIGH or t == CMD_SUBMIT_JOB_HIGH_BG:
+        prio = PRIO_HIGH
+    elif t == CMD_SUBMIT_JOB_LOW or t == CMD_SUBMIT_JOB_LOW_BG:
+        prio = PRIO_LOW
+    if (t == CMD_SUBMIT_JOB_BG or t == CMD_SUBMIT_JOB_HIGH_BG or t == CMD_SUBMIT_JOB_LOW_BG
+            or t == CMD_SUBMIT_JOB_EPOCH or t == CMD_SUBMIT_JOB_SCHED
+            or t == CMD_SUBMIT_REDUCE_JOB_BACKGROUND):
+        bg = 1
+    if t == CMD_SUBMIT_JOB_EPOCH:
+        data_field = 3
+        ep = strtoll(pkt.f[2], &endp, 10)
+        # gearmand: garbage means 0 (run now).
+        when = ep if ep > e.now_wall_s else 0
+    elif t == CMD_SUBMIT_JOB_SCHED:
+        data_field = 7
+        if sched_next(e, pkt, &when) != 0:
+            return engine_error(e, c, b"INVALID_ARGUMENT",
+                                b"Schedule never matches a time in the next five years")
+    elif t == CMD_SUBMIT_REDUCE_JOB or t == CMD_SUBMIT_REDUCE_JOB_BACKGROUND:
+        data_field = 4
+        reducer = pkt.f[2]
+        reducer_len = pkt.flen[2]
+    if pkt.flen[1] > MAX_UNIQUE or reducer_len > MAX_UNIQUE:
+        return engine_error(e, c, b"ARGUMENT_TOO_LARGE", b"Unique value too large")
+    f = func_get(e, pkt.f[0], pkt.flen[0], 1)
+    if f == NULL:
+        return E_NOMEM
+    if pkt.flen[1] == 0:
+        ukind = 0
+    elif pkt.flen[1] == 1 and pkt.f[1][0] == b'-':
+        ukind = 2 if pkt.flen[data_field] else 0
+    else:
+        ukind = 1
+    if ukind:
+        j = job_by_unique(e, f, ukind, pkt.f[1], pkt.flen[1],
+                          pkt.f[data_field], pkt.flen[data_field])
+        if j != NULL:
+            if not bg:
+                a = <Attach *>calloc(1, sizeof(Attach))
+                if a == NULL:
+                    return E_NOMEM
+                attach_client(j, c, a)
+            return out1(e, c, CMD_JOB_CREATED, j.handle, j.handle_len)
+    if f.max_queue[prio] and f.total >= f.max_queue[prio]:
+        return engine_error(e, c, b"QUEUE_ERROR", b"Job queue is full")
+    if e.jobs >= e.hmask + 1 and grow_jtab(&e.htab, &e.hmask, 0) != 0:
+        return E_NOMEM
+    if ukind and e.ujobs >= e.umask + 1 and grow_jtab(&e.utab, &e.umask, 1) != 0:
+        return E_NOMEM
+    n = sizeof(Job) + pkt.flen[1] + 1 + reducer_len + 1 + pkt.flen[data_field] + 1
+    j = <Job *>malloc(n)
+    if j == NULL:
+        return E_NOMEM
+    memset(j, 0, sizeof(Job))
+    w = <char *>(j + 1)
+    j.unique = w
+    memcpy(w, pkt.f[1], pkt.flen[1])
+    w[pkt.flen[1]] = 0
+    j.unique_len = <uint32_t>pkt.flen[1]
+    w += pkt.flen[1] + 1
+    j.reducer = w
+    if reducer_len:
+        memcpy(w, reducer, reducer_len)
+    w[reducer_len] = 0
+    j.reducer_len = <uint32_t>reducer_len
+    w += reducer_len + 1
+    j.data = w
+    if pkt.flen[data_field]:
+        memcpy(w, pkt.f[data_field], pkt.flen[data_field])
+    w[pkt.flen[data_field]] = 0
+    j.data_len = pkt.flen[data_field]
+    j.func = f
+    j.priority = prio
+    j.background = bg
+    j.ukind = ukind
+    j.heap_idx = -1
+    j.when_s = when
+    j.created_ms = e.now_ms
+    j.seq = e.next_seq
+    e.next_seq += 1
+    j.handle_len = <uint32_t>snprintf(j.handle, MAX_HANDLE, "%.*s:%llu", <int>e.prefix_len,
+                                      e.prefix, <unsigned long long>e.next_handle)
+    if j.handle_len >= MAX_HANDLE:
+        j.handle_len = MAX_HANDLE - 1
+    e.next_handle += 1
+    j.handle_hash = hash_bytes(j.handle, j.handle_len, 0)
+    j.h_next = e.htab[j.handle_hash & e.hmask]
+    e.htab[j.handle_hash & e.hmask] = j
+    e.jobs += 1
+    if ukind:
+        j.unique_hash = unique_key(j.unique, j.unique_len, j.data, j.data_len, ukind)
+        j.u_next = e.utab[j.unique_hash & e.umask]
+        e.utab[j.unique_hash & e.umask] = j
+        e.ujobs += 1
+    f.total += 1
+    f.n_submitted += 1
+    e.queued_bytes += j.data_len
+    if not bg:
+        a = <Attach *>calloc(1, sizeof(Attach))
+        if a == NULL:
+            job_free(e, j)
+            return E_NOMEM
+        attach_client(j, c, a)
+    if out1(e, c, CMD_JOB_CREATED, j.handle, j.handle_len) != 0:
+        return E_NOMEM
+    if when:
+        j.state = JOB_FUTURE
+        f.future += 1
+        j.timer_ms = e.now_ms + (when - e.now_wall_s) * 1000
+        if heap_push(e, j) != 0:
+            f.future -= 1
+            j.state = JOB_QUEUED
+            q_push_tail(f, j)
+    else:
+        job_make_runnable(e, j, 0)
+    return E_OK
+
+
+cdef inline void attach_client(Job *j, Conn *c, Attach *a) noexcept nogil:
+    a.job = j
+    a.conn = c
+    a.j_prev = NULL
+    a.j_next = j.clients
+    if j.clients != NULL:
+        j.clients.j_prev = a
+    j.clients = a
+    a.c_prev = NULL
+    a.c_next = c.attached
+    if c.attached != NULL:
+        c.attached.c_prev = a
+    c.attached = a
+
+
+# ---- workers --------------------------------------------------------------------------
+
+cdef int add_ability(Engine *e, Conn *c, const char *name, size_t n,
+                     int64_t timeout_ms) noexcept nogil:
+    cdef Function *f = func_get(e, name, n, 1)
+    cdef Ability *a
+    if f == NULL:
+        return E_NOMEM
+    a = <Ability *>calloc(1, sizeof(Ability))
+    if a == NULL:
+        return E_NOMEM
+    a.conn = c
+    a.func = f
+    a.timeout_ms = timeout_ms
+    a.c_prev = NULL
+    a.c_next = c.abilities
+    if c.abilities != NULL:
+        c.abilities.c_prev = a
+    c.abilities = a
+    # Insert at the ring's tail (just before its head).
+    if f.ring == NULL:
+        a.f_next = a
+        a.f_prev = a
+        f.ring = a
+    else:
+        a.f_next = f.ring
+        a.f_prev = f.ring.f_prev
+        f.ring.f_prev.f_next = a
+        f.ring.f_prev = a
+    f.workers += 1
+    return E_OK
+
+
+cdef void remove_ability(Conn *c, Ability *a) noexcept nogil:
+    cdef Function *f = a.func
+    if a.c_prev != NULL:
+        a.c_prev.c_next = a.c_next
+    else:
+        c.abilities = a.c_next
+    if a.c_next != NULL:
+        a.c_next.c_prev = a.c_prev
+    if a.f_next == a:
+        f.ring = NULL
+    else:
+        a.f_prev.f_next = a.f_next
+        a.f_next.f_prev = a.f_prev
+        if f.ring == a:
+            f.ring = a.f_next
+    f.workers -= 1
+    free(a)
+
+
+cdef void drop_abilities(Engine *e, Conn *c, Function *only) noexcept nogil:
+    """CANT_DO (only = the function) or RESET_ABILITIES/disconnect (only = NULL): drop
+    the registrations and give back the jobs held for them."""
+    cdef Ability *a = c.abilities
+    cdef Ability *an
+    cdef Job *j
+    cdef Job *jn
+    while a != NULL:
+        an = a.c_next
+        if only == NULL or a.func == only:
+            remove_ability(c, a)
+        a = an
+    j = c.held
+    while j != NULL:
+        jn = j.q_next
+        if only == NULL or j.func == only:
+            job_requeue(e, j)
+        j = jn
+
+
+cdef int has_runnable(Conn *c) noexcept nogil:
+    cdef Ability *a = c.abilities
+    cdef Function *f
+    while a != NULL:
+        f = a.func
+        if f.queued[0] or f.queued[1] or f.queued[2]:
+            return 1
+        a = a.c_next
+    return 0
+
+
+cdef int handle_grab(Engine *e, Conn *c, uint32_t t) noexcept nogil:
+    cdef Job *best = NULL
+    cdef Ability *besta = NULL
+    cdef Ability *a
+    cdef Job *j
+    cdef int p
+    cdef Ability *p_tail
+    cdef const char *fs[5]
+    cdef size_t ls[5]
+    c.sleeping = 0
+    c.noop_sent = 0
+    for p in range(NPRIO):
+        a = c.abilities
+        while a != NULL:
+            j = a.func.q_head[p]
+            if j != NULL and (best == NULL or j.seq < best.seq):
+                best = j
+                besta = a
+                if e.round_robin:
+                    break
+            a = a.c_next
+        if best != NULL:
+            break
+    if best == NULL:
+        return out0(e, c, CMD_NO_JOB)
+    j = best
+    q_remove(j.func, j)
+    j.state = JOB_RUNNING
+    j.worker = c
+    j.started_ms = e.now_ms
+    j.func.running += 1
+    held_push(c, j)
+    if besta.timeout_ms > 0:
+        j.timer_ms = e.now_ms + besta.timeout_ms
+        heap_push(e, j)
+    if e.round_robin and besta.c_next != NULL:
+        # Move the served registration to the tail so the next grab tries another.
+        a = besta
+        if a.c_prev != NULL:
+            a.c_prev.c_next = a.c_next
+        else:
+            c.abilities = a.c_next
+        a.c_next.c_prev = a.c_prev
+        p_tail = c.abilities
+        while p_tail.c_next != NULL:
+            p_tail = p_tail.c_next
+        p_tail.c_next = a
+        a.c_prev = p_tail
+        a.c_next = NULL
+    fs[0] = j.handle
+    ls[0] = j.handle_len
+    fs[1] = j.func.name
+    ls[1] = j.func.name_len
+    if t == CMD_GRAB_JOB:
+        fs[2] = j.data
+        ls[2] = j.data_len
+        conn_dirty(e, c)
+        return encode_packet(&c.outbuf, 1, CMD_JOB_ASSIGN, 3, fs, ls)
+    fs[2] = j.unique
+    ls[2] = j.unique_len
+    if t == CMD_GRAB_JOB_ALL and j.reducer_len:
+        fs[3] = j.reducer
+        ls[3] = j.reducer_len
+        fs[4] = j.data
+        ls[4] = j.data_len
+        conn_dirty(e, c)
+        return encode_packet(&c.outbuf, 1, CMD_JOB_ASSIGN_ALL, 5, fs, ls)
+    fs[3] = j.data
+    ls[3] = j.data_len
+    conn_dirty(e, c)
+    return encode_packet(&c.outbuf, 1, CMD_JOB_ASSIGN_UNIQ, 4, fs, ls)
+
+
+cdef uint32_t atou32(const char *p, size_t n) noexcept nogil:
+    # gearmand stores WORK_STATUS numbers with atoi() into uint32: '-5' wraps.
+    cdef char tmp[24]
+    if n > 23:
+        n = 23
+    memcpy(tmp, p, n)
+    tmp[n] = 0
+    return <uint32_t>strtoll(tmp, NULL, 10)
+
+
+cdef int handle_work(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
+    cdef uint32_t t = pkt.type
+    cdef Job *j
+    cdef Attach *a
+    if t == CMD_WORK_FAIL and pkt.flen[0] >= MAX_HANDLE:
+        return engine_error(e, c, b"ARGUMENT_TOO_LARGE",
+                            b"Error occurred due to GEARMAND_JOB_HANDLE_SIZE being too small "
+                            b"from snprintf")
+    j = job_by_handle(e, pkt.f[0], pkt.flen[0])
+    if j == NULL or j.state != JOB_RUNNING or j.worker != c:
+        if t == CMD_WORK_DATA or t == CMD_WORK_WARNING:
+            return engine_error(e, c, b"JOB_NOT_FOUND", b"Job does not exist on server")
+        if t == CMD_WORK_EXCEPTION:
+            return engine_error(e, c, b"JOB_NOT_FOUND",
+                                b"An exception was received for a job that does not exist")
+        return engine_error(e, c, b"JOB_NOT_FOUND", b"Job given in work result not found")
+    if t == CMD_WORK_DATA or t == CMD_WORK_WARNING:
+        send_clients(e, j, t, pkt.f[1], pkt.flen[1], 1)
+        return E_OK
+    if t == CMD_WORK_STATUS:
+        j.num = atou32(pkt.f[1], pkt.flen[1])
+        j.den = atou32(pkt.f[2], pkt.flen[2])
+        a = j.clients
+        while a != NULL:
+            if not a.conn.dead:
+                conn_dirty(e, a.conn)
+                encode_packet(&a.conn.outbuf, 1, CMD_WORK_STATUS, 3, pkt.f, pkt.flen)
+            a = a.j_next
+        return E_OK
+    c.jobs_done += 1
+    if t == CMD_WORK_COMPLETE:
+        send_clients(e, j, t, pkt.f[1], pkt.flen[1], 1)
+        j.func.n_completed += 1
+    elif t == CMD_WORK_FAIL:
+        send_clients(e, j, t, NULL, 0, 0)
+        j.func.n_failed += 1
+    else:
+        a = j.clients
+        while a != NULL:
+            if a.conn.exceptions:
+                out2(e, a.conn, CMD_WORK_EXCEPTION, j.handle, j.handle_len,
+                     pkt.f[1], pkt.flen[1])
+            else:
+                # gearmand appends a stray NUL here; a plain WORK_FAIL is what clients
+                # without the exceptions option expect.
+                out1(e, a.conn, CMD_WORK_FAIL, j.handle, j.handle_len)
+            a = a.j_next
+        j.func.n_exception += 1
+    job_free(e, j)
+    return E_OK
+
+
+cdef int status_reply(Engine *e, Conn *c, uint32_t t, const char *key, size_t kn,
+                      Job *j) noexcept nogil:
+    cdef char nums[5][24]
+    cdef const char *fs[6]
+    cdef size_t ls[6]
+    cdef int i, n = 5
+    cdef uint64_t clients = 0
+    cdef Attach *a
+    fs[0] = key
+    ls[0] = kn
+    ls[1] = fmt_u64(nums[0], 1 if j != NULL else 0)
+    ls[2] = fmt_u64(nums[1], 1 if j != NULL and j.state == JOB_RUNNING else 0)
+    ls[3] = fmt_u64(nums[2], j.num if j != NULL else 0)
+    ls[4] = fmt_u64(nums[3], j.den if j != NULL else 0)
+    for i in range(4):
+        fs[i + 1] = nums[i]
+    if t == CMD_STATUS_RES_UNIQUE:
+        if j != NULL:
+            a = j.clients
+            while a != NULL:
+                clients += 1
+                a = a.j_next
+        ls[5] = fmt_u64(nums[4], clients)
+        fs[5] = nums[4]
+        n = 6
+    conn_dirty(e, c)
+    return encode_packet(&c.outbuf, 1, t, n, fs, ls)
+
+
+cdef int handle_status_unique(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
+    cdef uint64_t hv
+    cdef Job *j
+    if pkt.flen[0] > MAX_UNIQUE:
+        return engine_error(e, c, b"ARGUMENT_TOO_LARGE", b"Unique value too large")
+    hv = hash_bytes(pkt.f[0], pkt.flen[0], 0)
+    j = e.utab[hv & e.umask]
+    while j != NULL:
+        if j.ukind == 1 and j.unique_hash == hv and eq(j.unique, j.unique_len,
+                                                         pkt.f[0], pkt.flen[0]):
+            break
+        j = j.u_next
+    return status_reply(e, c, CMD_STATUS_RES_UNIQUE, pkt.f[0], pkt.flen[0], j)
+
+
+cdef int parse_timeout(const char *p, size_t n, int64_t *out) noexcept nogil:
+    cdef char tmp[24]
+    cdef char *endp
+    cdef long long v
+    if n == 0 or n > 20:
+        return -1
+    memcpy(tmp, p, n)
+    tmp[n] = 0
+    v = strtoll(tmp, &endp, 10)
+    if endp == tmp:
+        return -1
+    if v <= 0:
+        out[0] = 0
+    elif v < MIN_CAN_DO_TIMEOUT_MS:
+        out[0] = MIN_CAN_DO_TIMEOUT_MS
+    else:
+        out[0] = v
+    return 0
+
+
+cdef int ieq(const char *a, size_t an, const char *lower) noexcept nogil:
+    cdef size_t i = 0
+    cdef char ch
+    while i < an and lower[i]:
+        ch = a[i]
+        if b'A' <= ch <= b'Z':
+            ch = ch + 32
+        if ch != lower[i]:
+            return 0
+        i += 1
+    return i == an and lower[i] == 0
+
+
+cdef int engine_packet(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
+    """Apply one parsed binary packet from c. E_OK, or E_CLOSE/E_NOMEM (close c)."""
+    cdef uint32_t t = pkt.type
+    cdef int64_t tmo
+    cdef Function *f
+    cdef Job *j
+    e.n_packets += 1
+    if not COMMANDS[t].request:
+        return engine_error(e, c, b"INVALID_COMMAND", b"Command not expected")
+    if pkt.res_magic:
+        return engine_error(e, c, b"INVALID_MAGIC", b"Request magic expected")
+    if (t == CMD_SUBMIT_JOB or t == CMD_SUBMIT_JOB_BG or t == CMD_SUBMIT_JOB_HIGH
+            or t == CMD_SUBMIT_JOB_HIGH_BG or t == CMD_SUBMIT_JOB_LOW
+            or t == CMD_SUBMIT_JOB_LOW_BG or t == CMD_SUBMIT_JOB_EPOCH
+            or t == CMD_SUBMIT_JOB_SCHED or t == CMD_SUBMIT_REDUCE_JOB
+            or t == CMD_SUBMIT_REDUCE_JOB_BACKGROUND):
+        return handle_submit(e, c, pkt)
+    if t == CMD_GRAB_JOB or t == CMD_GRAB_JOB_UNIQ or t == CMD_GRAB_JOB_ALL:
+        return handle_grab(e, c, t)
+    if (t == CMD_WORK_COMPLETE or t == CMD_WORK_FAIL or t == CMD_WORK_EXCEPTION
+            or t == CMD_WORK_DATA or t == CMD_WORK_WARNING or t == CMD_WORK_STATUS):
+        return handle_work(e, c, pkt)
+    if t == CMD_PRE_SLEEP:
+        c.sleeping = 1
+        if not c.noop_sent and has_runnable(c):
+            c.noop_sent = 1
+            return out0(e, c, CMD_NOOP)
+        return E_OK
+    if t == CMD_CAN_DO:
+        return add_ability(e, c, pkt.f[0], pkt.flen[0], 0)
+    if t == CMD_CAN_DO_TIMEOUT:
+        if parse_timeout(pkt.f[1], pkt.flen[1], &tmo) != 0:
+            return E_OK     # gearmand ignores the registration
+        return add_ability(e, c, pkt.f[0], pkt.flen[0], tmo)
+    if t == CMD_CANT_DO:
+        f = func_get(e, pkt.f[0], pkt.flen[0], 0)
+        if f != NULL:
+            drop_abilities(e, c, f)
+        return E_OK
+    if t == CMD_RESET_ABILITIES:
+        drop_abilities(e, c, NULL)
+        return E_OK
+    if t == CMD_ECHO_REQ:
+        return out1(e, c, CMD_ECHO_RES, pkt.f[0], pkt.flen[0])
+    if t == CMD_GET_STATUS:
+        if pkt.flen[0] >= MAX_HANDLE:
+            return engine_error(e, c, b"ARGUMENT_TOO_LARGE", b"Job handle too long")
+        j = job_by_handle(e, pkt.f[0], pkt.flen[0])
+        return status_reply(e, c, CMD_STATUS_RES, pkt.f[0], pkt.flen[0], j)
+    if t == CMD_GET_STATUS_UNIQUE:
+        return handle_status_unique(e, c, pkt)
+    if t == CMD_OPTION_REQ:
+        if ieq(pkt.f[0], pkt.flen[0], b"exceptions"):
+            c.exceptions = 1
+            return out1(e, c, CMD_OPTION_RES, pkt.f[0], pkt.flen[0])
+        return engine_error(e, c, b"UNKNOWN_OPTION", b"Server does not recognize given option")
+    if t == CMD_SET_CLIENT_ID:
+        c.client_id_len = <uint32_t>(pkt.flen[0] if pkt.flen[0] < MAX_CLIENT_ID
+                                     else MAX_CLIENT_ID - 1)
+        memcpy(c.client_id, pkt.f[0], c.client_id_len)
+        return E_OK
+    if t == CMD_ALL_YOURS:
+        return E_OK
+    return engine_error(e, c, b"INVALID_COMMAND", b"Command not expected")
+
+
+# ---- timers, disconnects, admin operations -----------------------------------------------
+
+cdef int64_t engine_timers(Engine *e) noexcept nogil:
+    """Run due timers; return ms until the next one, or -1 when none is pending."""
+    cdef Job *j
+    while e.heap_len and e.heap[0].timer_ms <= e.now_ms:
+        j = e.heap[0]
+        heap_remove(e, j)
+        if j.state == JOB_FUTURE:
+            j.func.future -= 1
+            job_make_runnable(e, j, 0)
+        elif j.state == JOB_RUNNING:
+            # CAN_DO_TIMEOUT expired: fail it to its clients (gearmand silently requeues).
+            job_fail(e, j)
+    if e.heap_len == 0:
+        return -1
+    return e.heap[0].timer_ms - e.now_ms
+
+
+cdef void conn_detach(Engine *e, Conn *c) noexcept nogil:
+    """The connection is gone: requeue what it held, stop listening to its jobs. Its
+    output buffer stays with the I/O layer, which closes the socket once it is flushed."""
+    cdef Attach *a
+    cdef Attach *an
+    cdef Job *j
+    if c.detached:
+        return
+    c.detached = 1
+    drop_abilities(e, c, NULL)
+    a = c.attached
+    while a != NULL:
+        an = a.c_next
+        j = a.job
+        if a.j_prev != NULL:
+            a.j_prev.j_next = a.j_next
+        else:
+            j.clients = a.j_next
+        if a.j_next != NULL:
+            a.j_next.j_prev = a.j_prev
+        free(a)
+        # A foreground job nobody waits for any more is not worth running (gearmand
+        # drops it when it reaches the head of the queue; we drop it now).
+        if j.clients == NULL and not j.background and j.state != JOB_RUNNING:
+            job_free(e, j)
+        a = an
+    c.attached = NULL
+    if c.all_prev != NULL:
+        c.all_prev.all_next = c.all_next
+    else:
+        e.conns = c.all_next
+    if c.all_next != NULL:
+        c.all_next.all_prev = c.all_prev
+    e.nconns -= 1
+
+
+cdef int engine_cancel(Engine *e, Job *j) noexcept nogil:
+    cdef Attach *a
+    cdef Attach *an
+    send_clients(e, j, CMD_WORK_FAIL, NULL, 0, 0)
+    if j.state == JOB_RUNNING:
+        # The worker keeps it; its clients have been told and stop listening.
+        a = j.clients
+        while a != NULL:
+            an = a.j_next
+            if a.c_prev != NULL:
+                a.c_prev.c_next = a.c_next
+            else:
+                a.conn.attached = a.c_next
+            if a.c_next != NULL:
+                a.c_next.c_prev = a.c_prev
+            free(a)
+            a = an
+        j.clients = NULL
+        return 0
+    j.func.n_failed += 1
+    job_free(e, j)
+    return 0
+
+
+cdef int engine_drop_function(Engine *e, Function *f) noexcept nogil:
+    """0 dropped; 1 workers registered or jobs running; 2 jobs queued."""
+    if f.workers or f.running:
+        return 1
+    if f.total:
+        return 2
+    func_remove(e, f)
+    return 0
+
+
+# ---- Python surface for unit tests and micro benchmarks (not used by the server) -----
+
+from fastgear.buffer cimport buf_len, buf_head, buf_consume, buf_append
+
+
+cdef class EngineHarness:
+    """Drives the engine without sockets: connections are numbered, `feed` parses and
+    applies request bytes, `output` returns (and clears) what the engine queued."""
+    cdef Engine e
+    cdef list conns_
+    cdef object alive
+
+    def __cinit__(self, bytes prefix=b"H:test", int job_retries=0, int worker_wakeup=0,
+                  bint round_robin=False, bint exceptions=False):
+        if engine_init(&self.e, prefix, len(prefix), job_retries, worker_wakeup,
+                       round_robin, exceptions) != 0:
+            raise MemoryError()
+        self.conns_ = []
+
+    def __dealloc__(self):
+        cdef Conn *c
+        for addr in self.conns_:
+            c = <Conn *><size_t>addr
+            conn_detach(&self.e, c)
+            buf_free(&c.inbuf)
+            buf_free(&c.outbuf)
+            free(c)
+        engine_free(&self.e)
+
+    def connect(self):
+        cdef Conn *c = <Conn *>calloc(1, sizeof(Conn))
+        if c == NULL:
+            raise MemoryError()
+        c.fd = len(self.conns_)
+        conn_attach(&self.e, c)
+        self.conns_.append(<size_t>c)
+        return c.fd
+
+    def disconnect(self, int n):
+        cdef Conn *c = <Conn *><size_t>self.conns_[n]
+        conn_detach(&self.e, c)
+
+    def advance(self, int64_t ms=0, int64_t wall_s=0):
+        """Move the engine's clocks forward and run due timers."""
+        self.e.now_ms += ms
+        self.e.now_wall_s += wall_s if wall_s else ms // 1000
+        return engine_timers(&self.e)
+
+    def feed(self, int n, bytes data):
+        cdef Conn *c = <Conn *><size_t>self.conns_[n]
+        cdef Packet pkt
+        cdef int st, r = 0
+        buf_append(&c.inbuf, data, len(data))
+        while True:
+            st = parse_packet(buf_head(&c.inbuf), buf_len(&c.inbuf), 0xffffffff, &pkt)
+            if st != P_PACKET:
+                break
+            r = engine_packet(&self.e, c, &pkt)
+            buf_consume(&c.inbuf, pkt.size)
+            if r != E_OK:
+                break
+        if st < 0:
+            return st
+        return r
+
+    def output(self, int n):
+        cdef Conn *c = <Conn *><size_t>self.conns_[n]
+        out = buf_head(&c.outbuf)[:buf_len(&c.outbuf)]
+        buf_consume(&c.outbuf, buf_len(&c.outbuf))
+        self.e.dirty = NULL
+        c.dirty = 0
+        return out
+
+    def counts(self):
+        return {"jobs": self.e.jobs, "functions": self.e.fcount, "connections": self.e.nconns,
+                "queued_bytes": self.e.queued_bytes}
+
+    def run_cycle(self, bytes func, int jobs, int payload=16):
+        """Benchmark: `jobs` background submit + grab + complete cycles, no GIL, no
+        sockets. Returns the number completed."""
+        cdef Conn *cl
+        cdef Conn *wk
+        cdef Packet pkt
+        cdef int i, done = 0
+        cdef bytes sub = _req(CMD_SUBMIT_JOB_BG, [func, b"", b"x" * payload])
+        cdef bytes cando = _req(CMD_CAN_DO, [func])
+        cdef bytes grab = _req(CMD_GRAB_JOB_UNIQ, [])
+        cdef const char *ps = sub
+        cdef const char *pg = grab
+        cdef size_t ls = len(sub), lg = len(grab)
+        cdef char hbuf[80]
+        cdef const char *fs[2]
+        cdef size_t fl[2]
+        cdef Buf done_pkt
+        ci = self.connect()
+        wi = self.connect()
+        cl = <Conn *><size_t>self.conns_[ci]
+        wk = <Conn *><size_t>self.conns_[wi]
+        self.feed(wi, cando)
+        buf_init(&done_pkt)
+        with nogil:
+            for i in range(jobs):
+                parse_packet(ps, ls, 0xffffffff, &pkt)
+                engine_packet(&self.e, cl, &pkt)
+                parse_packet(pg, lg, 0xffffffff, &pkt)
+                engine_packet(&self.e, wk, &pkt)
+                # JOB_ASSIGN_UNIQ: the handle is the first field of the reply.
+                parse_packet(buf_head(&wk.outbuf), buf_len(&wk.outbuf), 0xffffffff, &pkt)
+                fs[0] = pkt.f[0]
+                fl[0] = pkt.flen[0]
+                fs[1] = b""
+                fl[1] = 0
+                done_pkt.start = 0
+                done_pkt.end = 0
+                encode_packet(&done_pkt, 0, CMD_WORK_COMPLETE, 2, fs, fl)
+                buf_consume(&wk.outbuf, buf_len(&wk.outbuf))
+                buf_consume(&cl.outbuf, buf_len(&cl.outbuf))
+                parse_packet(buf_head(&done_pkt), buf_len(&done_pkt), 0xffffffff, &pkt)
+                if engine_packet(&self.e, wk, &pkt) == E_OK:
+                    done += 1
+            self.e.dirty = NULL
+            cl.dirty = 0
+            wk.dirty = 0
+        buf_free(&done_pkt)
+        return done
+
+
+def _req(uint32_t t, fields):
+    from fastgear.protocol import encode
+    return encode(t, fields, request=True)

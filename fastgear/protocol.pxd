@@ -1,0 +1,89 @@
+# The wire contract: the one command table and the nogil packet parser/encoder.
+# Every other compiled module cimports these declarations; nothing here allocates.
+from libc.stdint cimport uint8_t, uint32_t
+from fastgear.buffer cimport Buf
+
+cdef enum:
+    CMD_CAN_DO = 1
+    CMD_CANT_DO = 2
+    CMD_RESET_ABILITIES = 3
+    CMD_PRE_SLEEP = 4
+    CMD_UNUSED = 5
+    CMD_NOOP = 6
+    CMD_SUBMIT_JOB = 7
+    CMD_JOB_CREATED = 8
+    CMD_GRAB_JOB = 9
+    CMD_NO_JOB = 10
+    CMD_JOB_ASSIGN = 11
+    CMD_WORK_STATUS = 12
+    CMD_WORK_COMPLETE = 13
+    CMD_WORK_FAIL = 14
+    CMD_GET_STATUS = 15
+    CMD_ECHO_REQ = 16
+    CMD_ECHO_RES = 17
+    CMD_SUBMIT_JOB_BG = 18
+    CMD_ERROR = 19
+    CMD_STATUS_RES = 20
+    CMD_SUBMIT_JOB_HIGH = 21
+    CMD_SET_CLIENT_ID = 22
+    CMD_CAN_DO_TIMEOUT = 23
+    CMD_ALL_YOURS = 24
+    CMD_WORK_EXCEPTION = 25
+    CMD_OPTION_REQ = 26
+    CMD_OPTION_RES = 27
+    CMD_WORK_DATA = 28
+    CMD_WORK_WARNING = 29
+    CMD_GRAB_JOB_UNIQ = 30
+    CMD_JOB_ASSIGN_UNIQ = 31
+    CMD_SUBMIT_JOB_HIGH_BG = 32
+    CMD_SUBMIT_JOB_LOW = 33
+    CMD_SUBMIT_JOB_LOW_BG = 34
+    CMD_SUBMIT_JOB_SCHED = 35
+    CMD_SUBMIT_JOB_EPOCH = 36
+    CMD_SUBMIT_REDUCE_JOB = 37
+    CMD_SUBMIT_REDUCE_JOB_BACKGROUND = 38
+    CMD_GRAB_JOB_ALL = 39
+    CMD_JOB_ASSIGN_ALL = 40
+    CMD_GET_STATUS_UNIQUE = 41
+    CMD_STATUS_RES_UNIQUE = 42
+    CMD_MAX = 43
+    MAX_FIELDS = 8
+    HEADER_SIZE = 12
+    # gearmand's receive buffer: a text line longer than this closes the connection.
+    MAX_TEXT_LINE = 8192
+
+cdef enum ParseStatus:
+    P_NEED_MORE = 0
+    P_PACKET = 1
+    P_TEXT = 2
+    P_BAD_MAGIC = -1
+    P_BAD_TYPE = -2
+    P_BAD_ARGS = -3
+    P_TOO_LARGE = -4
+    P_LINE_TOO_LONG = -5
+
+cdef struct CmdInfo:
+    const char *name
+    uint8_t argc          # arguments as libgearman's command table counts them
+    uint8_t has_data      # a trailing opaque blob follows the arguments
+    uint8_t request       # a client or worker may send it to a server
+
+cdef struct Packet:
+    uint32_t type
+    uint8_t res_magic     # sent with \0RES instead of \0REQ
+    uint8_t nfields
+    const char *f[MAX_FIELDS]
+    size_t flen[MAX_FIELDS]
+    size_t size           # bytes consumed from the input, header or newline included
+    size_t need           # for P_NEED_MORE: total bytes the packet needs, when known
+
+cdef CmdInfo COMMANDS[CMD_MAX]
+
+cdef int parse_packet(const char *p, size_t avail, size_t max_size,
+                      Packet *pkt) noexcept nogil
+cdef int encode_packet(Buf *out, uint32_t magic_res, uint32_t type, int n,
+                       const char **fields, const size_t *lens) noexcept nogil
+cdef int encode2(Buf *out, uint32_t type, const char *a, size_t alen,
+                 const char *b, size_t blen) noexcept nogil
+cdef int encode1(Buf *out, uint32_t type, const char *a, size_t alen) noexcept nogil
+cdef int encode0(Buf *out, uint32_t type) noexcept nogil

@@ -1,0 +1,340 @@
+"""Composition root: turns a validated Config into a running server.
+
+It binds the listening sockets (every address like gearmand, or `-L`), applies the
+process options (file-descriptor limit, daemon, pid file, user), sets up logging, starts
+the compiled I/O loop in a native thread, and then becomes the control thread: it answers
+text admin lines handed over by the loop (formatted by admin.py) and reacts to signals
+(SIGTERM/SIGINT stop, SIGUSR1 stop accepting and exit once no job is left, SIGHUP reopen
+the log). The control thread is the only one that holds the GIL; the loop never waits
+for it except on the one connection whose admin line it is answering.
+"""
+import errno
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+
+from fastgear import __version__, admin
+
+log = logging.getLogger("fastgear")
+
+LEVELS = {"FATAL": logging.CRITICAL, "ALERT": logging.CRITICAL, "CRITICAL": logging.CRITICAL,
+          "ERROR": logging.ERROR, "WARNING": logging.WARNING, "NOTICE": logging.INFO,
+          "INFO": logging.INFO, "DEBUG": logging.DEBUG}
+COMPAT_VERSION = "1.1.20"
+
+
+class StartupError(Exception):
+    """A fatal problem found before serving (bind, pid file, user)."""
+
+
+def setup_logging(cfg):
+    """Log to the file gearmand would, falling back to stderr when it cannot be opened."""
+    root = logging.getLogger("fastgear")
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        h.close()
+    target = cfg.log_file
+    if target == "none":
+        handler = logging.NullHandler()
+    elif target == "stderr" or not target:
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        try:
+            handler = logging.FileHandler(target)
+        except OSError as exc:
+            handler = logging.StreamHandler(sys.stderr)
+            print(f"fastgear: cannot open log file {target}: {exc}; logging to stderr",
+                  file=sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(LEVELS.get(cfg.verbose.upper(), logging.ERROR))
+    root.propagate = False
+
+
+def bind_listeners(cfg):
+    """Bind like gearmand: every passive address (IPv4 and IPv6) unless -L names one."""
+    host = cfg.listen or None
+    try:
+        infos = socket.getaddrinfo(host, cfg.port, socket.AF_UNSPEC, socket.SOCK_STREAM,
+                                   0, socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot resolve listen address {host!r}: {exc}") from exc
+    socks, errors = [], []
+    seen = set()
+    for family, stype, proto, _, addr in infos:
+        if (family, addr) in seen:
+            continue
+        seen.add((family, addr))
+        s = socket.socket(family, stype, proto)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if cfg.keepalive:
+                # Accepted sockets inherit these from the listener on Linux.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                for opt, value in ((socket.TCP_KEEPIDLE, cfg.keepalive_idle),
+                                   (socket.TCP_KEEPINTVL, cfg.keepalive_interval),
+                                   (socket.TCP_KEEPCNT, cfg.keepalive_count)):
+                    if value is not None and value > 0:
+                        s.setsockopt(socket.IPPROTO_TCP, opt, value)
+            s.bind(addr)
+            s.listen(cfg.backlog)
+            s.setblocking(False)
+            socks.append(s)
+        except OSError as exc:
+            s.close()
+            errors.append(f"{addr[0]}:{addr[1]}: {exc.strerror or exc}")
+    if not socks:
+        raise StartupError("cannot listen on port %d (%s)" % (cfg.port, "; ".join(errors)))
+    for e in errors:
+        log.warning("not listening on %s", e)
+    return socks
+
+
+def daemonize():
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    fd = os.open(os.devnull, os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(fd, target)
+    if fd > 2:
+        os.close(fd)
+
+
+def apply_process_options(cfg):
+    if cfg.file_descriptors:
+        import resource
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE,
+                               (cfg.file_descriptors, cfg.file_descriptors))
+        except (ValueError, OSError) as exc:
+            raise StartupError(
+                f"cannot set file descriptor limit to {cfg.file_descriptors}: {exc}") from exc
+
+
+def write_pid_file(cfg):
+    path = cfg.pid_file
+    if not path:
+        return None
+    try:
+        with open(path, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return path
+    except OSError as exc:
+        if getattr(cfg, "pid_file_is_default", False):
+            log.warning("cannot write pid file %s: %s", path, exc)
+            return None
+        raise StartupError(f"cannot write pid file {path}: {exc}") from exc
+
+
+def drop_privileges(cfg):
+    if not cfg.user:
+        return
+    import pwd
+    try:
+        pw = pwd.getpwnam(cfg.user)
+    except KeyError as exc:
+        raise StartupError(f"unknown user {cfg.user!r}") from exc
+    if os.getuid() != 0:
+        raise StartupError("--user needs the server to be started as root")
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+
+
+class Control:
+    """The admin context (admin.AdminContext) over the running loop."""
+
+    def __init__(self, loop, cfg, server):
+        self.loop = loop
+        self.cfg = cfg
+        self.server = server
+
+    def functions(self):
+        return [(name, total, running, workers, high, normal + future, low)
+                for name, total, running, workers, high, normal, low, future
+                in self.loop.functions()]
+
+    def connections(self):
+        return self.loop.connections()
+
+    def jobs(self):
+        return self.loop.jobs()
+
+    def cancel_job(self, handle):
+        return self.loop.cancel_job(handle)
+
+    def create_function(self, name):
+        self.loop.create_function(name)
+
+    def drop_function(self, name):
+        return self.loop.drop_function(name)
+
+    def set_maxqueue(self, name, high, normal, low):
+        self.loop.set_maxqueue(name, high, normal, low)
+
+    def pid(self):
+        return os.getpid()
+
+    def version(self):
+        return f"{COMPAT_VERSION}+fastgear.{__version__}"
+
+    def verbose(self):
+        return self.cfg.verbose.upper()
+
+    def shutdown(self, graceful):
+        self.server.request_stop(graceful)
+
+
+class Server:
+    def __init__(self, cfg):
+        from fastgear.iothreads import IOLoop
+
+        self.cfg = cfg
+        prefix = cfg.job_handle_prefix or f"H:{os.uname().nodename}"
+        self.loop = IOLoop(prefix.encode(), job_retries=cfg.job_retries & 0xff,
+                           worker_wakeup=cfg.worker_wakeup & 0xff,
+                           round_robin=cfg.round_robin, exceptions=cfg.exceptions)
+        self.control = Control(self.loop, cfg, self)
+        self.sockets = []
+        self.thread = None
+        self._stop = False
+        self._graceful = False
+        self._reopen_log = False
+
+    def request_stop(self, graceful=False):
+        if graceful:
+            self._graceful = True
+        else:
+            self._stop = True
+
+    def _on_signal(self, signum, frame):
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self._stop = True
+        elif signum == signal.SIGUSR1:
+            self._graceful = True
+        elif signum == signal.SIGHUP:
+            self._reopen_log = True
+
+    def start(self, sockets):
+        self.sockets = sockets
+        for s in sockets:
+            self.loop.add_listener(s.fileno())
+        self.thread = threading.Thread(target=self.loop.run, name="fastgear-io", daemon=True)
+        self.thread.start()
+
+    def stop_accepting(self):
+        self.loop.stop_accepting()
+        for s in self.sockets:
+            s.close()
+        self.sockets = []
+
+    def serve_admin(self):
+        for fd, conn_id, line, loopback in self.loop.admin_take():
+            try:
+                reply = admin.handle_line(line, self.control, loopback)
+            except Exception:
+                log.exception("admin command %r failed", line[:80])
+                reply = b"ERR UNKNOWN_ERROR Internal+server+error\r\n"
+            if reply is admin.CLOSE:
+                self.loop.admin_reply(fd, conn_id, b"", True)
+            else:
+                self.loop.admin_reply(fd, conn_id, reply)
+
+    def control_loop(self):
+        rfd, wfd = os.pipe()
+        os.set_blocking(rfd, False)
+        os.set_blocking(wfd, False)
+        old_wakeup = signal.set_wakeup_fd(wfd)
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
+        previous = {s: signal.signal(s, self._on_signal) for s in handled}
+        poller = select.poll()
+        poller.register(self.loop.admin_fd, select.POLLIN)
+        poller.register(rfd, select.POLLIN)
+        draining = False
+        try:
+            while not self._stop:
+                try:
+                    ready = poller.poll(250)
+                except InterruptedError:
+                    ready = []
+                for fd, _ in ready:
+                    if fd == rfd:
+                        try:
+                            os.read(rfd, 512)
+                        except BlockingIOError:
+                            pass
+                    else:
+                        self.serve_admin()
+                if self._reopen_log:
+                    self._reopen_log = False
+                    setup_logging(self.cfg)
+                    log.info("log file reopened")
+                if self._graceful and not draining:
+                    draining = True
+                    log.info("graceful shutdown: no longer accepting connections")
+                    self.stop_accepting()
+                if draining and self.loop.stats()["jobs"] == 0:
+                    log.info("graceful shutdown: no jobs left")
+                    break
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for s, h in previous.items():
+                signal.signal(s, h)
+            os.close(rfd)
+            os.close(wfd)
+
+    def shutdown(self):
+        self.loop.stop()
+        if self.thread is not None:
+            self.thread.join(10)
+        for s in self.sockets:
+            s.close()
+        self.sockets = []
+
+
+def run(cfg):
+    """Serve until told to stop; returns the process exit code."""
+    setup_logging(cfg)
+    try:
+        apply_process_options(cfg)
+        sockets = bind_listeners(cfg)
+    except StartupError as exc:
+        log.error("%s", exc)
+        print(f"fastgear: {exc}", file=sys.stderr)
+        return 1
+    if cfg.daemon:
+        daemonize()
+    pid_path = None
+    try:
+        pid_path = write_pid_file(cfg)
+        drop_privileges(cfg)
+    except StartupError as exc:
+        log.error("%s", exc)
+        print(f"fastgear: {exc}", file=sys.stderr)
+        for s in sockets:
+            s.close()
+        return 1
+    srv = Server(cfg)
+    srv.start(sockets)
+    log.info("fastgear %s listening on port %d", __version__, cfg.port)
+    try:
+        srv.control_loop()
+    finally:
+        srv.shutdown()
+        if pid_path:
+            try:
+                os.unlink(pid_path)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    log.warning("cannot remove pid file %s: %s", pid_path, exc)
+    log.info("fastgear stopped")
+    return 0

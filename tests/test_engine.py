@@ -1,0 +1,189 @@
+"""Unit tests of the compiled job engine without sockets (fastgear.engine.EngineHarness):
+queues, priorities, coalescing, wake-ups, retries, timers and disconnects."""
+import pytest
+
+from fastgear import protocol as P
+from fastgear.engine import EngineHarness
+
+N = P.NUMBERS
+
+
+def req(name, *fields):
+    return P.encode(N[name], fields, request=True)
+
+
+def replies(h, conn):
+    pkts, rest = P.parse(h.output(conn))
+    assert rest == b""
+    return [(P.NAMES[t], f) for _, t, f in pkts]
+
+
+@pytest.fixture
+def eng():
+    return EngineHarness(b"H:t")
+
+
+def submit(h, c, func, data=b"", unique=b"", kind="SUBMIT_JOB_BG"):
+    h.feed(c, req(kind, func, unique, data))
+    out = replies(h, c)
+    assert out[-1][0] == "JOB_CREATED", out
+    return out[-1][1][0]
+
+
+def grab(h, w, kind="GRAB_JOB_UNIQ"):
+    h.feed(w, req(kind))
+    return replies(h, w)[-1]
+
+
+def test_handles_count_up_from_one_with_the_prefix(eng):
+    c = eng.connect()
+    assert submit(eng, c, b"f") == b"H:t:1"
+    assert submit(eng, c, b"f") == b"H:t:2"
+
+
+def test_grab_takes_high_before_normal_before_low_and_fifo_within(eng):
+    c, w = eng.connect(), eng.connect()
+    low = submit(eng, c, b"f", kind="SUBMIT_JOB_LOW_BG")
+    n1 = submit(eng, c, b"f")
+    high = submit(eng, c, b"f", kind="SUBMIT_JOB_HIGH_BG")
+    n2 = submit(eng, c, b"f")
+    eng.feed(w, req("CAN_DO", b"f"))
+    order = [grab(eng, w)[1][0] for _ in range(4)]
+    assert order == [high, n1, n2, low]
+    assert grab(eng, w) == ("NO_JOB", [])
+
+
+def test_priority_is_global_across_a_workers_functions(eng):
+    c, w = eng.connect(), eng.connect()
+    eng.feed(w, req("CAN_DO", b"a") + req("CAN_DO", b"b"))
+    submit(eng, c, b"b", kind="SUBMIT_JOB_LOW_BG")
+    high_a = submit(eng, c, b"a", kind="SUBMIT_JOB_HIGH_BG")
+    assert grab(eng, w)[1][0] == high_a
+
+
+def test_same_unique_coalesces_within_a_function_only(eng):
+    c = eng.connect()
+    h1 = submit(eng, c, b"f", unique=b"u", kind="SUBMIT_JOB")
+    assert submit(eng, c, b"f", unique=b"u", kind="SUBMIT_JOB_HIGH") == h1
+    assert submit(eng, c, b"g", unique=b"u") != h1
+    assert submit(eng, c, b"f") != submit(eng, c, b"f")   # empty unique never coalesces
+
+
+def test_dash_unique_coalesces_by_payload(eng):
+    c = eng.connect()
+    a = submit(eng, c, b"f", data=b"x", unique=b"-")
+    assert submit(eng, c, b"f", data=b"x", unique=b"-") == a
+    assert submit(eng, c, b"f", data=b"y", unique=b"-") != a
+
+
+def test_unique_longer_than_64_bytes_is_refused(eng):
+    c = eng.connect()
+    eng.feed(c, req("SUBMIT_JOB", b"f", b"u" * 65, b""))
+    assert replies(eng, c) == [("ERROR", [b"ARGUMENT_TOO_LARGE", b"Unique value too large"])]
+
+
+def test_completion_is_relayed_to_every_coalesced_client(eng):
+    c1, c2, w = eng.connect(), eng.connect(), eng.connect()
+    h = submit(eng, c1, b"f", unique=b"u", kind="SUBMIT_JOB")
+    submit(eng, c2, b"f", unique=b"u", kind="SUBMIT_JOB")
+    eng.feed(w, req("CAN_DO", b"f"))
+    grab(eng, w)
+    eng.feed(w, req("WORK_DATA", h, b"part") + req("WORK_COMPLETE", h, b"done"))
+    for c in (c1, c2):
+        assert replies(eng, c) == [("WORK_DATA", [h, b"part"]), ("WORK_COMPLETE", [h, b"done"])]
+    assert eng.counts()["jobs"] == 0
+
+
+def test_sleeping_worker_gets_one_noop_until_it_grabs(eng):
+    c, w = eng.connect(), eng.connect()
+    eng.feed(w, req("CAN_DO", b"f") + req("PRE_SLEEP"))
+    submit(eng, c, b"f")
+    submit(eng, c, b"f")
+    assert replies(eng, w) == [("NOOP", [])]
+    eng.feed(w, req("PRE_SLEEP"))
+    assert replies(eng, w) == []
+
+
+def test_worker_disconnect_requeues_its_job_at_the_front(eng):
+    c, w1, w2 = eng.connect(), eng.connect(), eng.connect()
+    a = submit(eng, c, b"f")
+    b = submit(eng, c, b"f")
+    eng.feed(w1, req("CAN_DO", b"f"))
+    assert grab(eng, w1)[1][0] == a
+    eng.disconnect(w1)
+    eng.feed(w2, req("CAN_DO", b"f"))
+    assert grab(eng, w2)[1][0] == a
+    assert grab(eng, w2)[1][0] == b
+
+
+def test_job_retries_fail_the_job_after_that_many_attempts():
+    eng = EngineHarness(b"H:t", job_retries=2)
+    c = eng.connect()
+    h = submit(eng, c, b"f", kind="SUBMIT_JOB")
+    for _ in range(2):
+        w = eng.connect()
+        eng.feed(w, req("CAN_DO", b"f"))
+        assert grab(eng, w)[0] == "JOB_ASSIGN_UNIQ"
+        eng.disconnect(w)
+    assert replies(eng, c) == [("WORK_FAIL", [h])]
+    assert eng.counts()["jobs"] == 0
+
+
+def test_foreground_job_is_dropped_when_its_only_client_leaves(eng):
+    c = eng.connect()
+    submit(eng, c, b"f", kind="SUBMIT_JOB")
+    eng.disconnect(c)
+    assert eng.counts()["jobs"] == 0
+
+
+def test_epoch_job_waits_for_its_time_and_wakes_a_sleeper(eng):
+    c, w = eng.connect(), eng.connect()
+    eng.feed(w, req("CAN_DO", b"f") + req("PRE_SLEEP"))
+    import time
+    when = str(int(time.time()) + 3600).encode()
+    eng.feed(c, req("SUBMIT_JOB_EPOCH", b"f", b"", when, b"later"))
+    assert replies(eng, c)[0][0] == "JOB_CREATED"
+    assert replies(eng, w) == []
+    eng.advance(ms=3601 * 1000)
+    assert replies(eng, w) == [("NOOP", [])]
+    assert grab(eng, w)[1][3] == b"later"
+
+
+def test_can_do_timeout_expiry_fails_the_job_to_its_client(eng):
+    c, w = eng.connect(), eng.connect()
+    h = submit(eng, c, b"f", kind="SUBMIT_JOB")
+    eng.feed(w, req("CAN_DO_TIMEOUT", b"f", b"1500"))
+    grab(eng, w)
+    eng.advance(ms=1400)
+    assert replies(eng, c) == []
+    eng.advance(ms=200)
+    assert replies(eng, c) == [("WORK_FAIL", [h])]
+    eng.feed(w, req("WORK_COMPLETE", h, b"late"))
+    assert replies(eng, w)[0] == ("ERROR", [b"JOB_NOT_FOUND",
+                                            b"Job given in work result not found"])
+
+
+def test_reduce_job_reaches_grab_job_all_with_its_reducer(eng):
+    c, w = eng.connect(), eng.connect()
+    eng.feed(c, req("SUBMIT_REDUCE_JOB", b"f", b"u", b"red", b"", b"payload"))
+    h = replies(eng, c)[0][1][0]
+    eng.feed(w, req("CAN_DO", b"f"))
+    assert grab(eng, w, "GRAB_JOB_ALL") == ("JOB_ASSIGN_ALL", [h, b"f", b"u", b"red", b"payload"])
+
+
+def test_exception_goes_as_work_fail_unless_client_asked_for_exceptions(eng):
+    c1, c2, w = eng.connect(), eng.connect(), eng.connect()
+    eng.feed(c2, req("OPTION_REQ", b"exceptions"))
+    assert replies(eng, c2) == [("OPTION_RES", [b"exceptions"])]
+    h = submit(eng, c1, b"f", unique=b"u", kind="SUBMIT_JOB")
+    submit(eng, c2, b"f", unique=b"u", kind="SUBMIT_JOB")
+    eng.feed(w, req("CAN_DO", b"f"))
+    grab(eng, w)
+    eng.feed(w, req("WORK_EXCEPTION", h, b"boom"))
+    assert replies(eng, c1) == [("WORK_FAIL", [h])]
+    assert replies(eng, c2) == [("WORK_EXCEPTION", [h, b"boom"])]
+
+
+def test_engine_cycle_completes_every_job_and_frees_them(eng):
+    assert eng.run_cycle(b"f", 10000) == 10000
+    assert eng.counts()["jobs"] == 0 and eng.counts()["queued_bytes"] == 0
