@@ -15,7 +15,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
 from fastgear.buffer cimport Buf, buf_init, buf_free
 from fastgear.protocol cimport *
-from fastgear.includes.sys cimport (now_ms, wall_s, time_t, tm, localtime_r, mktime)
+from fastgear.includes.sys cimport (now_ms, wall_s, time_t, tm, localtime_r, mktime, c_assert)
 
 cdef enum:
     JOB_QUEUED = 0
@@ -229,6 +229,7 @@ cdef void heap_remove(Engine *e, Job *j) noexcept nogil:
     if j.heap_idx < 0:
         return
     i = <uint64_t>j.heap_idx
+    c_assert(i < e.heap_len and e.heap[i] == j)
     j.heap_idx = -1
     e.heap_len -= 1
     if i == e.heap_len:
@@ -388,6 +389,7 @@ cdef inline void q_push_head(Function *f, Job *j) noexcept nogil:
 
 cdef inline void q_remove(Function *f, Job *j) noexcept nogil:
     cdef uint8_t p = j.priority
+    c_assert(j.state == JOB_QUEUED and f.queued[p] > 0)
     if j.q_prev != NULL:
         j.q_prev.q_next = j.q_next
     else:
@@ -410,6 +412,7 @@ cdef inline void held_push(Conn *w, Job *j) noexcept nogil:
 
 
 cdef inline void held_remove(Conn *w, Job *j) noexcept nogil:
+    c_assert(j.state == JOB_RUNNING and j.worker == w)
     if j.q_prev != NULL:
         j.q_prev.q_next = j.q_next
     else:
@@ -421,11 +424,14 @@ cdef inline void held_remove(Conn *w, Job *j) noexcept nogil:
 
 
 cdef void wake(Engine *e, Function *f) noexcept nogil:
-    """NOOP sleeping workers of f, once per sleep; `-w N` bounds the count per job and
-    rotates the ring so successive jobs wake different workers (as gearmand)."""
+    """A job of f became runnable: NOOP sleeping workers of f, once per sleep. `-w N`
+    wakes up to N per job, as gearmand; by default one sleeper per job (gearmand wakes
+    every sleeper, and all but one of them GRAB for nothing). The ring rotates past the
+    woken worker so successive jobs spread over the pool."""
     cdef Ability *a = f.ring
     cdef Ability *start = f.ring
     cdef uint32_t woken = 0
+    cdef uint32_t limit = e.worker_wakeup if e.worker_wakeup else 1
     cdef Conn *c
     if a == NULL:
         return
@@ -435,7 +441,7 @@ cdef void wake(Engine *e, Function *f) noexcept nogil:
             c.noop_sent = 1
             out0(e, c, CMD_NOOP)
             woken += 1
-            if e.worker_wakeup and woken >= e.worker_wakeup:
+            if woken >= limit:
                 f.ring = a.f_next
                 return
         a = a.f_next
@@ -470,6 +476,7 @@ cdef void job_free(Engine *e, Job *j) noexcept nogil:
     cdef Attach *a
     cdef Attach *an
     job_unlink_state(e, j)
+    c_assert(j.func.total > 0 and e.jobs > 0)
     pp = &e.htab[j.handle_hash & e.hmask]
     while pp[0] != j:
         pp = &pp[0].h_next
@@ -753,6 +760,7 @@ cdef int add_ability(Engine *e, Conn *c, const char *name, size_t n,
 
 cdef void remove_ability(Conn *c, Ability *a) noexcept nogil:
     cdef Function *f = a.func
+    c_assert(a.conn == c and f.workers > 0)
     if a.c_prev != NULL:
         a.c_prev.c_next = a.c_next
     else:
@@ -973,8 +981,8 @@ cdef int handle_status_unique(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     hv = hash_bytes(pkt.f[0], pkt.flen[0], 0)
     j = e.utab[hv & e.umask]
     while j != NULL:
-        if j.ukind == 1 and j.unique_hash == hv and eq(j.unique, j.unique_len,
-                                                         pkt.f[0], pkt.flen[0]):
+        if (j.ukind == 1 and j.unique_hash == hv
+                and eq(j.unique, j.unique_len, pkt.f[0], pkt.flen[0])):
             break
         j = j.u_next
     return status_reply(e, c, CMD_STATUS_RES_UNIQUE, pkt.f[0], pkt.flen[0], j)
@@ -1210,10 +1218,10 @@ cdef class EngineHarness:
         cdef Conn *c = <Conn *><size_t>self.conns_[n]
         conn_detach(&self.e, c)
 
-    def advance(self, int64_t ms=0, int64_t wall_s=0):
+    def advance(self, int64_t ms=0, int64_t wall=0):
         """Move the engine's clocks forward and run due timers."""
         self.e.now_ms += ms
-        self.e.now_wall_s += wall_s if wall_s else ms // 1000
+        self.e.now_wall_s += wall if wall else ms // 1000
         return engine_timers(&self.e)
 
     def feed(self, int n, bytes data):
@@ -1251,14 +1259,13 @@ cdef class EngineHarness:
         cdef Conn *cl
         cdef Conn *wk
         cdef Packet pkt
-        cdef int i, done = 0
+        cdef int _i, done = 0
         cdef bytes sub = _req(CMD_SUBMIT_JOB_BG, [func, b"", b"x" * payload])
         cdef bytes cando = _req(CMD_CAN_DO, [func])
         cdef bytes grab = _req(CMD_GRAB_JOB_UNIQ, [])
         cdef const char *ps = sub
         cdef const char *pg = grab
         cdef size_t ls = len(sub), lg = len(grab)
-        cdef char hbuf[80]
         cdef const char *fs[2]
         cdef size_t fl[2]
         cdef Buf done_pkt
@@ -1269,7 +1276,7 @@ cdef class EngineHarness:
         self.feed(wi, cando)
         buf_init(&done_pkt)
         with nogil:
-            for i in range(jobs):
+            for _i in range(jobs):
                 parse_packet(ps, ls, 0xffffffff, &pkt)
                 engine_packet(&self.e, cl, &pkt)
                 parse_packet(pg, lg, 0xffffffff, &pkt)

@@ -11,10 +11,10 @@
 # Thread model (DESIGN.md §3): this issue runs one loop; the Loop struct holds every
 # piece of per-loop state apart from the shared Engine so N loops can be started later.
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memcpy, memset, memcmp
+from libc.string cimport memcpy, memset
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
-from fastgear.buffer cimport (Buf, buf_init, buf_free, buf_len, buf_head, buf_reserve,
+from fastgear.buffer cimport (buf_init, buf_free, buf_len, buf_head, buf_reserve,
                               buf_append, buf_consume, buf_shrink)
 from fastgear.protocol cimport *
 from fastgear.engine cimport *
@@ -242,12 +242,12 @@ cdef int is_loopback(sockaddr_storage *ss) noexcept nogil:
 cdef void accept_all(Loop *L, int lfd) noexcept nogil:
     cdef sockaddr_storage ss
     cdef socklen_t sl
-    cdef int fd, one = 1, k
+    cdef int fd, one = 1, _k
     cdef Conn *c
     cdef Conn **nt
     cdef size_t ncap
     cdef epoll_event ev
-    for k in range(ACCEPT_BUDGET):
+    for _k in range(ACCEPT_BUDGET):
         sl = sizeof(ss)
         fd = accept4(lfd, <sockaddr *>&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC)
         if fd < 0:

@@ -242,9 +242,9 @@ def parse_count(bytes data, int repeat=1):
     cdef const char *p = data
     cdef size_t avail = len(data), off
     cdef long count = 0
-    cdef int r, st
+    cdef int _r, st
     with nogil:
-        for r in range(repeat):
+        for _r in range(repeat):
             off = 0
             while True:
                 st = parse_packet(p + off, avail - off, 0xffffffff, &pkt)

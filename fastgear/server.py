@@ -91,7 +91,7 @@ def bind_listeners(cfg):
             s.close()
             errors.append(f"{addr[0]}:{addr[1]}: {exc.strerror or exc}")
     if not socks:
-        raise StartupError("cannot listen on port %d (%s)" % (cfg.port, "; ".join(errors)))
+        raise StartupError(f"cannot listen on port {cfg.port} ({'; '.join(errors)})")
     for e in errors:
         log.warning("not listening on %s", e)
     return socks

@@ -62,7 +62,7 @@ class Server:
             cmd = [GEARMAND]
         self.cmd = cmd + ["-p", str(self.port), "-L", self.host,
                           "--log-file", str(self.log_path), "-P", str(pid_file)] + self.flags
-        self._log = open(tmp_path / f"{kind}-{self.port}.out", "wb")
+        self._log = open(tmp_path / f"{kind}-{self.port}.out", "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      cwd=str(tmp_path))
         self.pid = self.proc.pid

@@ -1,9 +1,9 @@
 """Unit tests of the compiled job engine without sockets (fastgear.engine.EngineHarness):
 queues, priorities, coalescing, wake-ups, retries, timers and disconnects."""
 import pytest
+from fastgear.engine import EngineHarness
 
 from fastgear import protocol as P
-from fastgear.engine import EngineHarness
 
 N = P.NUMBERS
 

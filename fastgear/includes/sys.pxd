@@ -163,3 +163,8 @@ cdef inline int64_t wall_s() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_REALTIME, &ts)
     return <int64_t>ts.tv_sec
+
+
+cdef extern from "<assert.h>" nogil:
+    # C assert(): active only in the FASTGEAR_DEBUG=1 build (release builds define NDEBUG).
+    void c_assert "assert"(bint condition)
