@@ -21,6 +21,7 @@ cdef enum:
     JOB_QUEUED = 0
     JOB_FUTURE = 1
     JOB_RUNNING = 2
+    JOB_UNLINKED = 3         # between two states, in no list
     # A sched spec that never matches within this many days is refused.
     SCHED_MAX_DAYS = 5 * 366
 
@@ -469,6 +470,7 @@ cdef void job_unlink_state(Engine *e, Job *j) noexcept nogil:
             held_remove(j.worker, j)
             j.worker = NULL
         j.func.running -= 1
+    j.state = JOB_UNLINKED
 
 
 cdef void job_free(Engine *e, Job *j) noexcept nogil:
@@ -1248,6 +1250,14 @@ cdef class EngineHarness:
         self.e.dirty = NULL
         c.dirty = 0
         return out
+
+    def function(self, bytes name):
+        """(total, running, workers, queued high/normal/low, future) of one function."""
+        cdef Function *f = func_get(&self.e, name, len(name), 0)
+        if f == NULL:
+            return None
+        return (f.total, f.running, f.workers, f.queued[0], f.queued[1], f.queued[2],
+                f.future)
 
     def counts(self):
         return {"jobs": self.e.jobs, "functions": self.e.fcount, "connections": self.e.nconns,

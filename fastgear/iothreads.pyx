@@ -524,7 +524,9 @@ cdef class IOLoop:
             for i in range(self.L.eng.hmask + 1):
                 j = self.L.eng.htab[i]
                 while j != NULL:
-                    out.append((j.seq, j.handle[:j.handle_len], j.retries, 0, j.persisted,
+                    # gearmand's "persisted" column is set for every background job.
+                    out.append((j.seq, j.handle[:j.handle_len], j.retries, 0,
+                                1 if (j.background or j.persisted) else 0,
                                 j.unique[:j.unique_len]))
                     j = j.h_next
         finally:

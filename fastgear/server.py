@@ -216,6 +216,12 @@ class Server:
         else:
             self._stop = True
 
+    def install_signal_handlers(self):
+        """Before the port is bound, so a signal that arrives as soon as clients can
+        connect is already handled the server's way."""
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+
     def _on_signal(self, signum, frame):
         if signum in (signal.SIGTERM, signal.SIGINT):
             self._stop = True
@@ -254,8 +260,6 @@ class Server:
         os.set_blocking(rfd, False)
         os.set_blocking(wfd, False)
         old_wakeup = signal.set_wakeup_fd(wfd)
-        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
-        previous = {s: signal.signal(s, self._on_signal) for s in handled}
         poller = select.poll()
         poller.register(self.loop.admin_fd, select.POLLIN)
         poller.register(rfd, select.POLLIN)
@@ -287,8 +291,6 @@ class Server:
                     break
         finally:
             signal.set_wakeup_fd(old_wakeup)
-            for s, h in previous.items():
-                signal.signal(s, h)
             os.close(rfd)
             os.close(wfd)
 
@@ -304,6 +306,8 @@ class Server:
 def run(cfg):
     """Serve until told to stop; returns the process exit code."""
     setup_logging(cfg)
+    srv = Server(cfg)
+    srv.install_signal_handlers()
     try:
         apply_process_options(cfg)
         sockets = bind_listeners(cfg)
@@ -323,7 +327,6 @@ def run(cfg):
         for s in sockets:
             s.close()
         return 1
-    srv = Server(cfg)
     srv.start(sockets)
     log.info("fastgear %s listening on port %d", __version__, cfg.port)
     try:

@@ -83,7 +83,8 @@ class Server:
             return False
 
     def output(self):
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         text = ""
         for p in (self.tmp / f"{self.kind}-{self.port}.out", self.log_path):
             try:

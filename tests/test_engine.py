@@ -127,6 +127,7 @@ def test_job_retries_fail_the_job_after_that_many_attempts():
         eng.disconnect(w)
     assert replies(eng, c) == [("WORK_FAIL", [h])]
     assert eng.counts()["jobs"] == 0
+    assert eng.function(b"f") == (0, 0, 0, 0, 0, 0, 0)
 
 
 def test_foreground_job_is_dropped_when_its_only_client_leaves(eng):

@@ -1,0 +1,406 @@
+"""Server configuration: every gearmand 1.1.20 flag, the frozen Config, and validate().
+
+This module knows what each flag means and nothing about where the words came from:
+`OPTIONS` has one row per flag (long and short name as gearmand spells them, the Config
+field it sets, how its value is read, gearmand's default, help text); `build()` turns the
+flags a user gave into a `Config`, and `validate()` says whether fastgear can run with it.
+The command line, config files and `@file` are cli.py's business.
+
+Values are read the way gearmand's boost::program_options reads them, so that a command
+line gearmand accepts parses here and means the same: numbers are plain decimal,
+"unsigned" options take "-N" (`-j -1` is 255 retries, as in gearmand), and `-j`/`-w` keep
+only their low 8 bits. Where gearmand accepts nonsense that only fails later or silently
+(negative thread counts, port 70000, an unknown queue or protocol module), `validate()`
+refuses it up front, naming the flag. Features fastgear does not have yet (persistent
+queues, TLS, the HTTP protocol, syslog) are refused the same way rather than ignored, so
+nobody believes background jobs are durable when they are not.
+
+Deliberate differences from gearmand 1.1.20, all more lenient or earlier:
+* `--verbose`, `-q` and `-r` are case-insensitive (gearmand: `--verbose` upper case only,
+  `-r` exactly "http"); they are stored upper / lower case.
+* `-p`, `--http-port` and GEARMAND_PORT must be numbers in 1-65535 (gearmand passes the
+  word to getaddrinfo() and fails only when it binds).
+* Options of a queue module that is not selected are accepted and ignored, as gearmand
+  does, so a command line or config file written for gearmand keeps working.
+* The libtokyocabinet and libdrizzle options are absent, as in Debian's gearmand build.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+GEARMAND_PORT = 4730
+DEFAULT_PID_FILE = "/var/gearmand.pid"
+DEFAULT_LOG_FILE = "/var/log/gearmand.log"
+DEFAULT_CONFIG_FILE = "/etc/gearmand.conf"
+
+VERBOSE_LEVELS = ("FATAL", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFO", "DEBUG")
+
+# Every -q name gearmand 1.1.20 knows (compared case-insensitively); libtokyocabinet and
+# libdrizzle exist only in upstream builds. Only SUPPORTED_QUEUE_TYPES start.
+QUEUE_TYPES = ("builtin", "libsqlite3", "postgres", "mysql", "redis", "libmemcached",
+               "libtokyocabinet", "libdrizzle")
+SUPPORTED_QUEUE_TYPES = frozenset({"builtin"})
+# gearmand fails at start-up without these; enforced once such a queue type is supported.
+REQUIRED_QUEUE_OPTIONS = {"libsqlite3": ("libsqlite3_db",)}
+
+PROTOCOLS = ("http",)
+SUPPORTED_PROTOCOLS: frozenset = frozenset()
+
+# Far past any useful number of I/O threads; gearmand would try 4 billion for `-t -1`.
+MAX_THREADS = 1024
+UINT32_MAX = 0xFFFFFFFF
+INT32_MIN, INT32_MAX = -0x80000000, 0x7FFFFFFF
+
+
+class ConfigError(ValueError):
+    """A flag has a value fastgear cannot run with; the message names the flag."""
+
+
+# -- how values are read (each raises ValueError on a bad word) -------------------------
+# boost's lexical_cast takes an optional sign and decimal digits, nothing else (no spaces,
+# underscores or 0x), which is stricter than Python's int().
+_DECIMAL = re.compile(r"[+-]?[0-9]+\Z")
+
+
+def decimal(word: str) -> int:
+    if not _DECIMAL.match(word):
+        raise ValueError(f"{word!r} is not a number")
+    return int(word)
+
+
+def int32(word: str) -> int:
+    value = decimal(word)
+    if not INT32_MIN <= value <= INT32_MAX:
+        raise ValueError(f"{word!r} does not fit in a 32-bit integer")
+    return value
+
+
+def uint32(word: str) -> int:
+    """A uint32_t as boost reads it: "-N" is accepted because C wraps it. The sign is kept
+    so that validate() can name the mistake and Config can wrap where gearmand does."""
+    value = decimal(word)
+    if abs(value) > UINT32_MAX:
+        raise ValueError(f"{word!r} does not fit in a 32-bit unsigned integer")
+    return value
+
+
+def rlimit(word: str) -> int:
+    value = decimal(word)
+    if abs(value) >= 1 << 64:
+        raise ValueError(f"{word!r} is too large")
+    return value
+
+
+def text(word: str) -> str:
+    return word
+
+
+def optional_text(word: str) -> str | None:
+    """Empty means "not given", as gearmand's `.empty()` checks do."""
+    return word or None
+
+
+def upper(word: str) -> str:
+    return word.upper()
+
+
+def lower(word: str) -> str:
+    return word.lower()
+
+
+def protocol_list(word: str) -> tuple[str, ...]:
+    return (word.lower(),)
+
+
+# -- the table ---------------------------------------------------------------------------
+class Option(NamedTuple):
+    long: str                               # without the leading "--"
+    short: str | None                       # one letter, without the "-"
+    field: str                              # the Config field it sets
+    parse: Callable[[str], Any] | None      # None: a switch that takes no value
+    default: Any                            # gearmand 1.1.20's default
+    help: str
+
+    @property
+    def takes_value(self) -> bool:
+        return self.parse is not None
+
+
+OPTIONS: tuple[Option, ...] = (
+    # General options, in gearmand's --help order
+    Option("backlog", "b", "backlog", int32, 32, "Number of backlog connections for listen."),
+    Option("daemon", "d", "daemon", None, False, "Daemon, detach and run in the background."),
+    Option("exceptions", None, "exceptions", None, False,
+           "Enable protocol exceptions by default."),
+    Option("file-descriptors", "f", "file_descriptors", rlimit, None,
+           "Number of file descriptors to allow for the process (total connections will be "
+           "slightly less). Default is max allowed for user."),
+    Option("job-retries", "j", "job_retries", uint32, 0,
+           "Number of attempts to run the job before the job server removes it (only the "
+           "low 8 bits count, as in gearmand). Default is no limit."),
+    Option("job-handle-prefix", None, "job_handle_prefix", optional_text, None,
+           'Prefix used to generate a job handle string. Default "H:<host_name>".'),
+    Option("hashtable-buckets", None, "hashtable_buckets", uint32, 991,
+           "Number of buckets in the internal job hash tables."),
+    Option("keepalive", None, "keepalive", None, False, "Enable keepalive on sockets."),
+    Option("keepalive-idle", None, "keepalive_idle", int32, -1,
+           "If keepalive is enabled, TCP_KEEPIDLE in seconds; -1: the system's value."),
+    Option("keepalive-interval", None, "keepalive_interval", int32, -1,
+           "If keepalive is enabled, TCP_KEEPINTVL in seconds; -1: the system's value."),
+    Option("keepalive-count", None, "keepalive_count", int32, -1,
+           "If keepalive is enabled, TCP_KEEPCNT; -1: the system's value."),
+    Option("log-file", "l", "log_file", text, DEFAULT_LOG_FILE,
+           "Log file to write errors and information to; 'stderr' for stderr, 'none' for "
+           "no log file."),
+    Option("listen", "L", "listen", optional_text, None,
+           "Address the server should listen on. Default is every address."),
+    Option("pid-file", "P", "pid_file", text, DEFAULT_PID_FILE,
+           "File to write process ID out to."),
+    Option("protocol", "r", "protocol", protocol_list, (), "Load protocol module."),
+    Option("round-robin", "R", "round_robin", None, False,
+           "Assign work in round-robin order per worker connection. The default is to "
+           "assign work in the order of functions added by the worker."),
+    Option("queue-type", "q", "queue_type", lower, "builtin", "Persistent queue type to use."),
+    Option("config-file", None, "config_file", text, DEFAULT_CONFIG_FILE,
+           "Read options from this file (whitespace-separated words; the command line "
+           "wins). Can be specified with '@name', too."),
+    Option("syslog", None, "syslog", None, False, "Use syslog."),
+    Option("coredump", None, "coredump", None, False,
+           "Whether to create a core dump for uncaught signals."),
+    Option("threads", "t", "threads", uint32, 4,
+           "Number of I/O threads to use, 0 means that the server will try to guess the "
+           "maximum number it can use."),
+    Option("user", "u", "user", optional_text, None, "Switch to given user after startup."),
+    Option("verbose", None, "verbose", upper, "ERROR",
+           "Set verbose level (" + ", ".join(VERBOSE_LEVELS) + ")."),
+    Option("worker-wakeup", "w", "worker_wakeup", uint32, 0,
+           "Number of workers to wakeup for each job received (low 8 bits, as in "
+           "gearmand). The default is to wakeup all available workers."),
+    Option("check-args", None, "check_args", None, False,
+           "Check command line and configuration file arguments and then exit."),
+    # HTTP
+    Option("http-port", None, "http_port", decimal, 8080, "Port to listen on (with -r http)."),
+    # Gear
+    Option("port", "p", "port", decimal, GEARMAND_PORT,
+           "Port the server should listen on (GEARMAND_PORT, if set, when -p is not given)."),
+    Option("ssl", None, "ssl", None, False, "Enable ssl connections."),
+    Option("ssl-ca-file", None, "ssl_ca_file", text, None, "CA file."),
+    Option("ssl-certificate", None, "ssl_certificate", text, None, "SSL certificate."),
+    Option("ssl-key", None, "ssl_key", text, None, "SSL key for certificate."),
+    # queue modules, as Debian's build has them
+    Option("libmemcached-servers", None, "libmemcached_servers", text, None,
+           "List of Memcached servers to use."),
+    Option("libmemcached-prefix", None, "libmemcached_prefix", text, "gear_",
+           "Prefix to use in memcached keys"),
+    Option("libsqlite3-db", None, "libsqlite3_db", text, None, "Database file to use."),
+    Option("store-queue-on-shutdown", None, "store_queue_on_shutdown", None, False,
+           "Store queue on shutdown."),
+    Option("libsqlite3-table", None, "libsqlite3_table", text, "gearman_queue",
+           "Table to use."),
+    Option("libpq-conninfo", None, "libpq_conninfo", text, None,
+           "PostgreSQL connection information string."),
+    Option("libpq-table", None, "libpq_table", text, "queue", "Table to use."),
+    Option("redis-server", None, "redis_server", text, None, "Redis server"),
+    Option("redis-port", None, "redis_port", text, None, "Redis server port/service"),
+    Option("redis-password", None, "redis_password", text, None,
+           "Redis server password/service"),
+    # gearmand sets this in the plugin's constructor, so its --help shows no default.
+    Option("redis-prefix", None, "redis_prefix", text, "_gear_", "Prefix to use in redis keys"),
+    Option("mysql-host", None, "mysql_host", text, "localhost", "MySQL host."),
+    Option("mysql-port", None, "mysql_port", int32, 3306, "Port of server."),
+    Option("mysql-user", None, "mysql_user", text, None, "MySQL user."),
+    Option("mysql-password", None, "mysql_password", text, None, "MySQL user password."),
+    Option("mysql-db", None, "mysql_db", text, None, "MySQL database."),
+    Option("mysql-table", None, "mysql_table", text, "gearman_queue", "MySQL table name."),
+)
+OPTIONS_BY_FIELD: Mapping[str, Option] = {opt.field: opt for opt in OPTIONS}
+
+
+# -- the configuration -------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """What the server runs with. Defaults are gearmand 1.1.20's (OPTIONS has them too; a
+    test keeps the two equal). Build directly in tests, or from flags with build()."""
+
+    port: int = GEARMAND_PORT
+    listen: str | None = None            # None: every address, IPv4 and IPv6
+    backlog: int = 32
+    daemon: bool = False
+    exceptions: bool = False
+    file_descriptors: int | None = None  # None or 0: leave RLIMIT_NOFILE alone
+    job_retries: int = 0                 # 0: unlimited
+    job_handle_prefix: str | None = None  # None: "H:<hostname>"
+    hashtable_buckets: int = 991
+    keepalive: bool = False
+    keepalive_idle: int = -1
+    keepalive_interval: int = -1
+    keepalive_count: int = -1
+    log_file: str = DEFAULT_LOG_FILE     # or "stderr" / "none"
+    pid_file: str = DEFAULT_PID_FILE
+    # A pid file that cannot be written is fatal only when the user named it.
+    pid_file_is_default: bool = True
+    protocol: tuple[str, ...] = ()
+    round_robin: bool = False
+    queue_type: str = "builtin"
+    syslog: bool = False
+    coredump: bool = False
+    threads: int = 4                     # 0: guess from the number of CPUs
+    user: str | None = None
+    verbose: str = "ERROR"
+    worker_wakeup: int = 0               # 0: wake every sleeping worker
+    ssl: bool = False
+    ssl_ca_file: str | None = None       # None: gearmand's build path or env variable
+    ssl_certificate: str | None = None
+    ssl_key: str | None = None
+    http_port: int = 8080
+    libsqlite3_db: str | None = None
+    libsqlite3_table: str = "gearman_queue"
+    store_queue_on_shutdown: bool = False
+    libpq_conninfo: str | None = None
+    libpq_table: str = "queue"
+    mysql_host: str = "localhost"
+    mysql_port: int = 3306
+    mysql_user: str | None = None
+    mysql_password: str | None = None
+    mysql_db: str | None = None
+    mysql_table: str = "gearman_queue"
+    redis_server: str | None = None
+    redis_port: str | None = None        # a port or a service name, as hiredis takes it
+    redis_password: str | None = None
+    redis_prefix: str = "_gear_"
+    libmemcached_servers: str | None = None
+    libmemcached_prefix: str = "gear_"
+    config_file: str = DEFAULT_CONFIG_FILE
+    check_args: bool = False
+
+    def __post_init__(self):
+        # Normalised here rather than only in the parsers so that a Config built directly
+        # (tests, embedding) means the same as one built from a command line.
+        def put(name, value):
+            object.__setattr__(self, name, value)
+
+        # gearmand reads -j and -w as uint32 and hands them on as uint8_t: 256 is 0
+        # (unlimited / wake all) and -1 is 255.
+        if isinstance(self.job_retries, int):
+            put("job_retries", self.job_retries & 0xFF)
+        if isinstance(self.worker_wakeup, int):
+            put("worker_wakeup", self.worker_wakeup & 0xFF)
+        if isinstance(self.verbose, str):
+            put("verbose", self.verbose.upper())
+        if isinstance(self.queue_type, str):
+            put("queue_type", self.queue_type.lower())
+        if isinstance(self.protocol, str):
+            put("protocol", (self.protocol.lower(),) if self.protocol else ())
+        else:
+            put("protocol", tuple(p.lower() for p in self.protocol))
+
+
+def fields() -> tuple[str, ...]:
+    """The names of Config's fields."""
+    return tuple(f.name for f in dataclasses.fields(Config))
+
+
+def build(given: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+    """A Config from the flags a user gave (field -> value as OPTIONS' parsers read it;
+    fields not given keep gearmand's defaults). Not validated: call validate().
+
+    `environ` supplies GEARMAND_PORT, used when no -p was given, and, with --ssl,
+    gearmand's certificate variables (GEARMAND_CA_CERTIFICATE, _SERVER_PEM, _SERVER_KEY).
+    """
+    env = {} if environ is None else environ
+    unknown = sorted(set(given) - set(OPTIONS_BY_FIELD))
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r}")
+    values = dict(given)
+    if "port" not in values and env.get("GEARMAND_PORT"):
+        try:
+            values["port"] = decimal(env["GEARMAND_PORT"])
+        except ValueError as exc:
+            raise ConfigError(f"GEARMAND_PORT: {exc}") from None
+    if values.get("ssl"):
+        for var, name in (("GEARMAND_CA_CERTIFICATE", "ssl_ca_file"),
+                          ("GEARMAND_SERVER_PEM", "ssl_certificate"),
+                          ("GEARMAND_SERVER_KEY", "ssl_key")):
+            if env.get(var):
+                values[name] = env[var]
+    values["pid_file_is_default"] = "pid_file" not in given
+    return Config(**values)
+
+
+def _flag(name: str, cfg: Config, show_value: bool = True) -> str:
+    """How a refusal names what was given: "--port 70000", "--ssl"."""
+    opt = OPTIONS_BY_FIELD[name]
+    value = getattr(cfg, name)
+    if not opt.takes_value or not show_value:
+        return f"--{opt.long}"
+    if isinstance(value, tuple):
+        value = " ".join(value)
+    return f"--{opt.long} {value}"
+
+
+def validate(cfg: Config) -> Config:
+    """Return cfg, or raise ConfigError naming the flag fastgear cannot run with."""
+    def fail(name, message, show_value=True):
+        raise ConfigError(f"{_flag(name, cfg, show_value)}: {message}")
+
+    for name in ("port", "http_port"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or not 1 <= value <= 65535:
+            fail(name, "must be between 1 and 65535")
+    if not isinstance(cfg.threads, int) or not 0 <= cfg.threads <= MAX_THREADS:
+        fail("threads", f"must be between 0 (guess from the CPUs) and {MAX_THREADS}")
+    if not isinstance(cfg.backlog, int):
+        fail("backlog", "must be a number")
+    if not isinstance(cfg.hashtable_buckets, int) or not 0 < cfg.hashtable_buckets <= UINT32_MAX:
+        # gearmand's own wording
+        fail("hashtable_buckets", "hashtable-buckets has to be greater than 0", False)
+    if cfg.file_descriptors is not None and (not isinstance(cfg.file_descriptors, int)
+                                             or cfg.file_descriptors < 0):
+        fail("file_descriptors", "must be 0 (keep the system's limit) or more")
+    for name in ("keepalive_idle", "keepalive_interval", "keepalive_count"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or not (value == -1 or 1 <= value <= INT32_MAX):
+            fail(name, "must be -1 (the system's value) or a positive number")
+    if cfg.verbose not in VERBOSE_LEVELS:
+        fail("verbose", f"unknown level (one of {', '.join(VERBOSE_LEVELS)})")
+
+    if cfg.queue_type not in QUEUE_TYPES:
+        fail("queue_type", f"unknown queue type (gearmand 1.1.20 knows "
+                           f"{', '.join(QUEUE_TYPES)})")
+    if cfg.queue_type not in SUPPORTED_QUEUE_TYPES:
+        fail("queue_type", "persistent queues are not supported by this fastgear version yet")
+    for name in REQUIRED_QUEUE_OPTIONS.get(cfg.queue_type, ()):
+        if not getattr(cfg, name):
+            fail(name, f"is required with --queue-type {cfg.queue_type}", False)
+    for proto in cfg.protocol:
+        if proto not in PROTOCOLS:
+            fail("protocol", f"unknown protocol module (gearmand 1.1.20 knows only "
+                             f"{', '.join(PROTOCOLS)})")
+        if proto not in SUPPORTED_PROTOCOLS:
+            fail("protocol", f"the {proto.upper()} protocol is not supported by this "
+                             "fastgear version yet")
+    if cfg.ssl:
+        fail("ssl", "TLS is not supported by this fastgear version yet")
+    if cfg.syslog:
+        fail("syslog", "logging to syslog is not supported by this fastgear version yet")
+    return cfg
+
+
+def flag_table_markdown() -> str:
+    """The README's flag table, generated so that it cannot drift from OPTIONS."""
+    rows = ["| flag | default | meaning |", "|---|---|---|"]
+    for opt in OPTIONS:
+        if opt.field == "check_args":
+            continue  # hidden, as in gearmand
+        names = f"`-{opt.short}`, `--{opt.long}`" if opt.short else f"`--{opt.long}`"
+        if not opt.takes_value:
+            default = "on" if opt.default else "off"
+        elif opt.default in (None, ()):
+            default = ""
+        else:
+            default = f"`{opt.default}`"
+        rows.append(f"| {names} | {default} | {opt.help} |")
+    return "\n".join(rows)

@@ -1,0 +1,466 @@
+"""The gearmand command line, as fastgear parses it: names, defaults, quirks, refusals.
+
+Nothing here starts a server: `serve` is exercised with `--check-args` or with a fake
+`fastgear.server` module, and the real gearmand is only ever run with `--check-args`.
+"""
+import dataclasses
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+from conftest import GEARMAND, ROOT
+
+import fastgear
+from fastgear import cli, config
+from fastgear.config import Config, ConfigError
+
+# gearmand 1.1.20's defaults as `gearmand --help` and PROTOCOL.md section 5 state them,
+# written out independently of the OPTIONS table so a wrong row cannot hide.
+GEARMAND_DEFAULTS = {
+    "port": 4730, "listen": None, "backlog": 32, "daemon": False, "exceptions": False,
+    "file_descriptors": None, "job_retries": 0, "job_handle_prefix": None,
+    "hashtable_buckets": 991, "keepalive": False, "keepalive_idle": -1,
+    "keepalive_interval": -1, "keepalive_count": -1, "log_file": "/var/log/gearmand.log",
+    "pid_file": "/var/gearmand.pid", "pid_file_is_default": True, "protocol": (),
+    "round_robin": False, "queue_type": "builtin", "syslog": False, "coredump": False,
+    "threads": 4, "user": None, "verbose": "ERROR", "worker_wakeup": 0, "ssl": False,
+    "ssl_ca_file": None, "ssl_certificate": None, "ssl_key": None, "http_port": 8080,
+    "libsqlite3_db": None, "libsqlite3_table": "gearman_queue",
+    "store_queue_on_shutdown": False, "libpq_conninfo": None, "libpq_table": "queue",
+    "mysql_host": "localhost", "mysql_port": 3306, "mysql_user": None,
+    "mysql_password": None, "mysql_db": None, "mysql_table": "gearman_queue",
+    "redis_server": None, "redis_port": None, "redis_password": None,
+    "redis_prefix": "_gear_", "libmemcached_servers": None, "libmemcached_prefix": "gear_",
+    "config_file": "/etc/gearmand.conf", "check_args": False,
+}
+
+# (long, short, field, token given, value expected) for every gearmand 1.1.20 flag.
+FLAGS = [
+    ("backlog", "b", "backlog", "64", 64),
+    ("daemon", "d", "daemon", None, True),
+    ("exceptions", None, "exceptions", None, True),
+    ("file-descriptors", "f", "file_descriptors", "2048", 2048),
+    ("job-retries", "j", "job_retries", "3", 3),
+    ("job-handle-prefix", None, "job_handle_prefix", "H:box", "H:box"),
+    ("hashtable-buckets", None, "hashtable_buckets", "1733003", 1733003),
+    ("keepalive", None, "keepalive", None, True),
+    ("keepalive-idle", None, "keepalive_idle", "30", 30),
+    ("keepalive-interval", None, "keepalive_interval", "10", 10),
+    ("keepalive-count", None, "keepalive_count", "5", 5),
+    ("log-file", "l", "log_file", "stderr", "stderr"),
+    ("listen", "L", "listen", "127.0.0.1", "127.0.0.1"),
+    ("pid-file", "P", "pid_file", "/tmp/g.pid", "/tmp/g.pid"),
+    ("protocol", "r", "protocol", "HTTP", ("http",)),
+    ("round-robin", "R", "round_robin", None, True),
+    ("queue-type", "q", "queue_type", "LibSQLite3", "libsqlite3"),
+    ("config-file", None, "config_file", os.devnull, os.devnull),
+    ("syslog", None, "syslog", None, True),
+    ("coredump", None, "coredump", None, True),
+    ("threads", "t", "threads", "8", 8),
+    ("user", "u", "user", "nobody", "nobody"),
+    ("verbose", None, "verbose", "info", "INFO"),
+    ("worker-wakeup", "w", "worker_wakeup", "2", 2),
+    ("check-args", None, "check_args", None, True),
+    ("http-port", None, "http_port", "8081", 8081),
+    ("port", "p", "port", "4731", 4731),
+    ("ssl", None, "ssl", None, True),
+    ("ssl-ca-file", None, "ssl_ca_file", "/ca.pem", "/ca.pem"),
+    ("ssl-certificate", None, "ssl_certificate", "/cert.pem", "/cert.pem"),
+    ("ssl-key", None, "ssl_key", "/key.pem", "/key.pem"),
+    ("libmemcached-servers", None, "libmemcached_servers", "a:11211", "a:11211"),
+    ("libmemcached-prefix", None, "libmemcached_prefix", "x_", "x_"),
+    ("libsqlite3-db", None, "libsqlite3_db", "/q.db", "/q.db"),
+    ("store-queue-on-shutdown", None, "store_queue_on_shutdown", None, True),
+    ("libsqlite3-table", None, "libsqlite3_table", "jobs", "jobs"),
+    ("libpq-conninfo", None, "libpq_conninfo", "dbname=g", "dbname=g"),
+    ("libpq-table", None, "libpq_table", "jobs", "jobs"),
+    ("redis-server", None, "redis_server", "r1", "r1"),
+    ("redis-port", None, "redis_port", "6380", "6380"),
+    ("redis-password", None, "redis_password", "pw", "pw"),
+    ("redis-prefix", None, "redis_prefix", "p_", "p_"),
+    ("mysql-host", None, "mysql_host", "db", "db"),
+    ("mysql-port", None, "mysql_port", "3307", 3307),
+    ("mysql-user", None, "mysql_user", "u", "u"),
+    ("mysql-password", None, "mysql_password", "pw", "pw"),
+    ("mysql-db", None, "mysql_db", "g", "g"),
+    ("mysql-table", None, "mysql_table", "jobs", "jobs"),
+]
+
+
+@pytest.fixture(autouse=True)
+def no_system_config_file(monkeypatch, tmp_path):
+    """Keep a real /etc/gearmand.conf on the test machine out of every test."""
+    monkeypatch.setattr(config, "DEFAULT_CONFIG_FILE", str(tmp_path / "absent.conf"))
+    monkeypatch.delenv("GEARMAND_PORT", raising=False)
+
+
+def parse(*argv, environ=None):
+    return cli.config_from_argv(list(argv), environ={} if environ is None else environ)
+
+
+def refusal(*argv):
+    with pytest.raises(ConfigError) as info:
+        config.validate(parse(*argv))
+    return str(info.value)
+
+
+@pytest.fixture
+def fake_server(monkeypatch):
+    """Stands in for the compiled server so `serve` can be run to the hand-over point."""
+    calls = []
+    fake = types.ModuleType("fastgear.server")
+
+    def run(cfg):
+        calls.append(cfg)
+        return 7
+    fake.run = run
+    monkeypatch.setitem(sys.modules, "fastgear.server", fake)
+    monkeypatch.setattr(fastgear, "server", fake, raising=False)
+    return calls
+
+
+# --- every flag, its names and its default -------------------------------------------
+
+
+def test_the_options_table_has_one_row_per_gearmand_flag():
+    assert [(o.long, o.short, o.field) for o in config.OPTIONS] == \
+        [(long, short, field) for long, short, field, _, _ in FLAGS]
+
+
+def test_config_has_exactly_the_fields_the_server_reads():
+    assert set(config.fields()) == set(GEARMAND_DEFAULTS)
+    assert set(config.fields()) == {o.field for o in config.OPTIONS} | {"pid_file_is_default"}
+
+
+@pytest.mark.parametrize("long, short, field, token, expected", FLAGS,
+                         ids=[row[0] for row in FLAGS])
+def test_long_flag_sets_its_field(long, short, field, token, expected):
+    argv = ["--" + long] + ([] if token is None else [token])
+    assert getattr(parse(*argv), field) == expected
+
+
+@pytest.mark.parametrize("long, short, field, token, expected",
+                         [row for row in FLAGS if row[1]], ids=[r[0] for r in FLAGS if r[1]])
+def test_short_flag_sets_the_same_field_as_its_long_name(long, short, field, token, expected):
+    argv = ["-" + short] + ([] if token is None else [token])
+    assert getattr(parse(*argv), field) == expected
+
+
+def test_defaults_equal_gearmands():
+    assert dataclasses.asdict(Config()) == GEARMAND_DEFAULTS
+    assert dataclasses.asdict(parse()) == GEARMAND_DEFAULTS
+    for row in config.OPTIONS:
+        assert row.default == GEARMAND_DEFAULTS[row.field], row.long
+
+
+def test_defaults_pass_validation():
+    assert config.validate(parse()) == Config()
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Config().port = 1
+
+
+def test_short_flags_cluster_and_take_attached_values_like_boost():
+    cfg = parse("-dR", "-p4731", "--threads=2", "-j7")
+    assert (cfg.daemon, cfg.round_robin, cfg.port, cfg.threads, cfg.job_retries) == \
+        (True, True, 4731, 2, 7)
+
+
+def test_negative_numbers_are_values_not_options():
+    assert parse("-b", "-1").backlog == -1
+    assert parse("--keepalive-idle", "-1").keepalive_idle == -1
+
+
+# --- gearmand's quirks -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given, stored", [("255", 255), ("256", 0), ("257", 1), ("-1", 255)])
+def test_job_retries_is_truncated_to_eight_bits_like_gearmand(given, stored):
+    assert parse("-j", given).job_retries == stored
+
+
+@pytest.mark.parametrize("given, stored", [("300", 44), ("256", 0), ("1", 1)])
+def test_worker_wakeup_is_truncated_to_eight_bits_like_gearmand(given, stored):
+    assert parse("-w", given).worker_wakeup == stored
+
+
+@pytest.mark.parametrize("level", config.VERBOSE_LEVELS)
+def test_every_verbose_level_is_accepted_in_any_case(level):
+    assert config.validate(parse("--verbose", level.lower())).verbose == level
+    assert config.validate(parse("--verbose", level)).verbose == level
+
+
+def test_pid_file_is_default_only_when_no_pid_file_was_given():
+    assert parse().pid_file_is_default is True
+    assert parse("-P", "/var/gearmand.pid").pid_file_is_default is False
+
+
+def test_queue_type_builtin_is_accepted_in_any_case():
+    assert config.validate(parse("-q", "BUILTIN")).queue_type == "builtin"
+
+
+def test_queue_module_options_without_their_queue_type_are_accepted_like_gearmand():
+    cfg = config.validate(parse("--libsqlite3-db", "/q.db", "--mysql-port", "3307",
+                                "--redis-server", "r", "--libpq-conninfo", "x",
+                                "--libmemcached-servers", "m", "--store-queue-on-shutdown"))
+    assert cfg.queue_type == "builtin" and cfg.libsqlite3_db == "/q.db"
+
+
+def test_ssl_files_and_http_port_alone_are_accepted_like_gearmand():
+    config.validate(parse("--ssl-ca-file", "a", "--ssl-certificate", "b", "--ssl-key", "c",
+                          "--http-port", "8081"))
+
+
+def test_user_is_accepted_here_and_checked_by_the_server():
+    assert config.validate(parse("-u", "nobody")).user == "nobody"
+
+
+def test_zero_threads_is_accepted_as_gearmands_guess():
+    assert config.validate(parse("-t", "0")).threads == 0
+
+
+# --- refusals name the flag ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("queue_type", ["libsqlite3", "postgres", "mysql", "redis",
+                                        "libmemcached"])
+def test_persistent_queue_types_are_refused_naming_the_flag(queue_type):
+    message = refusal("-q", queue_type)
+    assert message == (f"--queue-type {queue_type}: persistent queues are not supported "
+                       "by this fastgear version yet")
+
+
+def test_unknown_queue_type_is_refused_naming_the_flag():
+    assert "--queue-type nosuch: unknown queue type" in refusal("-q", "nosuch")
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--ssl"], "--ssl"),
+    (["-r", "http"], "--protocol http"),
+    (["-r", "spdy"], "--protocol spdy"),
+    (["--syslog"], "--syslog"),
+    (["-p", "0"], "--port 0"),
+    (["-p", "65536"], "--port 65536"),
+    (["-t", "-1"], "--threads -1"),
+    (["--verbose", "LOUD"], "--verbose LOUD"),
+    (["--hashtable-buckets", "0"], "--hashtable-buckets"),
+    (["-f", "-5"], "--file-descriptors -5"),
+])
+def test_unsupported_or_invalid_values_are_refused_naming_the_flag(argv, flag):
+    assert refusal(*argv).startswith(flag + ":")
+
+
+def test_validate_checks_a_config_built_directly():
+    with pytest.raises(ConfigError, match="--verbose"):
+        config.validate(Config(verbose="chatty"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-p", "1", "-p", "2"], "option '--port' cannot be specified more than once"),
+    (["-d", "--daemon"], "option '--daemon' cannot be specified more than once"),
+    (["-j", "abc"], "the argument ('abc') for option '--job-retries' is invalid"),
+    (["--mysql-port", "x"], "the argument ('x') for option '--mysql-port' is invalid"),
+])
+def test_parse_errors_use_gearmands_wording(argv, message):
+    with pytest.raises(ConfigError) as info:
+        parse(*argv)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("argv", [["--back", "5"], ["--verb", "INFO"], ["--po", "1"],
+                                  ["--daemo"], ["-v"], ["--check-args=1"], ["stray"]])
+def test_abbreviations_and_unknown_flags_are_rejected(argv, capsys):
+    assert cli.main(["serve", "--check-args"] + argv) == 2
+    assert capsys.readouterr().err.startswith("fastgear: error: ")
+
+
+# --- config file and @file -------------------------------------------------------------
+
+
+def test_config_file_fills_in_what_the_command_line_left_unset(tmp_path):
+    conf = tmp_path / "g.conf"
+    conf.write_text("--port 4999\n--verbose INFO\t-R\n-j\n3\n")
+    cfg = parse("--config-file", str(conf), "-p", "5000")
+    assert (cfg.port, cfg.verbose, cfg.round_robin, cfg.job_retries) == (5000, "INFO", True, 3)
+    assert cfg.config_file == str(conf)
+
+
+def test_at_file_is_the_same_as_config_file(tmp_path):
+    conf = tmp_path / "g.conf"
+    conf.write_text("-w 2 --listen 127.0.0.1")
+    cfg = parse("@" + str(conf))
+    assert (cfg.worker_wakeup, cfg.listen, cfg.config_file) == (2, "127.0.0.1", str(conf))
+
+
+def test_an_at_sign_in_an_option_value_is_not_a_file():
+    assert parse("--job-handle-prefix", "@x").job_handle_prefix == "@x"
+    assert parse("-L", "@x", "-dl", "@y").log_file == "@y"
+
+
+def test_missing_default_config_file_is_silently_ignored_even_when_named():
+    assert parse() == Config()
+    assert parse("--config-file", config.DEFAULT_CONFIG_FILE).threads == 4
+
+
+def test_missing_named_config_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="--config-file .*could not open"):
+        parse("--config-file", str(tmp_path / "nope.conf"))
+    with pytest.raises(ConfigError, match="could not open"):
+        parse("@" + str(tmp_path / "nope.conf"))
+
+
+def test_config_file_and_at_file_together_count_as_a_repeat(tmp_path):
+    conf = tmp_path / "g.conf"
+    conf.write_text("")
+    with pytest.raises(ConfigError, match="'--config-file' cannot be specified more than once"):
+        parse("--config-file", str(conf), "@" + str(conf))
+
+
+def test_errors_in_the_config_file_name_the_file(tmp_path):
+    conf = tmp_path / "g.conf"
+    conf.write_text("-p 1 -p 2")
+    with pytest.raises(ConfigError, match=f"^{conf}: option '--port' cannot be specified"):
+        parse("--config-file", str(conf))
+
+
+def test_default_config_file_is_read_when_present(tmp_path):
+    with open(config.DEFAULT_CONFIG_FILE, "w") as f:
+        f.write("--threads 2")
+    assert parse().threads == 2
+
+
+def test_config_file_named_inside_a_config_file_is_not_followed(tmp_path):
+    inner = tmp_path / "inner.conf"
+    inner.write_text("-t 9")
+    outer = tmp_path / "outer.conf"
+    outer.write_text(f"--config-file {inner} -t 3")
+    cfg = parse("@" + str(outer))
+    assert (cfg.threads, cfg.config_file) == (3, str(outer))
+
+
+# --- GEARMAND_PORT ---------------------------------------------------------------------
+
+
+def test_gearmand_port_env_sets_the_port_when_no_port_flag_is_given(tmp_path):
+    assert parse(environ={"GEARMAND_PORT": "4999"}).port == 4999
+    assert parse("-p", "5000", environ={"GEARMAND_PORT": "4999"}).port == 5000
+    conf = tmp_path / "g.conf"
+    conf.write_text("-p 5001")
+    assert parse("@" + str(conf), environ={"GEARMAND_PORT": "4999"}).port == 5001
+
+
+def test_empty_gearmand_port_env_is_ignored():
+    assert parse(environ={"GEARMAND_PORT": ""}).port == 4730
+
+
+def test_invalid_gearmand_port_env_is_an_error():
+    with pytest.raises(ConfigError, match="GEARMAND_PORT"):
+        parse(environ={"GEARMAND_PORT": "gearman"})
+
+
+def test_main_reads_gearmand_port_from_the_environment(monkeypatch, fake_server):
+    monkeypatch.setenv("GEARMAND_PORT", "4998")
+    assert cli.main(["serve"]) == 7
+    assert fake_server[0].port == 4998
+
+
+# --- main: check-args, version, hand-over ------------------------------------------------
+
+
+def test_check_args_validates_and_exits_zero_without_serving(fake_server):
+    assert cli.main(["serve", "--check-args", "-p", "4731"]) == 0
+    assert fake_server == []
+
+
+def test_check_args_still_refuses_unsupported_flags(fake_server, capsys):
+    assert cli.main(["serve", "--check-args", "--ssl"]) == 2
+    assert capsys.readouterr().err == \
+        "fastgear: error: --ssl: TLS is not supported by this fastgear version yet\n"
+    assert fake_server == []
+
+
+def test_serve_hands_the_validated_config_to_the_server(fake_server):
+    assert cli.main(["serve", "-p", "4731", "--verbose", "debug", "-j", "256"]) == 7
+    assert fake_server == [dataclasses.replace(Config(), port=4731, verbose="DEBUG")]
+
+
+def test_serve_does_not_start_the_server_when_config_is_refused(fake_server, capsys):
+    assert cli.main(["serve", "-q", "libsqlite3", "--libsqlite3-db", "x.db"]) == 2
+    assert "--queue-type libsqlite3" in capsys.readouterr().err
+    assert fake_server == []
+
+
+@pytest.mark.parametrize("argv", [["serve", "-V"], ["serve", "--version"], ["--version"],
+                                  ["-V"]])
+def test_version_names_fastgear_and_the_gearmand_it_replaces(argv, capsys, fake_server):
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out == \
+        f"fastgear {fastgear.__version__} (gearmand 1.1.20 compatible)\n"
+    assert fake_server == []
+
+
+def test_serve_help_lists_every_flag_but_hides_check_args(capsys):
+    assert cli.main(["serve", "--help"]) == 0
+    out = capsys.readouterr().out
+    for row in config.OPTIONS:
+        if row.long != "check-args":
+            assert "--" + row.long in out
+    assert "--check-args" not in out
+
+
+def test_no_subcommand_prints_usage_and_fails(capsys):
+    assert cli.main([]) == 2
+    assert "usage: fastgear" in capsys.readouterr().err
+
+
+def test_unknown_subcommand_fails(capsys):
+    assert cli.main(["frobnicate"]) == 2
+    assert capsys.readouterr().err.startswith("fastgear: error: ")
+
+
+def test_python_dash_m_fastgear_runs_the_cli(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("GEARMAND_PORT", None)
+    res = subprocess.run([sys.executable, "-m", "fastgear", "serve", "--check-args",
+                          "--config-file", os.devnull, "-p", "70000"],
+                         capture_output=True, text=True, timeout=30, check=False,
+                         cwd=tmp_path, env=env)
+    assert res.returncode == 2
+    assert res.stderr == "fastgear: error: --port 70000: must be between 1 and 65535\n"
+
+
+# --- acceptance compared with the real gearmand ---------------------------------------
+
+SAME_AS_GEARMAND = [
+    ["-dR", "-p4731"],
+    ["--port=4731", "-j", "256", "-w", "300"],
+    ["-b", "-1", "--keepalive", "--keepalive-idle", "5", "-t", "0"],
+    ["-q", "BUILTIN", "--libsqlite3-db", "x.db", "--mysql-port", "3307"],
+    ["--verbose", "DEBUG", "--coredump", "--exceptions", "--job-handle-prefix", "@x"],
+    ["-v"],
+    ["--back", "5"],
+    ["-p", "1", "-p", "2"],
+    ["-d", "-d"],
+    ["-j", "abc"],
+    ["--keepalive-idle", "x"],
+    ["--mysql-port", "x"],
+    ["--hashtable-buckets", "0"],
+    ["--check-args=1"],
+    ["-t"],
+    ["--libtokyocabinet-file", "x"],
+    ["stray"],
+]
+
+
+@pytest.mark.skipif(GEARMAND is None, reason="gearmand not installed")
+@pytest.mark.parametrize("argv", SAME_AS_GEARMAND, ids=" ".join)
+def test_command_line_is_accepted_or_rejected_like_gearmand(argv, tmp_path, capsys):
+    env = {k: v for k, v in os.environ.items() if k != "GEARMAND_PORT"}
+    real = subprocess.run([GEARMAND, "--check-args", "-l", "none"] + argv, cwd=tmp_path,
+                          env=env, capture_output=True, timeout=20, check=False)
+    ours = cli.main(["serve", "--check-args", "-l", "none"] + argv)
+    assert (ours == 0) == (real.returncode == 0), real.stderr
