@@ -144,7 +144,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("job-handle-prefix", None, "job_handle_prefix", optional_text, None,
            'Prefix used to generate a job handle string. Default "H:<host_name>".'),
     Option("hashtable-buckets", None, "hashtable_buckets", uint32, 991,
-           "Number of buckets in the internal job hash tables."),
+           "Number of buckets in the internal job hash tables (accepted; fastgear's "
+           "tables grow with the number of jobs)."),
     Option("keepalive", None, "keepalive", None, False, "Enable keepalive on sockets."),
     Option("keepalive-idle", None, "keepalive_idle", int32, -1,
            "If keepalive is enabled, TCP_KEEPIDLE in seconds; -1: the system's value."),
@@ -159,26 +160,29 @@ OPTIONS: tuple[Option, ...] = (
            "Address the server should listen on. Default is every address."),
     Option("pid-file", "P", "pid_file", text, DEFAULT_PID_FILE,
            "File to write process ID out to."),
-    Option("protocol", "r", "protocol", protocol_list, (), "Load protocol module."),
+    Option("protocol", "r", "protocol", protocol_list, (), "Load protocol module (fastgear: refused, the http protocol is not "
+           "implemented yet)."),
     Option("round-robin", "R", "round_robin", None, False,
            "Assign work in round-robin order per worker connection. The default is to "
            "assign work in the order of functions added by the worker."),
-    Option("queue-type", "q", "queue_type", lower, "builtin", "Persistent queue type to use."),
+    Option("queue-type", "q", "queue_type", lower, "builtin", "Persistent queue type to use (fastgear: only builtin so far)."),
     Option("config-file", None, "config_file", text, DEFAULT_CONFIG_FILE,
            "Read options from this file (whitespace-separated words; the command line "
            "wins). Can be specified with '@name', too."),
-    Option("syslog", None, "syslog", None, False, "Use syslog."),
+    Option("syslog", None, "syslog", None, False, "Use syslog (fastgear: refused, not implemented yet)."),
     Option("coredump", None, "coredump", None, False,
            "Whether to create a core dump for uncaught signals."),
     Option("threads", "t", "threads", uint32, 4,
            "Number of I/O threads to use, 0 means that the server will try to guess the "
-           "maximum number it can use."),
+           "maximum number it can use (fastgear: accepted; this version serves all "
+           "connections from one C-level epoll loop)."),
     Option("user", "u", "user", optional_text, None, "Switch to given user after startup."),
     Option("verbose", None, "verbose", upper, "ERROR",
            "Set verbose level (" + ", ".join(VERBOSE_LEVELS) + ")."),
     Option("worker-wakeup", "w", "worker_wakeup", uint32, 0,
            "Number of workers to wakeup for each job received (low 8 bits, as in "
-           "gearmand). The default is to wakeup all available workers."),
+           "gearmand). fastgear's default (0) wakes one sleeping worker per queued job, "
+           "rotating; gearmand's 0 wakes every sleeper."),
     Option("check-args", None, "check_args", None, False,
            "Check command line and configuration file arguments and then exit."),
     # HTTP
@@ -186,7 +190,7 @@ OPTIONS: tuple[Option, ...] = (
     # Gear
     Option("port", "p", "port", decimal, GEARMAND_PORT,
            "Port the server should listen on (GEARMAND_PORT, if set, when -p is not given)."),
-    Option("ssl", None, "ssl", None, False, "Enable ssl connections."),
+    Option("ssl", None, "ssl", None, False, "Enable ssl connections (fastgear: refused, not implemented yet)."),
     Option("ssl-ca-file", None, "ssl_ca_file", text, None, "CA file."),
     Option("ssl-certificate", None, "ssl_certificate", text, None, "SSL certificate."),
     Option("ssl-key", None, "ssl_key", text, None, "SSL key for certificate."),

@@ -333,6 +333,9 @@ cdef void loop_run(Loop *L) noexcept nogil:
                     read_conn(L, c)
                 if events[i].events & EPOLLOUT:
                     conn_dirty(&L.eng, c)
+    # Replies queued in the last batch (an admin answer, a final WORK_FAIL) still go
+    # out, as far as the sockets take them without blocking.
+    flush_dirty(L)
     L.running = 0
     pthread_mutex_unlock(&L.lock)
 
