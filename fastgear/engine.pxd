@@ -104,7 +104,8 @@ cdef struct Conn:
     uint64_t id
     int thread
     Buf inbuf
-    Buf outbuf
+    Buf outbuf               # written by the engine, under the engine lock
+    Buf wbuf                 # being sent by the owning I/O thread, no lock needed
     char ip[48]
     uint8_t loopback
     char client_id[MAX_CLIENT_ID]
@@ -121,7 +122,12 @@ cdef struct Conn:
     uint8_t detached         # engine state released
     uint8_t in_close
     uint8_t in_resume
+    uint8_t in_remote
+    uint8_t admin_close      # the admin reply asked for the connection to close
+    uint8_t in_flush
     Conn *dirty_next
+    Conn *remote_next        # owner's list of connections made dirty by other threads
+    Conn *flush_next
     Conn *close_next
     Conn *resume_next
     Conn *all_prev
@@ -162,6 +168,7 @@ cdef struct Engine:
     int64_t now_ms
     int64_t now_wall_s
     uint64_t n_packets
+    unsigned long owner      # thread holding the engine lock (checked in debug builds)
 
 cdef int engine_init(Engine *e, const char *prefix, size_t prefix_len,
                      uint32_t job_retries, uint32_t worker_wakeup,

@@ -15,7 +15,8 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
 from fastgear.buffer cimport Buf, buf_init, buf_free
 from fastgear.protocol cimport *
-from fastgear.includes.sys cimport (now_ms, wall_s, time_t, tm, localtime_r, mktime, c_assert)
+from fastgear.includes.sys cimport (now_ms, wall_s, time_t, tm, localtime_r, mktime, c_assert,
+                                   pthread_self)
 
 cdef enum:
     JOB_QUEUED = 0
@@ -243,7 +244,7 @@ cdef void heap_remove(Engine *e, Job *j) noexcept nogil:
 # ---- output ---------------------------------------------------------------------------
 
 cdef void conn_dirty(Engine *e, Conn *c) noexcept nogil:
-    if not c.dirty and not c.dead:
+    if not c.dirty:
         c.dirty = 1
         c.dirty_next = e.dirty
         e.dirty = c
@@ -251,22 +252,16 @@ cdef void conn_dirty(Engine *e, Conn *c) noexcept nogil:
 
 cdef inline int out2(Engine *e, Conn *c, uint32_t t, const char *a, size_t an,
                      const char *b, size_t bn) noexcept nogil:
-    if c.dead:
-        return 0
     conn_dirty(e, c)
     return encode2(&c.outbuf, t, a, an, b, bn)
 
 
 cdef inline int out1(Engine *e, Conn *c, uint32_t t, const char *a, size_t an) noexcept nogil:
-    if c.dead:
-        return 0
     conn_dirty(e, c)
     return encode1(&c.outbuf, t, a, an)
 
 
 cdef inline int out0(Engine *e, Conn *c, uint32_t t) noexcept nogil:
-    if c.dead:
-        return 0
     conn_dirty(e, c)
     return encode0(&c.outbuf, t)
 
@@ -347,6 +342,7 @@ cdef void engine_free(Engine *e) noexcept nogil:
 
 cdef void conn_attach(Engine *e, Conn *c) noexcept nogil:
     """Register a new connection (its fd, ip and buffers set by the caller)."""
+    c_assert(e.owner == pthread_self())
     c.id = e.next_conn_id
     e.next_conn_id += 1
     c.exceptions = e.exceptions_default
@@ -918,9 +914,8 @@ cdef int handle_work(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
         j.den = atou32(pkt.f[2], pkt.flen[2])
         a = j.clients
         while a != NULL:
-            if not a.conn.dead:
-                conn_dirty(e, a.conn)
-                encode_packet(&a.conn.outbuf, 1, CMD_WORK_STATUS, 3, pkt.f, pkt.flen)
+            conn_dirty(e, a.conn)
+            encode_packet(&a.conn.outbuf, 1, CMD_WORK_STATUS, 3, pkt.f, pkt.flen)
             a = a.j_next
         return E_OK
     c.jobs_done += 1
@@ -1026,6 +1021,7 @@ cdef int ieq(const char *a, size_t an, const char *lower) noexcept nogil:
 cdef int engine_packet(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     """Apply one parsed binary packet from c. E_OK, or E_CLOSE/E_NOMEM (close c)."""
     cdef uint32_t t = pkt.type
+    c_assert(e.owner == pthread_self())
     cdef int64_t tmo
     cdef Function *f
     cdef Job *j
@@ -1094,6 +1090,7 @@ cdef int engine_packet(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
 cdef int64_t engine_timers(Engine *e) noexcept nogil:
     """Run due timers; return ms until the next one, or -1 when none is pending."""
     cdef Job *j
+    c_assert(e.owner == pthread_self())
     while e.heap_len and e.heap[0].timer_ms <= e.now_ms:
         j = e.heap[0]
         heap_remove(e, j)
@@ -1114,6 +1111,7 @@ cdef void conn_detach(Engine *e, Conn *c) noexcept nogil:
     cdef Attach *a
     cdef Attach *an
     cdef Job *j
+    c_assert(e.owner == pthread_self())
     if c.detached:
         return
     c.detached = 1
@@ -1195,6 +1193,8 @@ cdef class EngineHarness:
         if engine_init(&self.e, prefix, len(prefix), job_retries, worker_wakeup,
                        round_robin, exceptions) != 0:
             raise MemoryError()
+        # The harness is single-threaded: it stands in for the engine lock's holder.
+        self.e.owner = pthread_self()
         self.conns_ = []
 
     def __dealloc__(self):

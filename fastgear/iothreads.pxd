@@ -1,11 +1,14 @@
-# The I/O loop's state: one epoll loop that owns the sockets, the shared engine and its
-# lock, and the hand-over queue of text admin lines to the Python control thread.
+# The I/O layer's state: N epoll loops (one native thread each) sharing one engine and
+# its lock, plus the hand-over queue of text admin lines to the Python control thread.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from fastgear.engine cimport Engine, Conn
 from fastgear.includes.sys cimport pthread_mutex_t
 
 cdef enum:
     MAX_LISTENERS = 16
+    MAX_LOOPS = 1024
+
+cdef struct Shared
 
 cdef struct AdminReq:
     int fd
@@ -16,21 +19,34 @@ cdef struct AdminReq:
     AdminReq *next
 
 cdef struct Loop:
+    # Owned by one thread; the fields marked (lock) are also touched by others.
+    Shared *S
+    int idx
+    int epfd
+    int wakefd               # poked by other threads: remote output, admin replies, stop
+    Conn *closing            # to close after the next locked section
+    Conn *flush              # staged output to send outside the lock
+    Conn *check              # flushed connections that were closing or dead
+    Conn *remote             # (lock) own connections made dirty by other threads
+    Conn *resume             # (lock) own connections whose admin reply arrived
+    uint8_t poke_pending     # (lock) a wake-up is already on its way
+    uint64_t accepted        # per-thread counters, summed on read
+    uint64_t protocol_errors
+    uint64_t batches
+
+cdef struct Shared:
     Engine eng
     pthread_mutex_t lock
-    int epfd
-    int wakefd               # pokes the I/O loop (admin replies, stop)
+    Loop *loops
+    int nloops
+    int next_loop            # round-robin assignment of accepted connections
     int adminfd              # pokes the control thread (admin lines waiting)
     int listen_fds[MAX_LISTENERS]
     int nlisten
     Conn **conns             # indexed by fd
     size_t conns_cap
-    Conn *closing            # connections to close after this batch's flush
-    Conn *resume             # connections whose admin reply arrived
     AdminReq *admin_head
     AdminReq *admin_tail
     size_t max_packet
+    int64_t timer_wake_ms    # when loop 0, which runs the timers, will wake next
     int stopping
-    int running
-    uint64_t accepted
-    uint64_t protocol_errors

@@ -1,27 +1,37 @@
-# The epoll I/O loop: non-blocking accept/read/write, per-connection buffers, and the
-# batch step that feeds every complete packet to the engine. One iteration reads every
-# ready socket, parses and applies all complete packets while holding the engine lock
-# once, then flushes every connection that got output with one send() each before
-# sleeping again. The loop runs in a native thread with the GIL released for its whole
-# life; it never touches a Python object. Text admin lines are handed to the Python
-# control thread through a C-level queue and an eventfd; the connection's input is held
-# until the reply comes back, so binary and text replies stay in order. Nothing else
-# on the connection or the server waits for Python.
+# The epoll I/O loops: non-blocking accept/read/write, per-connection buffers, and the
+# batch step that feeds every complete packet to the shared engine. They run in native
+# threads with the GIL released for their whole life and never touch a Python object.
 #
-# Thread model (DESIGN.md §3): this issue runs one loop; the Loop struct holds every
-# piece of per-loop state apart from the shared Engine so N loops can be started later.
+# Thread model (DESIGN.md §3). `--threads N` starts N loops (0 or 1: one loop). Each
+# loop owns the connections it was given: their sockets, input buffers and send
+# buffers, which only it touches, without a lock. The engine (functions, jobs, queues)
+# is one set of structures behind one mutex, taken once per batch, not per packet:
+#   1. epoll_wait, then recv() every ready socket into its input buffer (no lock);
+#   2. lock; parse and apply every complete packet; the engine appends replies to the
+#      target connections' `outbuf` and puts them on the engine's dirty list;
+#   3. still locked, route the dirty list: own connections have `outbuf` moved to their
+#      send buffer `wbuf` (a pointer swap when it is empty), connections of other loops
+#      go on that loop's `remote` list and the loop is poked through its eventfd;
+#   4. unlock; send() every staged buffer, one syscall per connection.
+# Loop 0 also runs the engine's timers (epoch jobs, CAN_DO_TIMEOUT); a loop that arms
+# an earlier timer pokes it. Accepted connections are handed to loops round robin.
+# Text admin lines go to the Python control thread through a C queue and an eventfd;
+# only the connection that sent the line waits (its input is held), so binary and text
+# replies stay in order. Counters are per loop and summed when read.
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
-from fastgear.buffer cimport (buf_init, buf_free, buf_len, buf_head, buf_reserve,
+from fastgear.buffer cimport (Buf, buf_init, buf_free, buf_len, buf_head, buf_reserve,
                               buf_append, buf_consume, buf_shrink)
 from fastgear.protocol cimport *
 from fastgear.engine cimport *
 from fastgear.includes.sys cimport *
 
-cdef uint64_t TAG_WAKE = 1ULL << 40
-cdef uint64_t TAG_LISTEN = 1ULL << 41
+# epoll tags: a connection's tag is its Conn pointer (16-byte aligned, low bits 0);
+# the eventfd and listening sockets are told apart by their low bits.
+cdef uint64_t TAG_WAKE = 1
+cdef uint64_t TAG_LISTEN = 2
 
 cdef enum:
     MAX_EVENTS = 256
@@ -34,7 +44,7 @@ cdef enum:
     KEEP_BUFFER = 1 << 20
 
 
-cdef inline void loop_poke(int fd) noexcept nogil:
+cdef inline void poke_fd(int fd) noexcept nogil:
     cdef uint64_t one = 1
     write(fd, &one, 8)
 
@@ -44,11 +54,21 @@ cdef inline void drain_fd(int fd) noexcept nogil:
     read(fd, &v, 8)
 
 
+cdef inline void lock(Shared *S) noexcept nogil:
+    pthread_mutex_lock(&S.lock)
+    S.eng.owner = pthread_self()
+
+
+cdef inline void unlock(Shared *S) noexcept nogil:
+    S.eng.owner = 0
+    pthread_mutex_unlock(&S.lock)
+
+
 cdef void set_events(Loop *L, Conn *c) noexcept nogil:
     cdef epoll_event ev
-    ev.data.u64 = <uint64_t>c.fd
+    ev.data.ptr = c
     ev.events = EPOLLOUT if c.want_out else 0
-    if not c.eof and not c.closing:
+    if not c.eof and not c.closing and not c.dead:
         ev.events |= EPOLLIN
     epoll_ctl(L.epfd, EPOLL_CTL_MOD, c.fd, &ev)
 
@@ -63,11 +83,11 @@ cdef void mark_close(Loop *L, Conn *c) noexcept nogil:
 cdef void protocol_error(Loop *L, Conn *c, const char *code, const char *text) noexcept nogil:
     """Replies already due stay queued; the ERROR goes after them; then we close."""
     L.protocol_errors += 1
-    engine_error(&L.eng, c, code, text)
+    engine_error(&L.S.eng, c, code, text)
     c.closing = 1
 
 
-cdef int queue_admin(Loop *L, Conn *c, const char *line, size_t n) noexcept nogil:
+cdef int queue_admin(Shared *S, Conn *c, const char *line, size_t n) noexcept nogil:
     cdef AdminReq *r = <AdminReq *>malloc(sizeof(AdminReq) + n + 1)
     if r == NULL:
         return -1
@@ -79,29 +99,30 @@ cdef int queue_admin(Loop *L, Conn *c, const char *line, size_t n) noexcept nogi
     r.line[n] = 0
     r.len = n
     r.next = NULL
-    if L.admin_tail != NULL:
-        L.admin_tail.next = r
+    if S.admin_tail != NULL:
+        S.admin_tail.next = r
     else:
-        L.admin_head = r
-    L.admin_tail = r
+        S.admin_head = r
+    S.admin_tail = r
     c.admin_pending = 1
-    loop_poke(L.adminfd)
+    poke_fd(S.adminfd)
     return 0
 
 
 cdef void process_input(Loop *L, Conn *c) noexcept nogil:
-    """Parse and apply every complete packet in c's input buffer."""
+    """(lock) Parse and apply every complete packet in c's input buffer."""
     cdef Packet pkt
     cdef int st, r
+    cdef Shared *S = L.S
     while not c.closing and not c.admin_pending and not c.dead:
-        st = parse_packet(buf_head(&c.inbuf), buf_len(&c.inbuf), L.max_packet, &pkt)
+        st = parse_packet(buf_head(&c.inbuf), buf_len(&c.inbuf), S.max_packet, &pkt)
         if st == P_PACKET:
-            r = engine_packet(&L.eng, c, &pkt)
+            r = engine_packet(&S.eng, c, &pkt)
             buf_consume(&c.inbuf, pkt.size)
             if r != E_OK:
                 protocol_error(L, c, b"MEMORY_ALLOCATION_FAILURE", b"Out of memory")
         elif st == P_TEXT:
-            if queue_admin(L, c, pkt.f[0], pkt.flen[0]) != 0:
+            if queue_admin(S, c, pkt.f[0], pkt.flen[0]) != 0:
                 c.closing = 1
             buf_consume(&c.inbuf, pkt.size)
         elif st == P_NEED_MORE:
@@ -120,23 +141,26 @@ cdef void process_input(Loop *L, Conn *c) noexcept nogil:
         else:
             L.protocol_errors += 1
             buf_append(&c.outbuf, b"ERR LINE_TOO_LONG Text+line+longer+than+8192+bytes\r\n", 51)
-            conn_dirty(&L.eng, c)
+            conn_dirty(&S.eng, c)
             c.closing = 1
     if c.eof and not c.admin_pending:
         c.closing = 1
-    if c.closing:
+    if c.closing or c.dead:
         buf_consume(&c.inbuf, buf_len(&c.inbuf))
         # Let the peer's jobs go now; what is queued for it is still flushed.
-        conn_detach(&L.eng, c)
-        conn_dirty(&L.eng, c)
+        conn_detach(&S.eng, c)
+        conn_dirty(&S.eng, c)
+        if c.dead:
+            mark_close(L, c)
 
 
-cdef void read_conn(Loop *L, Conn *c) noexcept nogil:
+cdef int read_conn(Loop *L, Conn *c) noexcept nogil:
+    """(no lock) recv() what the socket has; 1 if there is input or news to process."""
     cdef ssize_t n
     cdef size_t total = 0, space
     while total < READ_BUDGET:
         if buf_reserve(&c.inbuf, READ_CHUNK) != 0:
-            protocol_error(L, c, b"MEMORY_ALLOCATION_FAILURE", b"Out of memory")
+            c.dead = 1
             break
         space = c.inbuf.cap - c.inbuf.end
         n = recv(c.fd, c.inbuf.data + c.inbuf.end, space, 0)
@@ -152,23 +176,93 @@ cdef void read_conn(Loop *L, Conn *c) noexcept nogil:
         if errno == EINTR:
             continue
         if errno != EAGAIN:
-            c.dead = 1
+            c.dead = 1      # reset by the peer: nothing can be flushed to it any more
             c.eof = 1
         break
-    process_input(L, c)
-    if c.dead:
-        # Reset by the peer: nothing can be flushed to it any more.
-        mark_close(L, c)
-    elif c.eof or c.closing:
+    if c.eof or c.dead:
         set_events(L, c)
+    return total > 0 or c.eof or c.dead
+
+
+cdef void stage(Loop *L, Conn *c) noexcept nogil:
+    """(lock) Move what the engine queued for c into c's send buffer."""
+    if buf_len(&c.outbuf):
+        if buf_len(&c.wbuf) == 0:
+            buf_free(&c.wbuf)
+            c.wbuf = c.outbuf
+            buf_init(&c.outbuf)
+        elif buf_append(&c.wbuf, buf_head(&c.outbuf), buf_len(&c.outbuf)) == 0:
+            buf_consume(&c.outbuf, buf_len(&c.outbuf))
+        else:
+            c.dead = 1
+    if not c.in_flush:
+        c.in_flush = 1
+        c.flush_next = L.flush
+        L.flush = c
+
+
+cdef void route(Shared *S, Loop *me) noexcept nogil:
+    """(lock) Hand every dirty connection to its owner: staged here if it is ours,
+    otherwise queued on its loop's remote list and that loop poked once."""
+    cdef Conn *c
+    cdef Loop *o
+    while S.eng.dirty != NULL:
+        c = S.eng.dirty
+        S.eng.dirty = c.dirty_next
+        c.dirty = 0
+        c.dirty_next = NULL
+        if c.in_close:
+            continue
+        if me != NULL and c.thread == me.idx:
+            stage(me, c)
+            continue
+        o = &S.loops[c.thread]
+        if not c.in_remote:
+            c.in_remote = 1
+            c.remote_next = o.remote
+            o.remote = c
+        if not o.poke_pending:
+            o.poke_pending = 1
+            poke_fd(o.wakefd)
+
+
+cdef void collect(Loop *L) noexcept nogil:
+    """(lock) Everything this loop must act on after a batch."""
+    cdef Shared *S = L.S
+    cdef Conn *c
+    L.poke_pending = 0
+    while L.resume != NULL:
+        c = L.resume
+        L.resume = c.resume_next
+        c.in_resume = 0
+        if c.admin_close:
+            c.closing = 1
+        if not c.dead and not c.in_close:
+            process_input(L, c)
+    while L.remote != NULL:
+        c = L.remote
+        L.remote = c.remote_next
+        c.in_remote = 0
+        if not c.in_close:
+            stage(L, c)
+    route(S, L)
+    # Closing connections whose last bytes went out (or that died) are closed now.
+    while L.check != NULL:
+        c = L.check
+        L.check = c.flush_next
+        c.flush_next = NULL
+        if c.dead or (c.closing and not c.admin_pending and buf_len(&c.outbuf) == 0
+                      and buf_len(&c.wbuf) == 0 and not c.in_flush):
+            mark_close(L, c)
 
 
 cdef void flush_conn(Loop *L, Conn *c) noexcept nogil:
+    """(no lock) send() c's staged bytes; register for EPOLLOUT if the socket is full."""
     cdef ssize_t n
-    while buf_len(&c.outbuf) and not c.dead:
-        n = send(c.fd, buf_head(&c.outbuf), buf_len(&c.outbuf), MSG_NOSIGNAL)
+    while buf_len(&c.wbuf) and not c.dead:
+        n = send(c.fd, buf_head(&c.wbuf), buf_len(&c.wbuf), MSG_NOSIGNAL)
         if n > 0:
-            buf_consume(&c.outbuf, <size_t>n)
+            buf_consume(&c.wbuf, <size_t>n)
             continue
         if n < 0 and errno == EINTR:
             continue
@@ -176,45 +270,60 @@ cdef void flush_conn(Loop *L, Conn *c) noexcept nogil:
             break
         c.dead = 1
     if c.dead:
-        buf_consume(&c.outbuf, buf_len(&c.outbuf))
-    if buf_len(&c.outbuf):
+        buf_consume(&c.wbuf, buf_len(&c.wbuf))
+    if buf_len(&c.wbuf):
         if not c.want_out:
             c.want_out = 1
             set_events(L, c)
-    else:
-        buf_shrink(&c.outbuf, KEEP_BUFFER)
-        buf_shrink(&c.inbuf, KEEP_BUFFER)
-        if c.want_out:
-            c.want_out = 0
-            set_events(L, c)
-        if c.closing and not c.admin_pending:
-            mark_close(L, c)
-    if c.dead:
-        mark_close(L, c)
+        return
+    buf_shrink(&c.wbuf, KEEP_BUFFER)
+    buf_shrink(&c.inbuf, KEEP_BUFFER)
+    if c.want_out:
+        c.want_out = 0
+        set_events(L, c)
 
 
-cdef void flush_dirty(Loop *L) noexcept nogil:
+cdef void flush_all(Loop *L) noexcept nogil:
     cdef Conn *c
-    while L.eng.dirty != NULL:
-        c = L.eng.dirty
-        L.eng.dirty = c.dirty_next
-        c.dirty = 0
-        c.dirty_next = NULL
+    while L.flush != NULL:
+        c = L.flush
+        L.flush = c.flush_next
+        c.in_flush = 0
         flush_conn(L, c)
+        if c.dead or c.closing:
+            c.flush_next = L.check
+            L.check = c
+        else:
+            c.flush_next = NULL
 
 
-cdef void reap(Loop *L) noexcept nogil:
+cdef Conn *reap(Loop *L) noexcept nogil:
+    """(lock) Take closing connections out of the engine and the fd table; returns
+    them for the caller to close and free once the lock is released."""
     cdef Conn *c
+    cdef Conn *gone = NULL
+    cdef Shared *S = L.S
     while L.closing != NULL:
         c = L.closing
         L.closing = c.close_next
-        conn_detach(&L.eng, c)
+        conn_detach(&S.eng, c)
+        if <size_t>c.fd < S.conns_cap and S.conns[c.fd] == c:
+            S.conns[c.fd] = NULL
+        c.close_next = gone
+        gone = c
+    return gone
+
+
+cdef void free_conns(Loop *L, Conn *gone) noexcept nogil:
+    cdef Conn *c
+    while gone != NULL:
+        c = gone
+        gone = c.close_next
         epoll_ctl(L.epfd, EPOLL_CTL_DEL, c.fd, NULL)
         close(c.fd)
-        if <size_t>c.fd < L.conns_cap:
-            L.conns[c.fd] = NULL
         buf_free(&c.inbuf)
         buf_free(&c.outbuf)
+        buf_free(&c.wbuf)
         free(c)
 
 
@@ -240,6 +349,8 @@ cdef int is_loopback(sockaddr_storage *ss) noexcept nogil:
 
 
 cdef void accept_all(Loop *L, int lfd) noexcept nogil:
+    """(lock) Accept what is pending and hand each connection to a loop in turn."""
+    cdef Shared *S = L.S
     cdef sockaddr_storage ss
     cdef socklen_t sl
     cdef int fd, one = 1, _k
@@ -256,17 +367,17 @@ cdef void accept_all(Loop *L, int lfd) noexcept nogil:
             return
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
         setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one))
-        if <size_t>fd >= L.conns_cap:
-            ncap = L.conns_cap * 2 if L.conns_cap else 1024
+        if <size_t>fd >= S.conns_cap:
+            ncap = S.conns_cap * 2 if S.conns_cap else 1024
             while ncap <= <size_t>fd:
                 ncap *= 2
-            nt = <Conn **>realloc(L.conns, ncap * sizeof(Conn *))
+            nt = <Conn **>realloc(S.conns, ncap * sizeof(Conn *))
             if nt == NULL:
                 close(fd)
                 continue
-            memset(nt + L.conns_cap, 0, (ncap - L.conns_cap) * sizeof(Conn *))
-            L.conns = nt
-            L.conns_cap = ncap
+            memset(nt + S.conns_cap, 0, (ncap - S.conns_cap) * sizeof(Conn *))
+            S.conns = nt
+            S.conns_cap = ncap
         c = <Conn *>calloc(1, sizeof(Conn))
         if c == NULL:
             close(fd)
@@ -274,70 +385,94 @@ cdef void accept_all(Loop *L, int lfd) noexcept nogil:
         c.fd = fd
         buf_init(&c.inbuf)
         buf_init(&c.outbuf)
+        buf_init(&c.wbuf)
         if ss.ss_family == AF_INET:
             inet_ntop(AF_INET, &(<sockaddr_in *>&ss).sin_addr, c.ip, sizeof(c.ip))
         elif ss.ss_family == AF_INET6:
             inet_ntop(AF_INET6, &(<sockaddr_in6 *>&ss).sin6_addr, c.ip, sizeof(c.ip))
         c.loopback = <uint8_t>is_loopback(&ss)
-        conn_attach(&L.eng, c)
-        L.conns[fd] = c
+        c.thread = S.next_loop
+        S.next_loop = (S.next_loop + 1) % S.nloops
+        conn_attach(&S.eng, c)
+        S.conns[fd] = c
         L.accepted += 1
         ev.events = EPOLLIN
-        ev.data.u64 = <uint64_t>fd
-        epoll_ctl(L.epfd, EPOLL_CTL_ADD, fd, &ev)
-
-
-cdef void resume_all(Loop *L) noexcept nogil:
-    cdef Conn *c
-    while L.resume != NULL:
-        c = L.resume
-        L.resume = c.resume_next
-        c.in_resume = 0
-        if not c.dead:
-            process_input(L, c)
+        ev.data.ptr = c
+        epoll_ctl(S.loops[c.thread].epfd, EPOLL_CTL_ADD, fd, &ev)
 
 
 cdef void loop_run(Loop *L) noexcept nogil:
+    cdef Shared *S = L.S
     cdef epoll_event events[MAX_EVENTS]
-    cdef int n, i
+    cdef Conn *ready[MAX_EVENTS]
+    cdef int n, i, nready, nlisten_ev
+    cdef int listen_ev[MAX_EVENTS]
     cdef int64_t timeout
     cdef uint64_t tag
     cdef Conn *c
+    cdef Conn *gone
     cdef sigset_t all_signals
     # Signals belong to the Python control thread.
     sigfillset(&all_signals)
     pthread_sigmask(SIG_BLOCK, &all_signals, NULL)
-    pthread_mutex_lock(&L.lock)
-    L.running = 1
-    while not L.stopping:
-        engine_clock(&L.eng)
-        timeout = engine_timers(&L.eng)
-        flush_dirty(L)
-        reap(L)
-        pthread_mutex_unlock(&L.lock)
-        n = epoll_wait(L.epfd, events, MAX_EVENTS, <int>timeout if timeout < 0x7fffffff else -1)
-        pthread_mutex_lock(&L.lock)
-        engine_clock(&L.eng)
+    lock(S)
+    while True:
+        timeout = -1
+        if L.idx == 0:
+            engine_clock(&S.eng)
+            timeout = engine_timers(&S.eng)
+            S.timer_wake_ms = S.eng.now_ms + timeout if timeout >= 0 else -1
+        collect(L)
+        gone = reap(L)
+        if S.stopping:
+            unlock(S)
+            flush_all(L)
+            free_conns(L, gone)
+            break
+        L.batches += 1
+        unlock(S)
+        flush_all(L)
+        free_conns(L, gone)
+        n = epoll_wait(L.epfd, events, MAX_EVENTS,
+                       <int>timeout if timeout < 0x7fffffff else 0x7fffffff)
+        # Reads need no lock: sockets and input buffers belong to this loop.
+        nready = 0
+        nlisten_ev = 0
         for i in range(n if n > 0 else 0):
             tag = events[i].data.u64
             if tag == TAG_WAKE:
                 drain_fd(L.wakefd)
-                resume_all(L)
             elif tag & TAG_LISTEN:
-                accept_all(L, <int>(tag & 0xffffffffULL))
+                listen_ev[nlisten_ev] = <int>(tag >> 4)
+                nlisten_ev += 1
             else:
-                c = L.conns[tag] if tag < L.conns_cap else NULL
-                if c == NULL or c.in_close:
+                # Only this loop frees its connections, after the batch: the pointer
+                # is valid, and in_close is only written by this thread.
+                c = <Conn *>events[i].data.ptr
+                if c.in_close:
                     continue
-                if events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP):
-                    read_conn(L, c)
                 if events[i].events & EPOLLOUT:
-                    conn_dirty(&L.eng, c)
-    # Replies queued in the last batch (an admin answer, a final WORK_FAIL) still go
-    # out, as far as the sockets take them without blocking.
-    flush_dirty(L)
-    L.running = 0
-    pthread_mutex_unlock(&L.lock)
+                    if not c.in_flush:
+                        c.in_flush = 1
+                        c.flush_next = L.flush
+                        L.flush = c
+                if events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP):
+                    if read_conn(L, c):
+                        ready[nready] = c
+                        nready += 1
+        lock(S)
+        engine_clock(&S.eng)
+        for i in range(nlisten_ev):
+            accept_all(L, listen_ev[i])
+        for i in range(nready):
+            c = ready[i]
+            if not c.in_close:
+                process_input(L, c)
+        # A timer armed in this batch that is due before loop 0 wakes: wake it.
+        if (L.idx != 0 and S.eng.heap_len and
+                (S.timer_wake_ms < 0 or S.eng.heap[0].timer_ms < S.timer_wake_ms)):
+            S.timer_wake_ms = S.eng.heap[0].timer_ms
+            poke_fd(S.loops[0].wakefd)
 
 
 def _check(int rc, what):
@@ -347,105 +482,138 @@ def _check(int rc, what):
 
 
 cdef class IOLoop:
-    """Python handle on one Loop. The composition root (server.py) creates it, gives it
-    listening sockets, runs `run()` in a thread, and serves admin lines from the control
-    thread with `admin_take()` / `admin_reply()`. Every method that reads engine state
-    takes the engine lock with the GIL released."""
-    cdef Loop *L
+    """Python handle on the loops and the shared engine. The composition root
+    (server.py) creates it, gives it listening sockets, runs `run(i)` for each loop in
+    its own thread, and serves admin lines from the control thread with `admin_take()`
+    / `admin_reply()`. Every method that reads engine state takes the engine lock with
+    the GIL released."""
+    cdef Shared *S
 
-    def __cinit__(self, bytes prefix, int job_retries=0, int worker_wakeup=0,
-                  bint round_robin=False, bint exceptions=False,
+    def __cinit__(self, bytes prefix, int threads=1, int job_retries=0,
+                  int worker_wakeup=0, bint round_robin=False, bint exceptions=False,
                   size_t max_packet=0xffffffff):
-        self.L = <Loop *>calloc(1, sizeof(Loop))
-        if self.L == NULL:
+        cdef int i
+        cdef epoll_event ev
+        cdef Loop *L
+        if threads < 1:
+            threads = 1
+        if threads > MAX_LOOPS:
+            raise ValueError(f"at most {MAX_LOOPS} I/O threads")
+        self.S = <Shared *>calloc(1, sizeof(Shared))
+        if self.S == NULL:
             raise MemoryError()
-        if engine_init(&self.L.eng, prefix, len(prefix), <uint32_t>job_retries,
+        self.S.loops = <Loop *>calloc(threads, sizeof(Loop))
+        if self.S.loops == NULL:
+            raise MemoryError()
+        if engine_init(&self.S.eng, prefix, len(prefix), <uint32_t>job_retries,
                        <uint32_t>worker_wakeup, round_robin, exceptions) != 0:
             raise MemoryError()
-        pthread_mutex_init(&self.L.lock, NULL)
-        self.L.max_packet = max_packet
-        self.L.epfd = _check(epoll_create1(EPOLL_CLOEXEC), "epoll_create1")
-        self.L.wakefd = _check(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd")
-        self.L.adminfd = _check(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd")
-        cdef epoll_event ev
-        ev.events = EPOLLIN
-        ev.data.u64 = TAG_WAKE
-        epoll_ctl(self.L.epfd, EPOLL_CTL_ADD, self.L.wakefd, &ev)
+        pthread_mutex_init(&self.S.lock, NULL)
+        self.S.max_packet = max_packet
+        self.S.timer_wake_ms = -1
+        self.S.adminfd = _check(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd")
+        for i in range(threads):
+            L = &self.S.loops[i]
+            L.S = self.S
+            L.idx = i
+            L.epfd = _check(epoll_create1(EPOLL_CLOEXEC), "epoll_create1")
+            L.wakefd = _check(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd")
+            self.S.nloops += 1
+            ev.events = EPOLLIN
+            ev.data.u64 = TAG_WAKE
+            epoll_ctl(L.epfd, EPOLL_CTL_ADD, L.wakefd, &ev)
 
     def __dealloc__(self):
         cdef Conn *c
         cdef AdminReq *r
         cdef size_t i
-        if self.L == NULL:
+        cdef int k
+        if self.S == NULL:
             return
-        for i in range(self.L.conns_cap):
-            c = self.L.conns[i]
+        for i in range(self.S.conns_cap):
+            c = self.S.conns[i]
             if c != NULL:
                 close(c.fd)
                 buf_free(&c.inbuf)
                 buf_free(&c.outbuf)
+                buf_free(&c.wbuf)
                 free(c)
-        free(self.L.conns)
-        while self.L.admin_head != NULL:
-            r = self.L.admin_head
-            self.L.admin_head = r.next
+        free(self.S.conns)
+        while self.S.admin_head != NULL:
+            r = self.S.admin_head
+            self.S.admin_head = r.next
             free(r)
-        engine_free(&self.L.eng)
-        close(self.L.epfd)
-        close(self.L.wakefd)
-        close(self.L.adminfd)
-        pthread_mutex_destroy(&self.L.lock)
-        free(self.L)
-        self.L = NULL
+        engine_free(&self.S.eng)
+        for k in range(self.S.nloops):
+            close(self.S.loops[k].epfd)
+            close(self.S.loops[k].wakefd)
+        free(self.S.loops)
+        close(self.S.adminfd)
+        pthread_mutex_destroy(&self.S.lock)
+        free(self.S)
+        self.S = NULL
+
+    @property
+    def threads(self):
+        return self.S.nloops
 
     def add_listener(self, int fd):
+        """Every loop watches the listener (EPOLLEXCLUSIVE: one wakes per connection);
+        whoever accepts hands the connection to the next loop in turn."""
         cdef epoll_event ev
-        if self.L.nlisten >= MAX_LISTENERS:
+        cdef int k
+        if self.S.nlisten >= MAX_LISTENERS:
             raise ValueError("too many listening sockets")
-        self.L.listen_fds[self.L.nlisten] = fd
-        self.L.nlisten += 1
-        ev.events = EPOLLIN
-        ev.data.u64 = TAG_LISTEN | <uint64_t>fd
-        _check(epoll_ctl(self.L.epfd, EPOLL_CTL_ADD, fd, &ev), "epoll_ctl")
+        self.S.listen_fds[self.S.nlisten] = fd
+        self.S.nlisten += 1
+        for k in range(self.S.nloops):
+            ev.events = EPOLLIN | EPOLLEXCLUSIVE
+            ev.data.u64 = (<uint64_t>fd << 4) | TAG_LISTEN
+            _check(epoll_ctl(self.S.loops[k].epfd, EPOLL_CTL_ADD, fd, &ev), "epoll_ctl")
 
     def stop_accepting(self):
         """Stop watching the listeners (the caller closes them): new connects fail."""
-        cdef int i
+        cdef int i, k
         with nogil:
-            pthread_mutex_lock(&self.L.lock)
-            for i in range(self.L.nlisten):
-                epoll_ctl(self.L.epfd, EPOLL_CTL_DEL, self.L.listen_fds[i], NULL)
-            self.L.nlisten = 0
-            pthread_mutex_unlock(&self.L.lock)
+            lock(self.S)
+            for i in range(self.S.nlisten):
+                for k in range(self.S.nloops):
+                    epoll_ctl(self.S.loops[k].epfd, EPOLL_CTL_DEL, self.S.listen_fds[i], NULL)
+            self.S.nlisten = 0
+            unlock(self.S)
 
-    def run(self):
-        """Run the loop until stop(); call from a dedicated thread."""
+    def run(self, int i):
+        """Run loop i until stop(); call from a dedicated thread per loop."""
+        if i < 0 or i >= self.S.nloops:
+            raise IndexError(i)
         with nogil:
-            loop_run(self.L)
+            loop_run(&self.S.loops[i])
 
     def stop(self):
+        cdef int k
         with nogil:
-            pthread_mutex_lock(&self.L.lock)
-            self.L.stopping = 1
-            pthread_mutex_unlock(&self.L.lock)
-            loop_poke(self.L.wakefd)
+            lock(self.S)
+            self.S.stopping = 1
+            unlock(self.S)
+            for k in range(self.S.nloops):
+                poke_fd(self.S.loops[k].wakefd)
 
     @property
     def admin_fd(self):
         """Readable when admin lines are waiting (for the control thread's poll)."""
-        return self.L.adminfd
+        return self.S.adminfd
 
     def admin_take(self):
         """[(fd, conn_id, line, loopback)] waiting for an answer; clears the queue."""
         cdef AdminReq *head
         cdef AdminReq *r
         with nogil:
-            drain_fd(self.L.adminfd)
-            pthread_mutex_lock(&self.L.lock)
-            head = self.L.admin_head
-            self.L.admin_head = NULL
-            self.L.admin_tail = NULL
-            pthread_mutex_unlock(&self.L.lock)
+            drain_fd(self.S.adminfd)
+            lock(self.S)
+            head = self.S.admin_head
+            self.S.admin_head = NULL
+            self.S.admin_tail = NULL
+            unlock(self.S)
         out = []
         while head != NULL:
             r = head
@@ -457,23 +625,29 @@ cdef class IOLoop:
     def admin_reply(self, int fd, uint64_t conn_id, bytes reply, bint close_after=False):
         """Queue reply on the connection that sent the line and let its input go on."""
         cdef Conn *c
+        cdef Loop *o
+        cdef int owner = -1
         cdef const char *p = reply
         cdef size_t n = len(reply)
         with nogil:
-            pthread_mutex_lock(&self.L.lock)
-            c = self.L.conns[fd] if <size_t>fd < self.L.conns_cap else NULL
+            lock(self.S)
+            c = self.S.conns[fd] if <size_t>fd < self.S.conns_cap else NULL
             if c != NULL and c.id == conn_id and not c.in_close:
                 buf_append(&c.outbuf, p, n)
                 c.admin_pending = 0
                 if close_after:
-                    c.closing = 1
-                conn_dirty(&self.L.eng, c)
+                    c.admin_close = 1
+                conn_dirty(&self.S.eng, c)
+                o = &self.S.loops[c.thread]
                 if not c.in_resume:
                     c.in_resume = 1
-                    c.resume_next = self.L.resume
-                    self.L.resume = c
-            pthread_mutex_unlock(&self.L.lock)
-            loop_poke(self.L.wakefd)
+                    c.resume_next = o.resume
+                    o.resume = c
+                owner = c.thread
+            route(self.S, NULL)
+            unlock(self.S)
+            if owner >= 0:
+                poke_fd(self.S.loops[owner].wakefd)
 
     # ---- engine snapshots for admin and monitoring (short critical sections) ----------
 
@@ -482,15 +656,15 @@ cdef class IOLoop:
         cdef Function *f
         out = []
         with nogil:
-            pthread_mutex_lock(&self.L.lock)
+            lock(self.S)
         try:
-            f = self.L.eng.f_first
+            f = self.S.eng.f_first
             while f != NULL:
                 out.append((f.name[:f.name_len], f.total, f.running, f.workers,
                             f.queued[0], f.queued[1], f.queued[2], f.future))
                 f = f.all_next
         finally:
-            pthread_mutex_unlock(&self.L.lock)
+            unlock(self.S)
         return out
 
     def connections(self):
@@ -499,9 +673,9 @@ cdef class IOLoop:
         cdef Ability *a
         out = []
         with nogil:
-            pthread_mutex_lock(&self.L.lock)
+            lock(self.S)
         try:
-            c = self.L.eng.conns
+            c = self.S.eng.conns
             while c != NULL:
                 funcs = []
                 a = c.abilities
@@ -512,7 +686,7 @@ cdef class IOLoop:
                             c.client_id[:c.client_id_len], funcs))
                 c = c.all_next
         finally:
-            pthread_mutex_unlock(&self.L.lock)
+            unlock(self.S)
         out.sort()
         return out
 
@@ -522,10 +696,10 @@ cdef class IOLoop:
         cdef Job *j
         out = []
         with nogil:
-            pthread_mutex_lock(&self.L.lock)
+            lock(self.S)
         try:
-            for i in range(self.L.eng.hmask + 1):
-                j = self.L.eng.htab[i]
+            for i in range(self.S.eng.hmask + 1):
+                j = self.S.eng.htab[i]
                 while j != NULL:
                     # gearmand's "persisted" column is set for every background job.
                     out.append((j.seq, j.handle[:j.handle_len], j.retries, 0,
@@ -533,7 +707,7 @@ cdef class IOLoop:
                                 j.unique[:j.unique_len]))
                     j = j.h_next
         finally:
-            pthread_mutex_unlock(&self.L.lock)
+            unlock(self.S)
         out.sort()
         return [row[1:] for row in out]
 
@@ -543,23 +717,23 @@ cdef class IOLoop:
         cdef const char *h = handle
         cdef size_t n = len(handle)
         with nogil:
-            pthread_mutex_lock(&self.L.lock)
-            j = job_by_handle(&self.L.eng, h, n)
+            lock(self.S)
+            j = job_by_handle(&self.S.eng, h, n)
             if j != NULL:
-                engine_cancel(&self.L.eng, j)
+                engine_cancel(&self.S.eng, j)
                 found = 1
-            pthread_mutex_unlock(&self.L.lock)
-            if found:
-                loop_poke(self.L.wakefd)
+                # The WORK_FAIL packets go to their connections' loops.
+                route(self.S, NULL)
+            unlock(self.S)
         return bool(found)
 
     def create_function(self, bytes name):
         cdef const char *p = name
         cdef size_t n = len(name)
         with nogil:
-            pthread_mutex_lock(&self.L.lock)
-            func_get(&self.L.eng, p, n, 1)
-            pthread_mutex_unlock(&self.L.lock)
+            lock(self.S)
+            func_get(&self.S.eng, p, n, 1)
+            unlock(self.S)
 
     def drop_function(self, bytes name):
         """'ok', 'busy' (workers or running jobs), 'queued', or 'notfound'. Names are
@@ -568,16 +742,16 @@ cdef class IOLoop:
         cdef int r = 3
         lname = name.lower()
         with nogil:
-            pthread_mutex_lock(&self.L.lock)
+            lock(self.S)
         try:
-            f = self.L.eng.f_first
+            f = self.S.eng.f_first
             while f != NULL:
                 if f.name[:f.name_len].lower() == lname:
-                    r = engine_drop_function(&self.L.eng, f)
+                    r = engine_drop_function(&self.S.eng, f)
                     break
                 f = f.all_next
         finally:
-            pthread_mutex_unlock(&self.L.lock)
+            unlock(self.S)
         return ("ok", "busy", "queued", "notfound")[r]
 
     def set_maxqueue(self, bytes name, long high, long normal, long low):
@@ -585,23 +759,30 @@ cdef class IOLoop:
         cdef const char *p = name
         cdef size_t n = len(name)
         with nogil:
-            pthread_mutex_lock(&self.L.lock)
-            f = func_get(&self.L.eng, p, n, 0)
+            lock(self.S)
+            f = func_get(&self.S.eng, p, n, 0)
             if f != NULL:
                 f.max_queue[0] = <uint32_t>(high if high > 0 else 0)
                 f.max_queue[1] = <uint32_t>(normal if normal > 0 else 0)
                 f.max_queue[2] = <uint32_t>(low if low > 0 else 0)
-            pthread_mutex_unlock(&self.L.lock)
+            unlock(self.S)
 
     def stats(self):
         """Server-wide counters for monitoring and graceful shutdown."""
+        cdef int k
+        cdef uint64_t accepted = 0, errors = 0, batches = 0
         with nogil:
-            pthread_mutex_lock(&self.L.lock)
+            lock(self.S)
+            # Per-loop counters are summed here so counting costs the loops nothing.
+            for k in range(self.S.nloops):
+                accepted += self.S.loops[k].accepted
+                errors += self.S.loops[k].protocol_errors
+                batches += self.S.loops[k].batches
         try:
-            return {"jobs": self.L.eng.jobs, "connections": self.L.eng.nconns,
-                    "functions": self.L.eng.fcount, "queued_bytes": self.L.eng.queued_bytes,
-                    "packets": self.L.eng.n_packets, "accepted": self.L.accepted,
-                    "protocol_errors": self.L.protocol_errors,
-                    "next_handle": self.L.eng.next_handle}
+            return {"jobs": self.S.eng.jobs, "connections": self.S.eng.nconns,
+                    "functions": self.S.eng.fcount, "queued_bytes": self.S.eng.queued_bytes,
+                    "packets": self.S.eng.n_packets, "accepted": accepted,
+                    "protocol_errors": errors, "batches": batches,
+                    "threads": self.S.nloops, "next_handle": self.S.eng.next_handle}
         finally:
-            pthread_mutex_unlock(&self.L.lock)
+            unlock(self.S)

@@ -200,12 +200,14 @@ class Server:
 
         self.cfg = cfg
         prefix = cfg.job_handle_prefix or f"H:{os.uname().nodename}"
-        self.loop = IOLoop(prefix.encode(), job_retries=cfg.job_retries & 0xff,
+        # -t 0 is gearmand's "single-threaded"; N >= 1 runs N loops sharing the engine.
+        self.loop = IOLoop(prefix.encode(), threads=max(1, cfg.threads),
+                           job_retries=cfg.job_retries & 0xff,
                            worker_wakeup=cfg.worker_wakeup & 0xff,
                            round_robin=cfg.round_robin, exceptions=cfg.exceptions)
         self.control = Control(self.loop, cfg, self)
         self.sockets = []
-        self.thread = None
+        self.threads = []
         self._stop = False
         self._graceful = False
         self._reopen_log = False
@@ -234,8 +236,11 @@ class Server:
         self.sockets = sockets
         for s in sockets:
             self.loop.add_listener(s.fileno())
-        self.thread = threading.Thread(target=self.loop.run, name="fastgear-io", daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self.loop.run, args=(i,),
+                                         name=f"fastgear-io-{i}", daemon=True)
+                        for i in range(self.loop.threads)]
+        for t in self.threads:
+            t.start()
 
     def stop_accepting(self):
         self.loop.stop_accepting()
@@ -296,8 +301,8 @@ class Server:
 
     def shutdown(self):
         self.loop.stop()
-        if self.thread is not None:
-            self.thread.join(10)
+        for t in self.threads:
+            t.join(10)
         for s in self.sockets:
             s.close()
         self.sockets = []

@@ -22,7 +22,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 GEARMAND = shutil.which("gearmand") or (
     "/usr/sbin/gearmand" if os.path.exists("/usr/sbin/gearmand") else None)
-KINDS = ["fastgear", "gearmand"]
+# fastgear runs with its default 4 I/O threads and with -t 0 and -t 1; gearmand with its
+# defaults. "fastgear-tN" means fastgear started with `-t N`.
+KINDS = ["fastgear", "fastgear-t0", "fastgear-t1", "gearmand"]
 
 
 def free_port():
@@ -47,8 +49,10 @@ class Server:
     """A running job server process: `host`, `port`, `pid`, `kind`, `flags`."""
 
     def __init__(self, kind, flags, tmp_path):
+        self.variant = kind
+        kind, _, threads = kind.partition("-t")
         self.kind = kind
-        self.flags = list(flags)
+        self.flags = list(flags) + (["-t", threads] if threads else [])
         self.host = "127.0.0.1"
         self.port = free_port()
         self.tmp = tmp_path
@@ -132,7 +136,7 @@ def kind(request):
     marks = {m.name for m in request.node.iter_markers()}
     if request.param == "gearmand" and "difference" in marks:
         pytest.skip("deliberate difference from gearmand: fastgear only")
-    if request.param == "fastgear" and "gearmand_quirk" in marks:
+    if request.param.startswith("fastgear") and "gearmand_quirk" in marks:
         pytest.skip("gearmand quirk that fastgear deliberately fixes")
     if request.param == "gearmand" and GEARMAND is None:
         if os.environ.get("CI"):
