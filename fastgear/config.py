@@ -174,8 +174,8 @@ OPTIONS: tuple[Option, ...] = (
            "Whether to create a core dump for uncaught signals."),
     Option("threads", "t", "threads", uint32, 4,
            "Number of I/O threads to use, 0 means that the server will try to guess the "
-           "maximum number it can use (fastgear: accepted; this version serves all "
-           "connections from one C-level epoll loop)."),
+           "maximum number it can use (fastgear: N epoll loops sharing one engine; "
+           "0 and 1 run a single loop)."),
     Option("user", "u", "user", optional_text, None, "Switch to given user after startup."),
     Option("verbose", None, "verbose", upper, "ERROR",
            "Set verbose level (" + ", ".join(VERBOSE_LEVELS) + ")."),

@@ -1,0 +1,141 @@
+"""Thread-scaling comparison of fastgear and gearmand with the neutral C load generator.
+
+For each `-t` value, starts fastgear and gearmand with that many threads on free
+loopback ports, runs the same gearload workload against them alternately (A B A B ...)
+and prints medians, min-max and the fastgear/gearmand ratio as a Markdown table. The
+generator is ../shared/tools/gearload.c (compiled here on first use); it is a reference
+instrument, not part of fastgear.
+
+    python bench/compare_threads.py --threads 0 1 2 4 --rounds 5 --jobs 200000
+"""
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GEARLOAD_SRC = ROOT.parent / "shared" / "tools" / "gearload.c"
+
+WORKLOADS = {
+    "bg": ["--mode", "bg", "--clients", "1", "--workers", "64", "--pipeline", "100",
+           "--max-backlog", "1000"],
+    "fg": ["--mode", "fg", "--clients", "2", "--workers", "32", "--pipeline", "100"],
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gearload_binary():
+    out = Path(tempfile.gettempdir()) / "fastgear-gearload"
+    if not out.exists() or out.stat().st_mtime < GEARLOAD_SRC.stat().st_mtime:
+        subprocess.run(["gcc", "-O2", "-pthread", "-o", str(out), str(GEARLOAD_SRC)],
+                       check=True)
+    return str(out)
+
+
+def start(kind, threads, tmp):
+    port = free_port()
+    if kind == "fastgear":
+        cmd = [sys.executable, "-m", "fastgear", "serve"]
+    else:
+        cmd = [shutil.which("gearmand") or "/usr/sbin/gearmand"]
+    cmd += ["-p", str(port), "-L", "127.0.0.1", "-t", str(threads), "--log-file", "none",
+            "-P", os.path.join(tmp, f"{kind}-{port}.pid")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"{kind} did not start")
+
+
+def run_load(binary, port, pid, workload, jobs, gen_threads):
+    cmd = [binary, "--port", str(port), "--jobs", str(jobs), "--threads", str(gen_threads),
+           "--server-pid", str(pid)] + WORKLOADS[workload]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    line = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
+    fields = dict(re.findall(r"(\w+)=(\S+)", line))
+    if res.returncode != 0 or fields.get("status") != "ok":
+        raise RuntimeError(f"load run failed: {res.stdout[-500:]} {res.stderr[-500:]}")
+    return fields
+
+
+def med(runs, key):
+    vals = [float(f[key]) for f in runs if key in f]
+    return (statistics.median(vals) if vals else float("nan")), (vals or [float("nan")])
+
+
+def cpu_per_job(runs):
+    """Server CPU microseconds per job, from the generator's /proc sampling."""
+    vals = [float(f["server_cpu_pct"]) / 100 * 1e6 / float(f["jobs_per_s"])
+            for f in runs if "server_cpu_pct" in f]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[0, 1, 2, 4])
+    ap.add_argument("--workloads", nargs="+", default=["bg", "fg"], choices=list(WORKLOADS))
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--jobs", type=int, default=200000)
+    ap.add_argument("--gen-threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    binary = gearload_binary()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for threads in args.threads:
+            servers = {k: start(k, threads, tmp) for k in ("fastgear", "gearmand")}
+            try:
+                for workload in args.workloads:
+                    got = {"fastgear": [], "gearmand": []}
+                    for _ in range(args.rounds):
+                        for kind, (proc, port) in servers.items():
+                            f = run_load(binary, port, proc.pid, workload, args.jobs,
+                                         args.gen_threads)
+                            got[kind].append(f)
+                            print(f"-t {threads} {workload} {kind}: {f['jobs_per_s']} jobs/s "
+                                  f"cpu {f.get('server_cpu_pct')}%", file=sys.stderr)
+                    rows.append((threads, workload, got))
+            finally:
+                for proc, _ in servers.values():
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+    print("| -t | workload | fastgear jobs/s (median, min-max) | gearmand jobs/s | ratio "
+          "| fastgear µs CPU/job | gearmand µs CPU/job | fg p99 ms fastgear / gearmand |")
+    print("|---|---|---|---|---|---|---|---|")
+    for threads, workload, got in rows:
+        fj, fv = med(got["fastgear"], "jobs_per_s")
+        gj, gv = med(got["gearmand"], "jobs_per_s")
+        p99 = ""
+        if workload == "fg":
+            fp, _ = med(got["fastgear"], "p99_us")
+            gp, _ = med(got["gearmand"], "p99_us")
+            p99 = f"{fp / 1000:.2f} / {gp / 1000:.2f}"
+        print(f"| {threads} | {workload} | {fj:,.0f} ({min(fv):,.0f}-{max(fv):,.0f}) "
+              f"| {gj:,.0f} ({min(gv):,.0f}-{max(gv):,.0f}) | {fj / gj:.2f}x "
+              f"| {cpu_per_job(got['fastgear']):.1f} | {cpu_per_job(got['gearmand']):.1f} "
+              f"| {p99} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
