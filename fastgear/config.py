@@ -42,7 +42,10 @@ VERBOSE_LEVELS = ("FATAL", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "I
 # libdrizzle exist only in upstream builds. Only SUPPORTED_QUEUE_TYPES start.
 QUEUE_TYPES = ("builtin", "libsqlite3", "postgres", "mysql", "redis", "libmemcached",
                "libtokyocabinet", "libdrizzle")
-SUPPORTED_QUEUE_TYPES = frozenset({"builtin"})
+SUPPORTED_QUEUE_TYPES = frozenset({"builtin", "libsqlite3"})
+# PRAGMA synchronous for the SQLite store. NORMAL in WAL mode survives a crash of the
+# process (the OS still has the data) but not of the machine; FULL survives power loss.
+STORE_SYNC = ("off", "normal", "full")
 # gearmand fails at start-up without these; enforced once such a queue type is supported.
 REQUIRED_QUEUE_OPTIONS = {"libsqlite3": ("libsqlite3_db",)}
 
@@ -165,7 +168,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("round-robin", "R", "round_robin", None, False,
            "Assign work in round-robin order per worker connection. The default is to "
            "assign work in the order of functions added by the worker."),
-    Option("queue-type", "q", "queue_type", lower, "builtin", "Persistent queue type to use (fastgear: only builtin so far)."),
+    Option("queue-type", "q", "queue_type", lower, "builtin",
+           "Persistent queue type to use (fastgear: builtin or libsqlite3)."),
     Option("config-file", None, "config_file", text, DEFAULT_CONFIG_FILE,
            "Read options from this file (whitespace-separated words; the command line "
            "wins). Can be specified with '@name', too."),
@@ -204,6 +208,13 @@ OPTIONS: tuple[Option, ...] = (
            "Store queue on shutdown."),
     Option("libsqlite3-table", None, "libsqlite3_table", text, "gearman_queue",
            "Table to use."),
+    # fastgear's own spellings of the SQLite store
+    Option("store", None, "store", text, None,
+           "fastgear: keep background jobs in this SQLite file (short for -q libsqlite3 "
+           "--libsqlite3-db PATH)."),
+    Option("store-sync", None, "store_sync", lower, "normal",
+           "fastgear: SQLite durability: 'normal' survives a crash of the server process, "
+           "'full' also a crash of the machine (slower), 'off' neither."),
     Option("libpq-conninfo", None, "libpq_conninfo", text, None,
            "PostgreSQL connection information string."),
     Option("libpq-table", None, "libpq_table", text, "queue", "Table to use."),
@@ -263,6 +274,8 @@ class Config:
     libsqlite3_db: str | None = None
     libsqlite3_table: str = "gearman_queue"
     store_queue_on_shutdown: bool = False
+    store: str | None = None
+    store_sync: str = "normal"
     libpq_conninfo: str | None = None
     libpq_table: str = "queue"
     mysql_host: str = "localhost"
@@ -296,6 +309,11 @@ class Config:
             put("verbose", self.verbose.upper())
         if isinstance(self.queue_type, str):
             put("queue_type", self.queue_type.lower())
+        if self.store:
+            put("queue_type", "libsqlite3")
+            put("libsqlite3_db", self.store)
+        if isinstance(self.store_sync, str):
+            put("store_sync", self.store_sync.lower())
         if isinstance(self.protocol, str):
             put("protocol", (self.protocol.lower(),) if self.protocol else ())
         else:
@@ -379,6 +397,8 @@ def validate(cfg: Config) -> Config:
     for name in REQUIRED_QUEUE_OPTIONS.get(cfg.queue_type, ()):
         if not getattr(cfg, name):
             fail(name, f"is required with --queue-type {cfg.queue_type}", False)
+    if cfg.store_sync not in STORE_SYNC:
+        fail("store_sync", f"must be one of {', '.join(STORE_SYNC)}")
     for proto in cfg.protocol:
         if proto not in PROTOCOLS:
             fail("protocol", f"unknown protocol module (gearmand 1.1.20 knows only "

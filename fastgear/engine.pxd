@@ -66,6 +66,13 @@ cdef struct Function:
     uint64_t n_exception
     uint64_t n_retried
 
+cdef struct Ack:
+    # A submitter waiting for JOB_CREATED until the job's row is committed. Kept by
+    # (fd, connection id), not by pointer: the connection may be gone by then.
+    int fd
+    uint64_t conn_id
+    Ack *next
+
 cdef struct Job:
     Function *func
     char handle[MAX_HANDLE]
@@ -82,7 +89,7 @@ cdef struct Job:
     uint8_t priority
     uint8_t background
     uint8_t persisted
-    uint8_t state            # JOB_QUEUED, JOB_FUTURE, JOB_RUNNING
+    uint8_t state            # JOB_QUEUED, JOB_FUTURE, JOB_RUNNING, JOB_STORING
     uint32_t retries
     uint32_t num
     uint32_t den
@@ -98,6 +105,9 @@ cdef struct Job:
     Job *u_next              # unique hash chain
     Conn *worker
     Attach *clients
+    int64_t store_id         # row id in the persistent store, 0 when not stored
+    Ack *acks                # submitters to answer once the row is committed
+    Job *store_next          # the engine's list of jobs waiting for the store
 
 cdef struct Conn:
     int fd
@@ -169,6 +179,14 @@ cdef struct Engine:
     int64_t now_wall_s
     uint64_t n_packets
     unsigned long owner      # thread holding the engine lock (checked in debug builds)
+    uint8_t durable          # background jobs are acknowledged after their commit
+    Job *store_add           # jobs whose rows the store thread must write
+    Job *store_add_tail
+    int64_t *store_del       # row ids to delete
+    uint64_t store_del_len
+    uint64_t store_del_cap
+    int64_t replay_when      # epoch time of the row being replayed
+    Job *last_job            # the job the last submission created
 
 cdef int engine_init(Engine *e, const char *prefix, size_t prefix_len,
                      uint32_t job_retries, uint32_t worker_wakeup,
@@ -185,3 +203,9 @@ cdef Function *func_get(Engine *e, const char *name, size_t n, int create) noexc
 cdef Job *job_by_handle(Engine *e, const char *h, size_t n) noexcept nogil
 cdef int engine_cancel(Engine *e, Job *j) noexcept nogil
 cdef int engine_drop_function(Engine *e, Function *f) noexcept nogil
+cdef void engine_job_stored(Engine *e, Job *j, int64_t row_id) noexcept nogil
+cdef void engine_job_store_failed(Engine *e, Job *j) noexcept nogil
+cdef Job *engine_replay(Engine *e, const char *func, size_t fn, const char *uniq, size_t un,
+                        const char *data, size_t dn, int prio, int64_t when_s,
+                        int64_t row_id) noexcept nogil
+cdef void job_make_runnable(Engine *e, Job *j, int front) noexcept nogil

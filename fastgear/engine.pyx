@@ -8,7 +8,7 @@
 # global priority then FIFO across a worker's functions; requeued jobs go to the front;
 # epoch/sched jobs run at their time; CAN_DO_TIMEOUT expiry fails the job to its
 # clients; cancelled or abandoned jobs disappear at once.
-from libc.stdlib cimport malloc, calloc, free, strtoll
+from libc.stdlib cimport malloc, calloc, realloc, free, strtoll
 from libc.string cimport memcpy, memcmp, memset
 from libc.stdio cimport snprintf
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
@@ -23,6 +23,7 @@ cdef enum:
     JOB_FUTURE = 1
     JOB_RUNNING = 2
     JOB_UNLINKED = 3         # between two states, in no list
+    JOB_STORING = 4          # background job waiting for its row to be committed
     # A sched spec that never matches within this many days is refused.
     SCHED_MAX_DAYS = 5 * 366
 
@@ -337,6 +338,7 @@ cdef void engine_free(Engine *e) noexcept nogil:
     free(e.htab)
     free(e.utab)
     free(e.heap)
+    free(e.store_del)
     memset(e, 0, sizeof(Engine))
 
 
@@ -471,6 +473,7 @@ cdef void job_unlink_state(Engine *e, Job *j) noexcept nogil:
 
 cdef void job_free(Engine *e, Job *j) noexcept nogil:
     cdef Job **pp
+    cdef Ack *k
     cdef Attach *a
     cdef Attach *an
     job_unlink_state(e, j)
@@ -499,7 +502,27 @@ cdef void job_free(Engine *e, Job *j) noexcept nogil:
         a = an
     j.func.total -= 1
     e.queued_bytes -= j.data_len
+    if j.store_id > 0:
+        store_delete(e, j.store_id)
+    while j.acks != NULL:
+        k = j.acks
+        j.acks = k.next
+        free(k)
     free(j)
+
+
+cdef void store_delete(Engine *e, int64_t row_id) noexcept nogil:
+    cdef int64_t *grown
+    cdef uint64_t cap
+    if e.store_del_len == e.store_del_cap:
+        cap = e.store_del_cap * 2 if e.store_del_cap else 256
+        grown = <int64_t *>realloc(e.store_del, cap * sizeof(int64_t))
+        if grown == NULL:
+            return      # the row stays; replay after a restart runs the job again
+        e.store_del = grown
+        e.store_del_cap = cap
+    e.store_del[e.store_del_len] = row_id
+    e.store_del_len += 1
 
 
 cdef void send_clients(Engine *e, Job *j, uint32_t t, const char *d, size_t dn,
@@ -612,6 +635,9 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
         data_field = 4
         reducer = pkt.f[2]
         reducer_len = pkt.flen[2]
+    e.last_job = NULL
+    if c == NULL:
+        when = e.replay_when       # replaying a stored row: no submitter
     if pkt.flen[1] > MAX_UNIQUE or reducer_len > MAX_UNIQUE:
         return engine_error(e, c, b"ARGUMENT_TOO_LARGE", b"Unique value too large")
     f = func_get(e, pkt.f[0], pkt.flen[0], 1)
@@ -627,11 +653,15 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
         j = job_by_unique(e, f, ukind, pkt.f[1], pkt.flen[1],
                           pkt.f[data_field], pkt.flen[data_field])
         if j != NULL:
+            if c == NULL:
+                return E_OK
             if not bg:
                 a = <Attach *>calloc(1, sizeof(Attach))
                 if a == NULL:
                     return E_NOMEM
                 attach_client(j, c, a)
+            if j.state == JOB_STORING:
+                return add_ack(j, c)
             return out1(e, c, CMD_JOB_CREATED, j.handle, j.handle_len)
     if f.max_queue[prio] and f.total >= f.max_queue[prio]:
         return engine_error(e, c, b"QUEUE_ERROR", b"Job queue is full")
@@ -693,9 +723,43 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
             job_free(e, j)
             return E_NOMEM
         attach_client(j, c, a)
+    j.when_s = when
+    e.last_job = j
+    if c == NULL:
+        job_schedule(e, j)
+        return E_OK
+    if bg and e.durable:
+        # Acknowledged only once the store thread has committed its row.
+        j.state = JOB_STORING
+        j.store_next = NULL
+        if e.store_add_tail != NULL:
+            e.store_add_tail.store_next = j
+        else:
+            e.store_add = j
+        e.store_add_tail = j
+        return add_ack(j, c)
     if out1(e, c, CMD_JOB_CREATED, j.handle, j.handle_len) != 0:
         return E_NOMEM
-    if when:
+    job_schedule(e, j)
+    return E_OK
+
+
+cdef int add_ack(Job *j, Conn *c) noexcept nogil:
+    cdef Ack *k = <Ack *>malloc(sizeof(Ack))
+    if k == NULL:
+        return E_NOMEM
+    k.fd = c.fd
+    k.conn_id = c.id
+    k.next = j.acks
+    j.acks = k
+    return E_OK
+
+
+cdef void job_schedule(Engine *e, Job *j) noexcept nogil:
+    """Queue a new job now, or put it in the timer heap until its epoch time."""
+    cdef Function *f = j.func
+    cdef int64_t when = j.when_s
+    if when > e.now_wall_s:
         j.state = JOB_FUTURE
         f.future += 1
         j.timer_ms = e.now_ms + (when - e.now_wall_s) * 1000
@@ -705,7 +769,49 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
             q_push_tail(f, j)
     else:
         job_make_runnable(e, j, 0)
-    return E_OK
+
+
+cdef void engine_job_stored(Engine *e, Job *j, int64_t row_id) noexcept nogil:
+    """The store committed j's row: it may run now. (Acks are sent by the caller.)"""
+    c_assert(j.state == JOB_STORING)
+    j.store_id = row_id
+    j.persisted = 1
+    job_schedule(e, j)
+
+
+cdef void engine_job_store_failed(Engine *e, Job *j) noexcept nogil:
+    """The row could not be written: the job is dropped (the caller sends the errors)."""
+    c_assert(j.state == JOB_STORING)
+    j.state = JOB_UNLINKED
+    job_free(e, j)
+
+
+cdef Job *engine_replay(Engine *e, const char *func, size_t fn, const char *uniq, size_t un,
+                        const char *data, size_t dn, int prio, int64_t when_s,
+                        int64_t row_id) noexcept nogil:
+    """Recreate a stored background job at start-up (no submitter to answer)."""
+    cdef Packet pkt
+    cdef Job *j
+    cdef uint8_t durable = e.durable
+    pkt.type = CMD_SUBMIT_JOB_BG if prio == PRIO_NORMAL else (
+        CMD_SUBMIT_JOB_HIGH_BG if prio == PRIO_HIGH else CMD_SUBMIT_JOB_LOW_BG)
+    pkt.nfields = 3
+    pkt.f[0] = func
+    pkt.flen[0] = fn
+    pkt.f[1] = uniq
+    pkt.flen[1] = un
+    pkt.f[2] = data
+    pkt.flen[2] = dn
+    e.durable = 0
+    e.replay_when = when_s
+    handle_submit(e, NULL, &pkt)
+    e.replay_when = 0
+    e.durable = durable
+    j = e.last_job
+    if j != NULL:
+        j.store_id = row_id
+        j.persisted = 1
+    return j
 
 
 cdef inline void attach_client(Job *j, Conn *c, Attach *a) noexcept nogil:
@@ -1143,8 +1249,11 @@ cdef void conn_detach(Engine *e, Conn *c) noexcept nogil:
 
 
 cdef int engine_cancel(Engine *e, Job *j) noexcept nogil:
+    """0 cancelled; -1 not cancellable (its row is still being written)."""
     cdef Attach *a
     cdef Attach *an
+    if j.state == JOB_STORING:
+        return -1
     send_clients(e, j, CMD_WORK_FAIL, NULL, 0, 0)
     if j.state == JOB_RUNNING:
         # The worker keeps it; its clients have been told and stop listening.

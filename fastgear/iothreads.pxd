@@ -41,6 +41,8 @@ cdef struct Shared:
     int nloops
     int next_loop            # round-robin assignment of accepted connections
     int adminfd              # pokes the control thread (admin lines waiting)
+    int storefd              # pokes the store thread (rows to write or delete)
+    uint8_t store_poked
     int listen_fds[MAX_LISTENERS]
     int nlisten
     Conn **conns             # indexed by fd

@@ -433,6 +433,8 @@ cdef void loop_run(Loop *L) noexcept nogil:
         unlock(S)
         flush_all(L)
         free_conns(L, gone)
+        if L.check != NULL:
+            timeout = 0     # connections to close once their last bytes are out
         n = epoll_wait(L.epfd, events, MAX_EVENTS,
                        <int>timeout if timeout < 0x7fffffff else 0x7fffffff)
         # Reads need no lock: sockets and input buffers belong to this loop.
@@ -468,6 +470,9 @@ cdef void loop_run(Loop *L) noexcept nogil:
             c = ready[i]
             if not c.in_close:
                 process_input(L, c)
+        if (S.eng.store_add != NULL or S.eng.store_del_len) and not S.store_poked:
+            S.store_poked = 1
+            poke_fd(S.storefd)
         # A timer armed in this batch that is due before loop 0 wakes: wake it.
         if (L.idx != 0 and S.eng.heap_len and
                 (S.timer_wake_ms < 0 or S.eng.heap[0].timer_ms < S.timer_wake_ms)):
@@ -512,6 +517,7 @@ cdef class IOLoop:
         self.S.max_packet = max_packet
         self.S.timer_wake_ms = -1
         self.S.adminfd = _check(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd")
+        self.S.storefd = _check(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd")
         for i in range(threads):
             L = &self.S.loops[i]
             L.S = self.S
@@ -549,6 +555,7 @@ cdef class IOLoop:
             close(self.S.loops[k].wakefd)
         free(self.S.loops)
         close(self.S.adminfd)
+        close(self.S.storefd)
         pthread_mutex_destroy(&self.S.lock)
         free(self.S)
         self.S = NULL
@@ -719,8 +726,7 @@ cdef class IOLoop:
         with nogil:
             lock(self.S)
             j = job_by_handle(&self.S.eng, h, n)
-            if j != NULL:
-                engine_cancel(&self.S.eng, j)
+            if j != NULL and engine_cancel(&self.S.eng, j) == 0:
                 found = 1
                 # The WORK_FAIL packets go to their connections' loops.
                 route(self.S, NULL)
@@ -786,3 +792,103 @@ cdef class IOLoop:
                     "threads": self.S.nloops, "next_handle": self.S.eng.next_handle}
         finally:
             unlock(self.S)
+
+    # ---- persistent store hand-over (called from the store thread) -------------------
+
+    def set_durable(self, bint durable):
+        """Background jobs are acknowledged only after store_done() reports their row."""
+        self.S.eng.durable = durable
+
+    @property
+    def store_fd(self):
+        """Readable when rows are waiting to be written or deleted."""
+        return self.S.storefd
+
+    def replay(self, rows):
+        """Recreate stored jobs before serving: rows of (row_id, function, unique,
+        priority, data, when_to_run) in FIFO order. Returns the row ids that coalesced
+        with an earlier row (duplicates to delete)."""
+        cdef Job *j
+        cdef int64_t rid, when
+        cdef int prio
+        dup = []
+        for rid, func, unique, prio, data, when in rows:
+            with nogil:
+                lock(self.S)
+            try:
+                j = engine_replay(&self.S.eng, func, len(func), unique, len(unique), data,
+                                  len(data), prio if 0 <= prio <= 2 else PRIO_NORMAL,
+                                  when, rid)
+            finally:
+                unlock(self.S)
+            if j == NULL:
+                dup.append(rid)
+        return dup
+
+    def store_take(self):
+        """(adds, deletes) waiting for the store: adds are (token, function, unique,
+        priority, data, when_to_run) in submission order; deletes are row ids."""
+        cdef Job *head
+        cdef Job *j
+        cdef int64_t *dels
+        cdef uint64_t ndel, i
+        with nogil:
+            drain_fd(self.S.storefd)
+            lock(self.S)
+            head = self.S.eng.store_add
+            self.S.eng.store_add = NULL
+            self.S.eng.store_add_tail = NULL
+            dels = self.S.eng.store_del
+            ndel = self.S.eng.store_del_len
+            self.S.eng.store_del = NULL
+            self.S.eng.store_del_len = 0
+            self.S.eng.store_del_cap = 0
+            self.S.store_poked = 0
+        # Jobs waiting for their row cannot be freed by anyone else, so they can be
+        # read after the lock is released; only the store thread touches them now.
+        unlock(self.S)
+        adds = []
+        j = head
+        while j != NULL:
+            adds.append((<size_t>j, j.func.name[:j.func.name_len], j.unique[:j.unique_len],
+                         j.priority, j.data[:j.data_len], j.when_s))
+            j = j.store_next
+        deletes = [dels[i] for i in range(ndel)]
+        free(dels)
+        return adds, deletes
+
+    def store_done(self, committed, failed, bytes error=b"QUEUE_ERROR"):
+        """Answer the submitters: JOB_CREATED for committed (token, row_id) pairs, then
+        the jobs may run; ERROR QUEUE_ERROR for failed tokens, whose jobs are dropped."""
+        cdef Job *j
+        cdef int64_t rid
+        cdef const char *etext = error
+        with nogil:
+            lock(self.S)
+        try:
+            for token, rid in committed:
+                j = <Job *><size_t>token
+                self._ack(j, 0, NULL)
+                engine_job_stored(&self.S.eng, j, rid)
+            for token in failed:
+                j = <Job *><size_t>token
+                self._ack(j, 1, etext)
+                engine_job_store_failed(&self.S.eng, j)
+            route(self.S, NULL)
+        finally:
+            unlock(self.S)
+
+    cdef void _ack(self, Job *j, int failed, const char *etext) noexcept:
+        cdef Ack *k = j.acks
+        cdef Conn *c
+        while k != NULL:
+            c = self.S.conns[k.fd] if <size_t>k.fd < self.S.conns_cap else NULL
+            if c != NULL and c.id == k.conn_id and not c.in_close:
+                if failed:
+                    engine_error(&self.S.eng, c, b"QUEUE_ERROR", etext)
+                else:
+                    conn_dirty(&self.S.eng, c)
+                    encode1(&c.outbuf, CMD_JOB_CREATED, j.handle, j.handle_len)
+            j.acks = k.next
+            free(k)
+            k = j.acks

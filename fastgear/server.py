@@ -18,6 +18,8 @@ import sys
 import threading
 
 from fastgear import __version__, admin
+from fastgear.persist import StoreThread
+from fastgear.persist.sqlite import SQLiteStore, StoreError
 
 log = logging.getLogger("fastgear")
 
@@ -148,6 +150,26 @@ def drop_privileges(cfg):
         raise StartupError("--user needs the server to be started as root")
     os.setgid(pw.pw_gid)
     os.setuid(pw.pw_uid)
+
+
+def start_store(cfg, loop):
+    """Open the SQLite store, replay it into the engine before any connection is
+    served, and start the group-commit thread."""
+    store = SQLiteStore(cfg.libsqlite3_db, cfg.libsqlite3_table, cfg.store_sync)
+    store.open()
+    try:
+        rows = list(store.replay())
+    except Exception as exc:
+        raise StoreError(f"cannot replay queue file {cfg.libsqlite3_db}: {exc}") from exc
+    duplicates = loop.replay(rows)
+    if duplicates:
+        store.delete_rows(duplicates)
+    log.info("replayed %d background jobs from %s", len(rows) - len(duplicates),
+             cfg.libsqlite3_db)
+    loop.set_durable(True)
+    thread = StoreThread(loop, store)
+    thread.start()
+    return thread
 
 
 class Control:
@@ -332,12 +354,25 @@ def run(cfg):
         for s in sockets:
             s.close()
         return 1
+    store_thread = None
+    if cfg.queue_type == "libsqlite3":
+        try:
+            store_thread = start_store(cfg, srv.loop)
+        except StoreError as exc:
+            log.error("%s", exc)
+            print(f"fastgear: {exc}", file=sys.stderr)
+            for s in sockets:
+                s.close()
+            return 1
     srv.start(sockets)
     log.info("fastgear %s listening on port %d", __version__, cfg.port)
     try:
         srv.control_loop()
     finally:
         srv.shutdown()
+        if store_thread is not None:
+            store_thread.stop()
+            store_thread.store.close()
         if pid_path:
             try:
                 os.unlink(pid_path)

@@ -28,7 +28,8 @@ GEARMAND_DEFAULTS = {
     "threads": 4, "user": None, "verbose": "ERROR", "worker_wakeup": 0, "ssl": False,
     "ssl_ca_file": None, "ssl_certificate": None, "ssl_key": None, "http_port": 8080,
     "libsqlite3_db": None, "libsqlite3_table": "gearman_queue",
-    "store_queue_on_shutdown": False, "libpq_conninfo": None, "libpq_table": "queue",
+    "store_queue_on_shutdown": False, "store": None, "store_sync": "normal",
+    "libpq_conninfo": None, "libpq_table": "queue",
     "mysql_host": "localhost", "mysql_port": 3306, "mysql_user": None,
     "mysql_password": None, "mysql_db": None, "mysql_table": "gearman_queue",
     "redis_server": None, "redis_port": None, "redis_password": None,
@@ -74,6 +75,8 @@ FLAGS = [
     ("libsqlite3-db", None, "libsqlite3_db", "/q.db", "/q.db"),
     ("store-queue-on-shutdown", None, "store_queue_on_shutdown", None, True),
     ("libsqlite3-table", None, "libsqlite3_table", "jobs", "jobs"),
+    ("store", None, "store", "/s.db", "/s.db"),
+    ("store-sync", None, "store_sync", "FULL", "full"),
     ("libpq-conninfo", None, "libpq_conninfo", "dbname=g", "dbname=g"),
     ("libpq-table", None, "libpq_table", "jobs", "jobs"),
     ("redis-server", None, "redis_server", "r1", "r1"),
@@ -226,8 +229,7 @@ def test_zero_threads_is_accepted_as_gearmands_guess():
 # --- refusals name the flag ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("queue_type", ["libsqlite3", "postgres", "mysql", "redis",
-                                        "libmemcached"])
+@pytest.mark.parametrize("queue_type", ["postgres", "mysql", "redis", "libmemcached"])
 def test_persistent_queue_types_are_refused_naming_the_flag(queue_type):
     message = refusal("-q", queue_type)
     assert message == (f"--queue-type {queue_type}: persistent queues are not supported "
@@ -389,8 +391,8 @@ def test_serve_hands_the_validated_config_to_the_server(fake_server):
 
 
 def test_serve_does_not_start_the_server_when_config_is_refused(fake_server, capsys):
-    assert cli.main(["serve", "-q", "libsqlite3", "--libsqlite3-db", "x.db"]) == 2
-    assert "--queue-type libsqlite3" in capsys.readouterr().err
+    assert cli.main(["serve", "-q", "postgres", "--libpq-conninfo", "dbname=x"]) == 2
+    assert "--queue-type postgres" in capsys.readouterr().err
     assert fake_server == []
 
 
@@ -464,3 +466,16 @@ def test_command_line_is_accepted_or_rejected_like_gearmand(argv, tmp_path, caps
                           env=env, capture_output=True, timeout=20, check=False)
     ours = cli.main(["serve", "--check-args", "-l", "none"] + argv)
     assert (ours == 0) == (real.returncode == 0), real.stderr
+
+
+def test_store_is_short_for_the_sqlite_queue_type():
+    cfg = config.validate(parse("--store", "/tmp/jobs.db"))
+    assert cfg.queue_type == "libsqlite3" and cfg.libsqlite3_db == "/tmp/jobs.db"
+
+
+def test_sqlite_queue_type_needs_its_database_file():
+    assert "--libsqlite3-db" in refusal("-q", "libsqlite3")
+
+
+def test_store_sync_rejects_unknown_levels():
+    assert "--store-sync" in refusal("--store-sync", "sometimes")

@@ -156,7 +156,7 @@ def test_daemon_mode_detaches_and_keeps_serving(kind, tmp_path):
 
 
 @pytest.mark.parametrize("flags, named", [
-    (["-q", "libsqlite3", "--libsqlite3-db", "x.db"], "queue-type"),
+    (["-q", "postgres", "--libpq-conninfo", "dbname=x"], "queue-type"),
     (["--ssl"], "ssl"),
     (["-r", "http"], "protocol"),
 ])

@@ -1,0 +1,115 @@
+"""The embedded SQLite store (`-q libsqlite3 --libsqlite3-db PATH`, or `--store PATH`).
+
+The table keeps gearmand 1.1.20's columns (unique_key, function_name, priority, data,
+when_to_run) so a queue file written by gearmand replays here, but not its primary key
+on (unique_key, function_name): that key makes jobs with an empty or repeated unique
+key overwrite each other (PROTOCOL.md §6). Rows are keyed by SQLite's rowid instead, and
+replayed in rowid (submission) order. A gearmand table found on open is migrated once
+into that layout. WAL journal; `--store-sync` sets PRAGMA synchronous.
+"""
+import os
+import re
+import sqlite3
+
+COLUMNS = "unique_key TEXT, function_name TEXT, priority INTEGER, data BLOB, when_to_run INTEGER"
+
+
+class StoreError(Exception):
+    pass
+
+
+class SQLiteStore:
+    def __init__(self, path, table="gearman_queue", sync="normal"):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table):
+            raise StoreError(f"--libsqlite3-table {table!r}: not a valid table name")
+        self.path = path
+        self.table = table
+        self.sync = sync
+        self.db = None
+
+    def open(self):
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise StoreError(f"cannot open queue file {self.path}: "
+                             f"directory {directory} does not exist")
+        try:
+            # The store thread is the only user after start-up (replay runs before it).
+            self.db = sqlite3.connect(self.path, timeout=6, isolation_level=None,
+                                      check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA synchronous={self.sync.upper()}")
+            self._create_or_migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open queue file {self.path}: {exc}") from exc
+
+    def _create_or_migrate(self):
+        t = self.table
+        row = self.db.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name=?",
+                              (t,)).fetchone()
+        if row is None:
+            self.db.execute(f"CREATE TABLE {t} ({COLUMNS})")
+            return
+        sql = row[0].upper()
+        cols = [r[1] for r in self.db.execute(f"PRAGMA table_info({t})")]
+        if "when_to_run" not in cols:
+            self.db.execute(f"ALTER TABLE {t} ADD COLUMN when_to_run INTEGER")
+        if "PRIMARY KEY" in sql:
+            # A gearmand queue file: keep its rows, drop the key that merges jobs.
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(f"ALTER TABLE {t} RENAME TO {t}_gearmand")
+            self.db.execute(f"CREATE TABLE {t} ({COLUMNS})")
+            self.db.execute(f"INSERT INTO {t} (unique_key, function_name, priority, data, "
+                            f"when_to_run) SELECT unique_key, function_name, priority, data, "
+                            f"when_to_run FROM {t}_gearmand")
+            self.db.execute(f"DROP TABLE {t}_gearmand")
+            self.db.execute("COMMIT")
+
+    def replay(self):
+        """Every stored job, oldest first: (row_id, function, unique, priority, data, when)."""
+        cur = self.db.execute(f"SELECT rowid, function_name, unique_key, priority, data, "
+                              f"when_to_run FROM {self.table} ORDER BY rowid")
+        for rid, func, unique, prio, data, when in cur:
+            yield (rid, _bytes(func), _bytes(unique), int(prio if prio is not None else 1),
+                   _bytes(data), int(when or 0))
+
+    def write(self, adds, deletes):
+        """One transaction: insert adds (function, unique, priority, data, when), delete
+        row ids; returns the new rows' ids in order."""
+        db = self.db
+        ids = []
+        db.execute("BEGIN")
+        try:
+            if deletes:
+                db.executemany(f"DELETE FROM {self.table} WHERE rowid=?",
+                               [(d,) for d in deletes])
+            ins = (f"INSERT INTO {self.table} (unique_key, function_name, priority, data, "
+                   f"when_to_run) VALUES (?, ?, ?, ?, ?)")
+            for func, unique, prio, data, when in adds:
+                # Keys are stored as given (bytes): function names and unique ids
+                # are opaque to Gearman and need not be UTF-8.
+                cur = db.execute(ins, (unique, func, prio, data, when))
+                ids.append(cur.lastrowid)
+            db.execute("COMMIT")
+        except BaseException:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+        return ids
+
+    def delete_rows(self, row_ids):
+        self.write([], list(row_ids))
+
+    def close(self):
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+
+def _bytes(value):
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode("utf-8")
