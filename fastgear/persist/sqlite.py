@@ -82,13 +82,17 @@ class SQLiteStore:
             if deletes:
                 db.executemany(f"DELETE FROM {self.table} WHERE rowid=?",
                                [(d,) for d in deletes])
-            ins = (f"INSERT INTO {self.table} (unique_key, function_name, priority, data, "
-                   f"when_to_run) VALUES (?, ?, ?, ?, ?)")
-            for func, unique, prio, data, when in adds:
-                # Keys are stored as given (bytes): function names and unique ids
-                # are opaque to Gearman and need not be UTF-8.
-                cur = db.execute(ins, (unique, func, prio, data, when))
-                ids.append(cur.lastrowid)
+            if adds:
+                # Keys are stored as given (bytes): function names and unique ids are
+                # opaque to Gearman and need not be UTF-8.
+                db.executemany(
+                    f"INSERT INTO {self.table} (unique_key, function_name, priority, data, "
+                    f"when_to_run) VALUES (?, ?, ?, ?, ?)",
+                    [(unique, func, prio, data, when) for func, unique, prio, data, when in adds])
+                # Without AUTOINCREMENT each insert takes max(rowid) + 1, and this
+                # connection is the only writer: the new rows are the last len(adds) ids.
+                last = db.execute(f"SELECT max(rowid) FROM {self.table}").fetchone()[0]
+                ids = list(range(last - len(adds) + 1, last + 1))
             db.execute("COMMIT")
         except BaseException:
             try:
