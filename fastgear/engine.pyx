@@ -1149,7 +1149,9 @@ cdef int engine_packet(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
         return handle_work(e, c, pkt)
     if t == CMD_PRE_SLEEP:
         c.sleeping = 1
-        if not c.noop_sent and has_runnable(c):
+        # As gearmand: work already waiting is answered with a NOOP at once, even if
+        # this worker was woken before and has not grabbed since.
+        if has_runnable(c):
             c.noop_sent = 1
             return out0(e, c, CMD_NOOP)
         return E_OK

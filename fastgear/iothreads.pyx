@@ -19,7 +19,7 @@
 # only the connection that sent the line waits (its input is held), so binary and text
 # replies stay in order. Counters are per loop and summed when read.
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memset, strlen
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
 from fastgear.buffer cimport (Buf, buf_init, buf_free, buf_len, buf_head, buf_reserve,
@@ -32,6 +32,8 @@ from fastgear.includes.sys cimport *
 # the eventfd and listening sockets are told apart by their low bits.
 cdef uint64_t TAG_WAKE = 1
 cdef uint64_t TAG_LISTEN = 2
+
+cdef const char *LINE_TOO_LONG = b"ERR LINE_TOO_LONG Text+line+longer+than+8192+bytes\r\n"
 
 cdef enum:
     MAX_EVENTS = 256
@@ -140,7 +142,7 @@ cdef void process_input(Loop *L, Conn *c) noexcept nogil:
             protocol_error(L, c, b"ARGUMENT_TOO_LARGE", b"Packet larger than the server allows")
         else:
             L.protocol_errors += 1
-            buf_append(&c.outbuf, b"ERR LINE_TOO_LONG Text+line+longer+than+8192+bytes\r\n", 51)
+            buf_append(&c.outbuf, LINE_TOO_LONG, strlen(LINE_TOO_LONG))
             conn_dirty(&S.eng, c)
             c.closing = 1
     if c.eof and not c.admin_pending:

@@ -1,4 +1,11 @@
-"""A tiny raw-socket Gearman client for wire-level tests (no client library in between)."""
+"""A tiny raw-socket Gearman client for wire-level tests (no client library in between).
+
+`pack` builds request bytes; `Conn` sends packets or raw bytes and parses replies by the
+argument counts of PROTOCOL.md §2 (the last field takes the rest of the body, NULs
+included). Every receive has a deadline; `expect_nothing` is the only timed wait that
+passes by itself. Text admin lines go through `Conn.admin`, which reads one reply line,
+or a whole listing up to its `.` terminator.
+"""
 import select
 import socket
 import struct
@@ -6,7 +13,9 @@ import time
 
 REQ = b"\0REQ"
 RES = b"\0RES"
+HEADER = struct.Struct(">4sII")
 
+# Packet types, names as in PROTOCOL.md §2 (type 5 is unused and has no name).
 CAN_DO = 1
 CANT_DO = 2
 RESET_ABILITIES = 3
@@ -49,7 +58,8 @@ JOB_ASSIGN_ALL = 40
 GET_STATUS_UNIQUE = 41
 STATUS_RES_UNIQUE = 42
 
-NAMES = {v: k for k, v in dict(globals()).items() if k.isupper() and isinstance(v, int)}
+NAMES = {v: k for k, v in dict(globals()).items()
+         if k.isupper() and isinstance(v, int) and 0 < v < 43}
 
 # Number of fields in a server reply body (the last one takes the rest, NULs included).
 FIELDS = {
@@ -59,13 +69,33 @@ FIELDS = {
     STATUS_RES_UNIQUE: 6, OPTION_RES: 1,
 }
 
+SUBMITS = (SUBMIT_JOB, SUBMIT_JOB_BG, SUBMIT_JOB_HIGH, SUBMIT_JOB_HIGH_BG,
+           SUBMIT_JOB_LOW, SUBMIT_JOB_LOW_BG)
+BACKGROUND = (SUBMIT_JOB_BG, SUBMIT_JOB_HIGH_BG, SUBMIT_JOB_LOW_BG)
+
+
+def _b(value):
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def pack(magic, ptype, *args, data=None):
+    """One packet: `args` joined with NUL; with `data`, every arg is NUL-terminated and
+    `data` follows (the has-data layout)."""
+    parts = [_b(a) for a in args]
+    if data is None:
+        body = b"\0".join(parts)
+    else:
+        body = b"".join(p + b"\0" for p in parts) + _b(data)
+    return HEADER.pack(magic, ptype, len(body)) + body
+
 
 def packet(ptype, *args, magic=REQ):
-    body = b"\0".join(a if isinstance(a, bytes) else str(a).encode() for a in args)
-    return magic + struct.pack(">II", ptype, len(body)) + body
+    """`pack` with the request magic first-class: packet(ECHO_REQ, b"x")."""
+    return pack(magic, ptype, *args)
 
 
 def split(ptype, body):
+    """Split a reply body into its fields by the type's argument count."""
     n = FIELDS.get(ptype)
     if n is None:
         return [body]
@@ -79,15 +109,37 @@ class Closed(Exception):
 
 
 class Conn:
-    """One raw connection: `send`, `recv`, `admin`, `expect_nothing`, `closed`."""
+    """One raw connection. Conn(server), Conn(host, port), or Conn().connect(host, port)."""
 
-    def __init__(self, host, port=None):
-        if port is None:  # a Server object
-            host, port = host.host, host.port
-        self.sock = socket.create_connection((host, port), timeout=5)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    LISTINGS = (b"status", b"prioritystatus", b"workers")
+
+    @classmethod
+    def _is_listing(cls, line):
+        """Whether the server answers `line` with a `.`-terminated listing (its tokenizer:
+        single spaces separate words, a leading space makes an empty first word)."""
+        if line.startswith(b" "):
+            return False
+        words = [w for w in line.lower().split(b" ") if w]
+        if not words:
+            return False
+        if words[0] in cls.LISTINGS:
+            return True
+        return words[0] == b"show" and words[1:] in ([b"jobs"], [b"unique", b"jobs"])
+
+    def __init__(self, host=None, port=None):
+        self.sock = None
         self.buf = b""
         self.eof = False
+        self.discarded = b""   # what `closed()` read and threw away before the EOF
+        if host is not None:
+            if port is None:  # a conftest Server object
+                host, port = host.host, host.port
+            self.connect(host, port)
+
+    def connect(self, host, port):
+        self.sock = socket.create_connection((host, port), timeout=5)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return self
 
     def __enter__(self):
         return self
@@ -96,14 +148,16 @@ class Conn:
         self.close()
 
     def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
 
     # -- sending ---------------------------------------------------------------------
     def send(self, ptype, *args):
-        self.sock.sendall(packet(ptype, *args))
+        """Send a request; `args` (bytes or str) are joined with NUL."""
+        self.sock.sendall(pack(REQ, ptype, *args))
 
     def send_raw(self, data):
         self.sock.sendall(data)
@@ -135,20 +189,23 @@ class Conn:
         out, self.buf = self.buf[:n], self.buf[n:]
         return out
 
+    def recv_raw_packet(self, timeout=5):
+        """Next binary packet as (magic, type, body), unparsed."""
+        deadline = time.monotonic() + timeout
+        magic, ptype, size = HEADER.unpack(self._read_exact(12, deadline))
+        return magic, ptype, self._read_exact(size, deadline)
+
     def recv(self, timeout=5):
         """Next binary reply as (type, [fields]); raises Closed / TimeoutError."""
-        deadline = time.monotonic() + timeout
-        header = self._read_exact(12, deadline)
-        magic, ptype, size = header[:4], *struct.unpack(">II", header[4:])
-        assert magic == RES, f"bad reply magic {header!r}"
-        body = self._read_exact(size, deadline)
+        magic, ptype, body = self.recv_raw_packet(timeout)
+        assert magic == RES, f"bad reply magic {magic!r} (type {ptype})"
         return ptype, split(ptype, body)
 
     def recv_raw(self, n, timeout=5):
         return self._read_exact(n, time.monotonic() + timeout)
 
     def readline(self, timeout=5):
-        """One text line including its `\n`."""
+        """One text line including its `\\n`."""
         deadline = time.monotonic() + timeout
         while b"\n" not in self.buf:
             self._fill(deadline)
@@ -156,44 +213,48 @@ class Conn:
         return line + b"\n"
 
     def expect(self, ptype, timeout=5):
+        """Receive one reply, assert its type, return its fields."""
         t, args = self.recv(timeout)
         assert t == ptype, f"expected {NAMES.get(ptype)}, got {NAMES.get(t, t)} {args!r}"
         return args
 
     def expect_nothing(self, window=0.3):
-        """Assert that nothing arrives within `window` seconds (and the link is open)."""
+        """Assert that nothing arrives within `window` seconds and the link stays open."""
         if self.buf:
             raise AssertionError(f"unexpected data {self.buf[:200]!r}")
         ready, _, _ = select.select([self.sock], [], [], window)
         if ready:
-            data = self.sock.recv(65536)
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                data = b""
             if not data:
                 self.eof = True
                 raise AssertionError("connection closed, expected it to stay open")
             raise AssertionError(f"unexpected data {data[:200]!r}")
 
     def closed(self, timeout=5):
-        """True once the server has closed the connection (other data is discarded)."""
+        """True once the server has closed the connection, False if it is still open after
+        `timeout`. Bytes read on the way are kept in `self.discarded`."""
         deadline = time.monotonic() + timeout
         while True:
+            self.discarded += self.buf
+            self.buf = b""
             try:
                 self._fill(deadline)
             except Closed:
                 return True
             except TimeoutError:
                 return False
-            self.buf = b""
 
     # -- text admin protocol -----------------------------------------------------------
-    LIST_COMMANDS = ("status", "prioritystatus", "workers", "show jobs", "show unique jobs")
-
     def admin(self, line, timeout=5):
-        """Send one admin line; return the reply bytes (to `\\n.\\n` for list commands)."""
-        if isinstance(line, str):
-            line = line.encode()
+        """Send one admin line (CRLF added); return the reply bytes: through `.\\n` for the
+        listing commands, else one line."""
+        line = _b(line)
         self.sock.sendall(line + b"\r\n")
         deadline = time.monotonic() + timeout
-        is_list = line.strip().lower().decode(errors="replace") in self.LIST_COMMANDS
+        is_list = self._is_listing(line)
         while True:
             if is_list:
                 if self.buf.startswith(b".\n"):
@@ -218,9 +279,18 @@ class Conn:
         self.send(kind, func, unique, data)
         return self.expect(JOB_CREATED)[0]
 
-    def can_do(self, *funcs):
+    def worker(self, *funcs):
+        """CAN_DO every function; returns self."""
         for f in funcs:
             self.send(CAN_DO, f)
+        return self
+
+    can_do = worker
+
+    def grab(self, kind=GRAB_JOB, timeout=5):
+        """Send a GRAB_JOB* and return the reply (type, [fields])."""
+        self.send(kind)
+        return self.recv(timeout)
 
     def echo(self, data=b"sync"):
         """Round trip an ECHO: every earlier packet of this connection has been handled."""
@@ -239,4 +309,5 @@ def status_table(conn):
 
 
 def workers_of(conn, func):
+    """How many worker registrations `status` shows for `func`."""
     return status_table(conn).get(func, (0, 0, 0))[2]

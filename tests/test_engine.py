@@ -94,14 +94,23 @@ def test_completion_is_relayed_to_every_coalesced_client(eng):
     assert eng.counts()["jobs"] == 0
 
 
-def test_sleeping_worker_gets_one_noop_until_it_grabs(eng):
+def test_sleeping_worker_gets_one_noop_for_new_jobs_until_it_grabs(eng):
     c, w = eng.connect(), eng.connect()
     eng.feed(w, req("CAN_DO", b"f") + req("PRE_SLEEP"))
     submit(eng, c, b"f")
     submit(eng, c, b"f")
     assert replies(eng, w) == [("NOOP", [])]
-    eng.feed(w, req("PRE_SLEEP"))
+    submit(eng, c, b"f")
     assert replies(eng, w) == []
+
+
+def test_pre_sleep_with_work_waiting_gets_a_noop_at_once(eng):
+    c, w = eng.connect(), eng.connect()
+    eng.feed(w, req("CAN_DO", b"f") + req("PRE_SLEEP"))
+    submit(eng, c, b"f")
+    assert replies(eng, w) == [("NOOP", [])]
+    eng.feed(w, req("PRE_SLEEP"))       # woken, but sleeps again without grabbing
+    assert replies(eng, w) == [("NOOP", [])]
 
 
 def test_worker_disconnect_requeues_its_job_at_the_front(eng):
