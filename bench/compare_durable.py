@@ -13,28 +13,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare_threads import free_port, gearload_binary
+from compare_threads import free_port, gearload_binary, launch
 
 LOAD = ["--mode", "bg", "--clients", "4", "--workers", "64", "--pipeline", "200",
         "--max-backlog", "2000", "--threads", "1"]
 
 
 def start(cmd):
-    import socket
     port = free_port()
-    proc = subprocess.Popen(cmd(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"server did not start: {cmd(port)}")
+    return launch(cmd(port), port)
 
 
 def main(argv=None):

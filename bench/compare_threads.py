@@ -53,6 +53,11 @@ def start(kind, threads, tmp):
         cmd = [shutil.which("gearmand") or "/usr/sbin/gearmand"]
     cmd += ["-p", str(port), "-L", "127.0.0.1", "-t", str(threads), "--log-file", "none",
             "-P", os.path.join(tmp, f"{kind}-{port}.pid")]
+    return launch(cmd, port)
+
+
+def launch(cmd, port):
+    """Start a server command and wait until it accepts connections on port."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -62,7 +67,7 @@ def start(kind, threads, tmp):
         except OSError:
             time.sleep(0.05)
     proc.kill()
-    raise RuntimeError(f"{kind} did not start")
+    raise RuntimeError(f"server did not start: {' '.join(cmd)}")
 
 
 def run_load(binary, port, pid, workload, jobs, gen_threads):
