@@ -1154,6 +1154,10 @@ cdef int engine_packet(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
         if has_runnable(c):
             c.noop_sent = 1
             return out0(e, c, CMD_NOOP)
+        # Nothing to do: it really sleeps, so the next job must wake it. gearmand keeps
+        # "NOOP sent" until a GRAB, so a worker whose job was taken by another one
+        # before it grabbed is never woken again (gearmand issue #343).
+        c.noop_sent = 0
         return E_OK
     if t == CMD_CAN_DO:
         return add_ability(e, c, pkt.f[0], pkt.flen[0], 0)

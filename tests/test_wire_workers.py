@@ -468,3 +468,34 @@ def test_a_disconnected_worker_leaves_workers_and_status(server):
             assert workers_of(adm, b"gone") == 1
         wait_for(lambda: workers_of(adm, b"gone") == 0, what="the worker to be dropped")
         assert adm.admin("workers").count(b"\n") == 2  # only the admin connection and `.`
+
+
+# -- a woken worker whose job was taken by another one ------------------------------------
+
+def _noop_then_job_taken_then_sleep(server, adm, c):
+    w1 = sleeping_worker(server, adm, b"lw", 1)
+    w2 = Conn(server).worker(b"lw")
+    wait_for(lambda: workers_of(adm, b"lw") >= 2, what="second worker")
+    c.submit(b"lw", b"first", kind=SUBMIT_JOB_BG)
+    assert w1.recv() == (NOOP, [])
+    assert w2.grab()[0] == JOB_ASSIGN          # w2 takes the job w1 was woken for
+    w1.send(PRE_SLEEP)                           # nothing left: w1 sleeps again
+    w1.echo()
+    c.submit(b"lw", b"second", kind=SUBMIT_JOB_BG)
+    return w1, w2
+
+
+@pytest.mark.difference
+def test_a_worker_that_sleeps_again_after_losing_its_job_is_woken_by_the_next_job(server):
+    with Conn(server) as adm, Conn(server) as c:
+        w1, w2 = _noop_then_job_taken_then_sleep(server, adm, c)
+        with w1, w2:
+            assert w1.recv() == (NOOP, [])
+
+
+@pytest.mark.gearmand_quirk
+def test_gearmand_never_wakes_a_worker_that_slept_again_without_grabbing(server):
+    with Conn(server) as adm, Conn(server) as c:
+        w1, w2 = _noop_then_job_taken_then_sleep(server, adm, c)
+        with w1, w2:
+            w1.expect_nothing(0.3)
