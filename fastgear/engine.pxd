@@ -146,6 +146,8 @@ cdef struct Conn:
     Job *held                # jobs assigned to this worker
     Attach *attached         # jobs this client listens to
     uint64_t jobs_done
+    char last_exception[MAX_HANDLE]   # handle this worker last ended with WORK_EXCEPTION
+    uint32_t last_exception_len
 
 cdef struct Engine:
     Function **ftab

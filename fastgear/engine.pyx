@@ -1006,6 +1006,12 @@ cdef int handle_work(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
                             b"from snprintf")
     j = job_by_handle(e, pkt.f[0], pkt.flen[0])
     if j == NULL or j.state != JOB_RUNNING or j.worker != c:
+        if (t == CMD_WORK_FAIL and c.last_exception_len
+                and eq(c.last_exception, c.last_exception_len, pkt.f[0], pkt.flen[0])):
+            # Perl's Gearman::Worker follows WORK_EXCEPTION with WORK_FAIL for the same
+            # job; gearmand's JOB_NOT_FOUND to that makes the worker exit.
+            c.last_exception_len = 0
+            return E_OK
         if t == CMD_WORK_DATA or t == CMD_WORK_WARNING:
             return engine_error(e, c, b"JOB_NOT_FOUND", b"Job does not exist on server")
         if t == CMD_WORK_EXCEPTION:
@@ -1043,6 +1049,8 @@ cdef int handle_work(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
                 out1(e, a.conn, CMD_WORK_FAIL, j.handle, j.handle_len)
             a = a.j_next
         j.func.n_exception += 1
+        memcpy(c.last_exception, j.handle, j.handle_len)
+        c.last_exception_len = j.handle_len
     job_free(e, j)
     return E_OK
 

@@ -312,3 +312,33 @@ def test_fastgear_answers_get_status_unique_up_to_64_bytes_and_refuses_longer(se
         c.send(GET_STATUS_UNIQUE, b"u" * 65)
         assert c.recv() == (ERROR, [b"ARGUMENT_TOO_LARGE", b"Unique value too large"])
         c.echo()
+
+
+# -- Perl's Gearman::Worker sends WORK_FAIL right after WORK_EXCEPTION --------------------
+
+def _exception_then_fail(server):
+    c = Conn(server)
+    w = Conn(server).worker(b"px")
+    h = c.submit(b"px", b"x")
+    t, args = w.grab()
+    assert t == JOB_ASSIGN and args[0] == h
+    w.send(WORK_EXCEPTION, h, b"died")
+    w.send(WORK_FAIL, h)
+    return c, w, h
+
+
+@pytest.mark.difference
+def test_work_fail_right_after_work_exception_for_the_same_job_is_accepted_quietly(server):
+    c, w, h = _exception_then_fail(server)
+    with c, w:
+        assert c.recv() == (WORK_FAIL, [h])
+        w.echo()                                   # nothing came before the echo
+        w.send(WORK_FAIL, h)                       # a second one is an error again
+        assert w.recv() == (ERROR, [b"JOB_NOT_FOUND", b"Job given in work result not found"])
+
+
+@pytest.mark.gearmand_quirk
+def test_gearmand_answers_work_fail_after_work_exception_with_job_not_found(server):
+    c, w, h = _exception_then_fail(server)
+    with c, w:
+        assert w.recv() == (ERROR, [b"JOB_NOT_FOUND", b"Job given in work result not found"])
