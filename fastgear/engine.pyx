@@ -15,8 +15,8 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
 from fastgear.buffer cimport Buf, buf_init, buf_free
 from fastgear.protocol cimport *
-from fastgear.includes.sys cimport (now_ms, wall_s, time_t, tm, localtime_r, mktime, c_assert,
-                                   pthread_self)
+from fastgear.includes.sys cimport (now_ms, wall_s, time_t, tm, localtime_r, mktime,
+                                    c_assert, pthread_self)
 
 cdef enum:
     JOB_QUEUED = 0

@@ -22,7 +22,7 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset, strlen
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
-from fastgear.buffer cimport (Buf, buf_init, buf_free, buf_len, buf_head, buf_reserve,
+from fastgear.buffer cimport (buf_init, buf_free, buf_len, buf_head, buf_reserve,
                               buf_append, buf_consume, buf_shrink)
 from fastgear.protocol cimport *
 from fastgear.engine cimport *

@@ -339,6 +339,6 @@ def test_work_fail_right_after_work_exception_for_the_same_job_is_accepted_quiet
 
 @pytest.mark.gearmand_quirk
 def test_gearmand_answers_work_fail_after_work_exception_with_job_not_found(server):
-    c, w, h = _exception_then_fail(server)
+    c, w, _ = _exception_then_fail(server)
     with c, w:
         assert w.recv() == (ERROR, [b"JOB_NOT_FOUND", b"Job given in work result not found"])
