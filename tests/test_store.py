@@ -190,3 +190,21 @@ def test_rows_are_deleted_when_jobs_end(start_server, tmp_path, how):
         else:
             assert c.admin(b"cancel job " + h) == b"OK\r\n"
     wait_for(lambda: rows(db) == 0, what="row deleted")
+
+
+@pytest.mark.parametrize("kind, survivors", [("fastgear", 5), ("gearmand", 1)])
+def test_crash_keeps_every_acknowledged_empty_unique_job_only_in_fastgear(
+        start_server, tmp_path, kind, survivors):
+    """The same crash against both servers: gearmand's table key (unique_key,
+    function_name) makes background jobs with an empty unique overwrite each other, so
+    after a SIGKILL it replays one of five acknowledged jobs."""
+    db = str(tmp_path / f"{kind}.db")
+    flags = ("-q", "libsqlite3", "--libsqlite3-db", db)
+    srv = start_server(kind, *flags)
+    with Conn(srv) as c:
+        for i in range(5):
+            c.submit(b"lost", b"job%d" % i, kind=SUBMIT_JOB_BG)
+    srv.stop(signal.SIGKILL)
+    again = start_server(kind, *flags)
+    with Conn(again) as c:
+        assert status_table(c).get(b"lost", (0,))[0] == survivors
