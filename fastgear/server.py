@@ -152,24 +152,23 @@ def drop_privileges(cfg):
     os.setuid(pw.pw_uid)
 
 
-def start_store(cfg, loop):
-    """Open the SQLite store, replay it into the engine before any connection is
-    served, and start the group-commit thread."""
+def open_store(cfg, loop):
+    """Open the SQLite store and replay it into the engine before any connection is
+    served; background jobs are acknowledged after their commit from then on."""
     store = SQLiteStore(cfg.libsqlite3_db, cfg.libsqlite3_table, cfg.store_sync)
     store.open()
     try:
         rows = list(store.replay())
-    except Exception as exc:
+        duplicates = loop.replay(rows)
+        if duplicates:
+            store.delete_rows(duplicates)
+    except Exception as exc:  # any failure here is a start-up error
+        store.close()
         raise StoreError(f"cannot replay queue file {cfg.libsqlite3_db}: {exc}") from exc
-    duplicates = loop.replay(rows)
-    if duplicates:
-        store.delete_rows(duplicates)
     log.info("replayed %d background jobs from %s", len(rows) - len(duplicates),
              cfg.libsqlite3_db)
     loop.set_durable(True)
-    thread = StoreThread(loop, store)
-    thread.start()
-    return thread
+    return store
 
 
 class Control:
@@ -335,35 +334,31 @@ def run(cfg):
     setup_logging(cfg)
     srv = Server(cfg)
     srv.install_signal_handlers()
+    sockets, store, pid_path = [], None, None
     try:
         apply_process_options(cfg)
         sockets = bind_listeners(cfg)
-    except StartupError as exc:
-        log.error("%s", exc)
-        print(f"fastgear: {exc}", file=sys.stderr)
-        return 1
-    if cfg.daemon:
-        daemonize()
-    pid_path = None
-    try:
+        # Opened and replayed before detaching, so a bad queue file is reported on the
+        # terminal; its thread starts after the fork (threads do not survive fork()).
+        if cfg.queue_type == "libsqlite3":
+            store = open_store(cfg, srv.loop)
+        if cfg.daemon:
+            daemonize()
         pid_path = write_pid_file(cfg)
         drop_privileges(cfg)
-    except StartupError as exc:
+    except (StartupError, StoreError) as exc:
         log.error("%s", exc)
         print(f"fastgear: {exc}", file=sys.stderr)
         for s in sockets:
             s.close()
+        if store is not None:
+            store.close()
+        remove_pid_file(pid_path)
         return 1
     store_thread = None
-    if cfg.queue_type == "libsqlite3":
-        try:
-            store_thread = start_store(cfg, srv.loop)
-        except StoreError as exc:
-            log.error("%s", exc)
-            print(f"fastgear: {exc}", file=sys.stderr)
-            for s in sockets:
-                s.close()
-            return 1
+    if store is not None:
+        store_thread = StoreThread(srv.loop, store)
+        store_thread.start()
     srv.start(sockets)
     log.info("fastgear %s listening on port %d", __version__, cfg.port)
     try:
@@ -372,12 +367,17 @@ def run(cfg):
         srv.shutdown()
         if store_thread is not None:
             store_thread.stop()
-            store_thread.store.close()
-        if pid_path:
-            try:
-                os.unlink(pid_path)
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    log.warning("cannot remove pid file %s: %s", pid_path, exc)
+            store.close()
+        remove_pid_file(pid_path)
     log.info("fastgear stopped")
     return 0
+
+
+def remove_pid_file(path):
+    if not path:
+        return
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            log.warning("cannot remove pid file %s: %s", path, exc)
