@@ -135,9 +135,11 @@ cdef struct Conn:
     uint8_t in_remote
     uint8_t admin_close      # the admin reply asked for the connection to close
     uint8_t in_flush
+    uint8_t in_check
     Conn *dirty_next
     Conn *remote_next        # owner's list of connections made dirty by other threads
     Conn *flush_next
+    Conn *check_next         # owner's list of flushed connections to maybe close
     Conn *close_next
     Conn *resume_next
     Conn *all_prev

@@ -251,8 +251,9 @@ cdef void collect(Loop *L) noexcept nogil:
     # Closing connections whose last bytes went out (or that died) are closed now.
     while L.check != NULL:
         c = L.check
-        L.check = c.flush_next
-        c.flush_next = NULL
+        L.check = c.check_next
+        c.check_next = NULL
+        c.in_check = 0
         if c.dead or (c.closing and not c.admin_pending and buf_len(&c.outbuf) == 0
                       and buf_len(&c.wbuf) == 0 and not c.in_flush):
             mark_close(L, c)
@@ -291,12 +292,14 @@ cdef void flush_all(Loop *L) noexcept nogil:
         c = L.flush
         L.flush = c.flush_next
         c.in_flush = 0
+        c.flush_next = NULL
         flush_conn(L, c)
-        if c.dead or c.closing:
-            c.flush_next = L.check
+        # Its own link: a connection on this list may be staged for flushing again
+        # before the list is processed.
+        if (c.dead or c.closing) and not c.in_check and not c.in_close:
+            c.in_check = 1
+            c.check_next = L.check
             L.check = c
-        else:
-            c.flush_next = NULL
 
 
 cdef Conn *reap(Loop *L) noexcept nogil:
