@@ -21,12 +21,13 @@ else:
                   "initializedcheck": False}
 directives["language_level"] = 3
 
-MODULES = ["protocol", "engine", "iothreads"]
+# Dotted names live in subpackages: "bench._loop" is fastgear/bench/_loop.pyx.
+MODULES = ["protocol", "engine", "iothreads", "bench._loop"]
 
 extensions = [
     Extension(
         f"fastgear.{name}",
-        [f"fastgear/{name}.pyx"],
+        [f"fastgear/{name.replace('.', '/')}.pyx"],
         extra_compile_args=cflags + ["-Wno-unused-function"],
         libraries=["pthread"],
     )

@@ -150,8 +150,20 @@ def add_serve(subparsers) -> None:
     parser.set_defaults(handler=run_serve, subparser=parser)
 
 
+def run_bench(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    from fastgear import bench  # its own parser handles every option, --help included
+    return bench.main(list(argv), prog="fastgear bench")
+
+
+def add_bench(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench", add_help=False, help="load generator: benchmark a Gearman server, or "
+                                      "compare fastgear with gearmand (--help for options)")
+    parser.set_defaults(handler=run_bench, subparser=parser)
+
+
 # Each entry adds one subcommand; its parser's defaults name the handler and the parser.
-COMMANDS: list[Callable[[Any], None]] = [add_serve]
+COMMANDS: list[Callable[[Any], None]] = [add_serve, add_bench]
 
 
 def make_parser() -> Parser:
