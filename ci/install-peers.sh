@@ -55,7 +55,8 @@ else
     }
     trap cleanup EXIT
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "${PACKAGES[@]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        "${PACKAGES[@]}"
     cleanup
     trap - EXIT
 fi
@@ -68,13 +69,15 @@ if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
         as_root systemctl disable --now "$SERVICE" >/dev/null 2>&1 || true
     fi
 fi
+# Without systemd (containers): the package's daemon is identified by its own pid file
+# only (the one the init script and the unit use); nothing else is touched.
 pidfile=/run/gearman/gearmand.pid
-if [ -r "$pidfile" ]; then
-    pid=$(cat "$pidfile" 2>/dev/null || true)
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null \
-            && [ "$(readlink -f "/proc/$pid/exe" 2>/dev/null)" = /usr/sbin/gearmand ]; then
-        log "stopping the $SERVICE daemon (pid $pid)"
-        as_root /etc/init.d/"$SERVICE" stop >/dev/null 2>&1 || as_root kill "$pid" || true
+if [ -r "$pidfile" ] && pgrep -F "$pidfile" -x gearmand >/dev/null 2>&1; then
+    pid=$(cat "$pidfile")
+    log "stopping the $SERVICE daemon (pid $pid)"
+    as_root service "$SERVICE" stop >/dev/null 2>&1 || true
+    if pgrep -F "$pidfile" -x gearmand >/dev/null 2>&1; then
+        as_root kill "$pid" || true
     fi
 fi
 
