@@ -762,11 +762,16 @@ def test_php_client_is_told_when_php_worker_fails_the_job(server, procs):
     assert php_client(server, "do", "phfail", "x") == ["fail rc=24"]  # GEARMAN_WORK_FAIL
 
 
-def test_ten_mib_payload_round_trips_between_php_client_and_perl_worker(server, procs,
+def test_one_mib_payload_round_trips_between_php_client_and_perl_worker(server, procs,
                                                                         tmp_path):
+    # libgearman sets 32 KiB SO_SNDBUF/SO_RCVBUF, so on loopback every segment it sends
+    # or receives is below one MSS and waits out the peer's ~40 ms delayed ACK: 10 MiB
+    # takes ~6 s each way against gearmand and fastgear alike. 1 MiB (32 buffers' worth)
+    # exercises the same partial-read/partial-write path in 0.1 s; the 10 MiB round trip
+    # is the Perl test below.
     perl_worker(procs, server, "phbig", "reverse")
     src, dst = tmp_path / "payload.bin", tmp_path / "result.bin"
-    payload = os.urandom(TEN_MIB)
+    payload = os.urandom(1024 * 1024)
     src.write_bytes(payload)
     assert php_client(server, "do", "phbig", f"@{src}", out=dst) == [f"complete:@{dst}"]
     assert dst.read_bytes() == payload[::-1]
