@@ -8,14 +8,13 @@ to keep the run short; jobs/s is what is compared.
 """
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare_threads import free_port, gearload_binary, launch
+from compare_threads import free_port, gearload_binary, launch, stop_all
 
 LOAD = ["--mode", "bg", "--clients", "4", "--workers", "64", "--pipeline", "200",
         "--max-backlog", "2000", "--threads", "1"]
@@ -61,12 +60,7 @@ def main(argv=None):
                     results[name].append(jps)
                     print(f"{name}: {jps:,.0f} jobs/s", file=sys.stderr)
         finally:
-            for proc, _ in running.values():
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_all(proc for proc, _ in running.values())
     med = {k: statistics.median(v) for k, v in results.items()}
     print("| server | bg jobs/s (median, min-max) | vs gearmand -q libsqlite3 |")
     print("|---|---|---|")

@@ -70,6 +70,16 @@ def launch(cmd, port):
     raise RuntimeError(f"server did not start: {' '.join(cmd)}")
 
 
+def stop_all(procs, timeout=15):
+    """SIGTERM each server started here, killing it if it does not exit in time."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def run_load(binary, port, pid, workload, jobs, gen_threads):
     cmd = [binary, "--port", str(port), "--jobs", str(jobs), "--threads", str(gen_threads),
            "--server-pid", str(pid)] + WORKLOADS[workload]
@@ -118,12 +128,7 @@ def main(argv=None):
                                   f"cpu {f.get('server_cpu_pct')}%", file=sys.stderr)
                     rows.append((threads, workload, got))
             finally:
-                for proc, _ in servers.values():
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
+                stop_all(proc for proc, _ in servers.values())
     print("| -t | workload | fastgear jobs/s (median, min-max) | gearmand jobs/s | ratio "
           "| fastgear µs CPU/job | gearmand µs CPU/job | fg p99 ms fastgear / gearmand |")
     print("|---|---|---|---|---|---|---|---|")
