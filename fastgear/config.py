@@ -35,6 +35,8 @@ GEARMAND_PORT = 4730
 DEFAULT_PID_FILE = "/var/gearmand.pid"
 DEFAULT_LOG_FILE = "/var/log/gearmand.log"
 DEFAULT_CONFIG_FILE = "/etc/gearmand.conf"
+# The monitoring listener's default: loopback only, the port after gearman's.
+DEFAULT_MONITOR = "127.0.0.1:4731"
 
 VERBOSE_LEVELS = ("FATAL", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFO", "DEBUG")
 
@@ -215,6 +217,42 @@ OPTIONS: tuple[Option, ...] = (
     Option("store-sync", None, "store_sync", lower, "normal",
            "fastgear: SQLite durability: 'normal' survives a crash of the server process, "
            "'full' also a crash of the machine (slower), 'off' neither."),
+    # fastgear's monitoring listener and kept results (not in gearmand)
+    Option("monitor", None, "monitor", lower, DEFAULT_MONITOR,
+           "fastgear: HTTP monitoring listener HOST:PORT (JSON /status, Prometheus "
+           "/metrics, kept results /jobs/HANDLE, dashboard /); 'off' disables it. Port 0 "
+           "picks a free port. A busy default port is logged, not fatal."),
+    Option("keep-results", None, "keep_results", decimal, 0,
+           "fastgear: keep the outcome of finished jobs (complete/fail/exception, data, "
+           "times, worker) for this many seconds; 0 keeps none."),
+    Option("keep-results-bytes", None, "keep_results_bytes", decimal, 64 << 20,
+           "fastgear: memory bound of the kept results; the oldest go first."),
+    # fastgear's limits (gearmand has none of these; defaults sized in the README)
+    Option("max-packet", None, "max_packet", decimal, 256 << 20,
+           "fastgear: largest packet accepted, in bytes; a bigger one gets ERROR and the "
+           "connection is closed."),
+    Option("max-function-name", None, "max_function_name", decimal, 8192,
+           "fastgear: longest function name accepted, in bytes."),
+    Option("max-unique", None, "max_unique", decimal, 64,
+           "fastgear: longest unique key accepted, in bytes (gearmand: 64)."),
+    Option("max-output", None, "max_output", decimal, 16 << 20,
+           "fastgear: bytes waiting to be sent to a connection beyond which the server "
+           "stops reading its input."),
+    Option("max-output-hard", None, "max_output_hard", decimal, 256 << 20,
+           "fastgear: bytes waiting to be sent to a connection beyond which it is "
+           "disconnected (and logged)."),
+    Option("max-connections", None, "max_connections", decimal, 0,
+           "fastgear: connections beyond this are refused with an ERROR packet; 0: the "
+           "file descriptor limit less a reserve of 64."),
+    Option("max-queued-bytes", None, "max_queued_bytes", decimal, 0,
+           "fastgear: memory budget for jobs held (payloads, keys and bookkeeping); "
+           "submissions beyond it get ERROR QUEUE_ERROR. 0: half of physical memory."),
+    Option("shutdown-timeout", None, "shutdown_timeout", decimal, 0,
+           "fastgear: on SIGTERM stop accepting and wait up to this many seconds for "
+           "running jobs to finish before exiting; 0 exits at once, as gearmand."),
+    Option("wakeup-timeout", None, "wakeup_timeout", decimal, 1000,
+           "fastgear: milliseconds a woken worker has to GRAB before another sleeper is "
+           "woken for the job (gearmand #343); 0 disables."),
     Option("libpq-conninfo", None, "libpq_conninfo", text, None,
            "PostgreSQL connection information string."),
     Option("libpq-table", None, "libpq_table", text, "queue", "Table to use."),
@@ -276,6 +314,18 @@ class Config:
     store_queue_on_shutdown: bool = False
     store: str | None = None
     store_sync: str = "normal"
+    monitor: str = DEFAULT_MONITOR       # "off", or HOST:PORT
+    keep_results: int = 0                # seconds; 0: keep none
+    keep_results_bytes: int = 64 << 20
+    max_packet: int = 256 << 20
+    max_function_name: int = 8192
+    max_unique: int = 64
+    max_output: int = 16 << 20
+    max_output_hard: int = 256 << 20
+    max_connections: int = 0             # 0: RLIMIT_NOFILE less a reserve
+    max_queued_bytes: int = 0            # 0: half of physical memory
+    shutdown_timeout: int = 0            # seconds; 0: SIGTERM exits at once
+    wakeup_timeout: int = 1000           # ms; 0: never wake another sleeper
     libpq_conninfo: str | None = None
     libpq_table: str = "queue"
     mysql_host: str = "localhost"
@@ -406,11 +456,46 @@ def validate(cfg: Config) -> Config:
         if proto not in SUPPORTED_PROTOCOLS:
             fail("protocol", f"the {proto.upper()} protocol is not supported by this "
                              "fastgear version yet")
+    if parse_monitor(cfg.monitor) is False:
+        fail("monitor", "must be HOST:PORT (port 0-65535) or 'off'")
+    for name, low, high in (("keep_results", 0, 10 * 365 * 86400),
+                            ("keep_results_bytes", 0, 1 << 48),
+                            ("max_packet", 1024, UINT32_MAX),
+                            ("max_function_name", 1, UINT32_MAX),
+                            ("max_unique", 1, 4096),
+                            ("max_output", 4096, 1 << 48),
+                            ("max_output_hard", 4096, 1 << 48),
+                            ("max_connections", 0, 1 << 31),
+                            ("max_queued_bytes", 0, 1 << 56),
+                            ("shutdown_timeout", 0, 86400),
+                            ("wakeup_timeout", 0, 3600 * 1000)):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or not low <= value <= high:
+            fail(name, f"must be between {low} and {high}")
+    if cfg.max_output_hard < cfg.max_output:
+        fail("max_output_hard", "must not be less than --max-output")
     if cfg.ssl:
         fail("ssl", "TLS is not supported by this fastgear version yet")
     if cfg.syslog:
         fail("syslog", "logging to syslog is not supported by this fastgear version yet")
     return cfg
+
+
+def parse_monitor(value: str) -> tuple[str, int] | None | bool:
+    """--monitor as (host, port), None for 'off', or False when it is not valid. The
+    host may be an IPv6 address in brackets: [::1]:4731."""
+    if not isinstance(value, str):
+        return False
+    if value in ("off", "none", "no", "false", "0"):
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not _DECIMAL.match(port) or port.startswith(("+", "-")):
+        return False
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or not 0 <= int(port) <= 65535:
+        return False
+    return host, int(port)
 
 
 def flag_table_markdown() -> str:
