@@ -1,8 +1,8 @@
 # The I/O layer's state: N epoll loops (one native thread each) sharing one engine and
 # its lock, plus the hand-over queue of text admin lines to the Python control thread.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
-from fastgear.engine cimport Engine, Conn
-from fastgear.includes.sys cimport pthread_mutex_t
+from fastgear.engine cimport Engine, Conn, Job
+from fastgear.includes.sys cimport pthread_mutex_t, pthread_mutex_lock, pthread_mutex_unlock, pthread_self
 
 cdef enum:
     MAX_LISTENERS = 16
@@ -52,3 +52,21 @@ cdef struct Shared:
     size_t max_packet
     int64_t timer_wake_ms    # when loop 0, which runs the timers, will wake next
     int stopping
+
+
+cdef inline void lock(Shared *S) noexcept nogil:
+    pthread_mutex_lock(&S.lock)
+    S.eng.owner = pthread_self()
+
+
+cdef inline void unlock(Shared *S) noexcept nogil:
+    S.eng.owner = 0
+    pthread_mutex_unlock(&S.lock)
+
+
+cdef void route(Shared *S, Loop *me) noexcept nogil
+
+
+cdef class IOLoop:
+    cdef Shared *S
+    cdef void _ack(self, Job *j, int failed, const char *etext) noexcept

@@ -56,16 +56,6 @@ cdef inline void drain_fd(int fd) noexcept nogil:
     read(fd, &v, 8)
 
 
-cdef inline void lock(Shared *S) noexcept nogil:
-    pthread_mutex_lock(&S.lock)
-    S.eng.owner = pthread_self()
-
-
-cdef inline void unlock(Shared *S) noexcept nogil:
-    S.eng.owner = 0
-    pthread_mutex_unlock(&S.lock)
-
-
 cdef void set_events(Loop *L, Conn *c) noexcept nogil:
     cdef epoll_event ev
     ev.data.ptr = c
@@ -496,8 +486,7 @@ cdef class IOLoop:
     (server.py) creates it, gives it listening sockets, runs `run(i)` for each loop in
     its own thread, and serves admin lines from the control thread with `admin_take()`
     / `admin_reply()`. Every method that reads engine state takes the engine lock with
-    the GIL released."""
-    cdef Shared *S
+    the GIL released; the read-only views for admin and monitoring are in snapshot.pyx."""
 
     def __cinit__(self, bytes prefix, int threads=1, int job_retries=0,
                   int worker_wakeup=0, bint round_robin=False, bint exceptions=False,
@@ -660,143 +649,6 @@ cdef class IOLoop:
             unlock(self.S)
             if owner >= 0:
                 poke_fd(self.S.loops[owner].wakefd)
-
-    # ---- engine snapshots for admin and monitoring (short critical sections) ----------
-
-    def functions(self):
-        """[(name, total, running, workers, high, normal, low, future)] in creation order."""
-        cdef Function *f
-        out = []
-        with nogil:
-            lock(self.S)
-        try:
-            f = self.S.eng.f_first
-            while f != NULL:
-                out.append((f.name[:f.name_len], f.total, f.running, f.workers,
-                            f.queued[0], f.queued[1], f.queued[2], f.future))
-                f = f.all_next
-        finally:
-            unlock(self.S)
-        return out
-
-    def connections(self):
-        """[(fd, ip, client_id, [functions newest first])] for every connection."""
-        cdef Conn *c
-        cdef Ability *a
-        out = []
-        with nogil:
-            lock(self.S)
-        try:
-            c = self.S.eng.conns
-            while c != NULL:
-                funcs = []
-                a = c.abilities
-                while a != NULL:
-                    funcs.append(a.func.name[:a.func.name_len])
-                    a = a.c_next
-                out.append((c.fd, c.ip.decode("ascii", "replace"),
-                            c.client_id[:c.client_id_len], funcs))
-                c = c.all_next
-        finally:
-            unlock(self.S)
-        out.sort()
-        return out
-
-    def jobs(self):
-        """[(handle, retries, ignored, persisted, unique)] for every job in memory."""
-        cdef uint64_t i
-        cdef Job *j
-        out = []
-        with nogil:
-            lock(self.S)
-        try:
-            for i in range(self.S.eng.hmask + 1):
-                j = self.S.eng.htab[i]
-                while j != NULL:
-                    # gearmand's "persisted" column is set for every background job.
-                    out.append((j.seq, j.handle[:j.handle_len], j.retries, 0,
-                                1 if (j.background or j.persisted) else 0,
-                                j.unique[:j.unique_len]))
-                    j = j.h_next
-        finally:
-            unlock(self.S)
-        out.sort()
-        return [row[1:] for row in out]
-
-    def cancel_job(self, bytes handle):
-        cdef Job *j
-        cdef int found = 0
-        cdef const char *h = handle
-        cdef size_t n = len(handle)
-        with nogil:
-            lock(self.S)
-            j = job_by_handle(&self.S.eng, h, n)
-            if j != NULL and engine_cancel(&self.S.eng, j) == 0:
-                found = 1
-                # The WORK_FAIL packets go to their connections' loops.
-                route(self.S, NULL)
-            unlock(self.S)
-        return bool(found)
-
-    def create_function(self, bytes name):
-        cdef const char *p = name
-        cdef size_t n = len(name)
-        with nogil:
-            lock(self.S)
-            func_get(&self.S.eng, p, n, 1)
-            unlock(self.S)
-
-    def drop_function(self, bytes name):
-        """'ok', 'busy' (workers or running jobs), 'queued', or 'notfound'. Names are
-        compared case-insensitively, as gearmand does."""
-        cdef Function *f
-        cdef int r = 3
-        lname = name.lower()
-        with nogil:
-            lock(self.S)
-        try:
-            f = self.S.eng.f_first
-            while f != NULL:
-                if f.name[:f.name_len].lower() == lname:
-                    r = engine_drop_function(&self.S.eng, f)
-                    break
-                f = f.all_next
-        finally:
-            unlock(self.S)
-        return ("ok", "busy", "queued", "notfound")[r]
-
-    def set_maxqueue(self, bytes name, long high, long normal, long low):
-        cdef Function *f
-        cdef const char *p = name
-        cdef size_t n = len(name)
-        with nogil:
-            lock(self.S)
-            f = func_get(&self.S.eng, p, n, 0)
-            if f != NULL:
-                f.max_queue[0] = <uint32_t>(high if high > 0 else 0)
-                f.max_queue[1] = <uint32_t>(normal if normal > 0 else 0)
-                f.max_queue[2] = <uint32_t>(low if low > 0 else 0)
-            unlock(self.S)
-
-    def stats(self):
-        """Server-wide counters for monitoring and graceful shutdown."""
-        cdef int k
-        cdef uint64_t accepted = 0, errors = 0, batches = 0
-        with nogil:
-            lock(self.S)
-            # Per-loop counters are summed here so counting costs the loops nothing.
-            for k in range(self.S.nloops):
-                accepted += self.S.loops[k].accepted
-                errors += self.S.loops[k].protocol_errors
-                batches += self.S.loops[k].batches
-        try:
-            return {"jobs": self.S.eng.jobs, "connections": self.S.eng.nconns,
-                    "functions": self.S.eng.fcount, "queued_bytes": self.S.eng.queued_bytes,
-                    "packets": self.S.eng.n_packets, "accepted": accepted,
-                    "protocol_errors": errors, "batches": batches,
-                    "threads": self.S.nloops, "next_handle": self.S.eng.next_handle}
-        finally:
-            unlock(self.S)
 
     # ---- persistent store hand-over (called from the store thread) -------------------
 

@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 
-from fastgear import __version__, admin
+from fastgear import __version__, admin, snapshot
 from fastgear.persist import StoreThread
 from fastgear.persist.sqlite import SQLiteStore, StoreError
 
@@ -182,25 +182,25 @@ class Control:
     def functions(self):
         return [(name, total, running, workers, high, normal + future, low)
                 for name, total, running, workers, high, normal, low, future
-                in self.loop.functions()]
+                in snapshot.functions(self.loop)]
 
     def connections(self):
-        return self.loop.connections()
+        return snapshot.connections(self.loop)
 
     def jobs(self):
-        return self.loop.jobs()
+        return snapshot.jobs(self.loop)
 
     def cancel_job(self, handle):
-        return self.loop.cancel_job(handle)
+        return snapshot.cancel_job(self.loop, handle)
 
     def create_function(self, name):
-        self.loop.create_function(name)
+        snapshot.create_function(self.loop, name)
 
     def drop_function(self, name):
-        return self.loop.drop_function(name)
+        return snapshot.drop_function(self.loop, name)
 
     def set_maxqueue(self, name, high, normal, low):
-        self.loop.set_maxqueue(name, high, normal, low)
+        snapshot.set_maxqueue(self.loop, name, high, normal, low)
 
     def pid(self):
         return os.getpid()
@@ -312,7 +312,7 @@ class Server:
                     draining = True
                     log.info("graceful shutdown: no longer accepting connections")
                     self.stop_accepting()
-                if draining and self.loop.stats()["jobs"] == 0:
+                if draining and snapshot.stats(self.loop)["jobs"] == 0:
                     log.info("graceful shutdown: no jobs left")
                     break
         finally:
