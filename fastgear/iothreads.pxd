@@ -2,7 +2,8 @@
 # its lock, plus the hand-over queue of text admin lines to the Python control thread.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from fastgear.engine cimport Engine, Conn, Job
-from fastgear.includes.sys cimport pthread_mutex_t, pthread_mutex_lock, pthread_mutex_unlock, pthread_self
+from fastgear.includes.sys cimport (pthread_mutex_t, pthread_mutex_lock, pthread_mutex_unlock,
+                                    pthread_self)
 
 cdef enum:
     MAX_LISTENERS = 16
