@@ -15,6 +15,13 @@ cdef enum:
     MAX_HANDLE = 64          # handles are at most 63 bytes, as gearmand's
     MAX_CLIENT_ID = 128
     MIN_CAN_DO_TIMEOUT_MS = 1000   # gearmand raises smaller timeouts to one second
+    NHIST = 20               # queue-wait and run-time histogram buckets (last: +Inf)
+
+# kept results' outcomes
+cdef enum:
+    OUT_COMPLETE = 0
+    OUT_FAIL = 1
+    OUT_EXCEPTION = 2
 
 # engine_packet results
 cdef enum:
@@ -65,6 +72,10 @@ cdef struct Function:
     uint64_t n_failed
     uint64_t n_exception
     uint64_t n_retried
+    uint64_t wait_hist[NHIST]    # time from runnable to grabbed (per attempt)
+    uint64_t run_hist[NHIST]     # time from grabbed to its final WORK_* packet
+    uint64_t wait_sum_us
+    uint64_t run_sum_us
 
 cdef struct Ack:
     # A submitter waiting for JOB_CREATED until the job's row is committed. Kept by
@@ -97,8 +108,9 @@ cdef struct Job:
     int64_t when_s           # wall-clock epoch for EPOCH/SCHED jobs, 0 = now
     int64_t timer_ms         # monotonic deadline while in the timer heap
     int64_t heap_idx         # -1 when not in the timer heap
-    int64_t created_ms
-    int64_t started_ms
+    int64_t created_us       # monotonic microseconds: submitted
+    int64_t queued_us        # ... became runnable (this attempt)
+    int64_t started_us       # ... grabbed
     Job *q_prev              # function queue, or the worker's held list
     Job *q_next
     Job *h_next              # handle hash chain
@@ -151,6 +163,33 @@ cdef struct Conn:
     char last_exception[MAX_HANDLE]   # handle this worker last ended with WORK_EXCEPTION
     uint32_t last_exception_len
 
+cdef struct Result:
+    # The kept outcome of a finished job (--keep-results): one allocation holding the
+    # strings after the struct; in two hash chains (handle, unique) and a FIFO by age.
+    Result *h_next
+    Result *u_next
+    Result *newer
+    uint64_t handle_hash
+    uint64_t unique_hash
+    char handle[MAX_HANDLE]
+    uint32_t handle_len
+    char *func
+    uint32_t func_len
+    char *unique
+    uint32_t unique_len
+    char *worker
+    uint32_t worker_len
+    char *data
+    size_t data_len
+    uint8_t outcome          # OUT_COMPLETE, OUT_FAIL or OUT_EXCEPTION
+    uint8_t background
+    int64_t submitted_us     # wall clock
+    int64_t started_us       # wall clock; 0 when it never ran
+    int64_t finished_us      # wall clock
+    int64_t expires_us       # monotonic
+    size_t size
+
+
 cdef struct Engine:
     Function **ftab
     uint64_t fmask
@@ -180,7 +219,9 @@ cdef struct Engine:
     uint64_t next_conn_id
     uint64_t queued_bytes
     int64_t now_ms
+    int64_t now_us
     int64_t now_wall_s
+    int64_t now_wall_us
     uint64_t n_packets
     unsigned long owner      # thread holding the engine lock (checked in debug builds)
     uint8_t durable          # background jobs are acknowledged after their commit
@@ -191,6 +232,22 @@ cdef struct Engine:
     uint64_t store_del_cap
     int64_t replay_when      # epoch time of the row being replayed
     Job *last_job            # the job the last submission created
+    # limits (--max-unique, --max-function-name, --max-queued-bytes)
+    uint32_t max_unique
+    uint32_t max_function_name
+    uint64_t max_queued_bytes  # 0: unlimited
+    uint64_t n_budget_refused
+    # kept results (--keep-results, --keep-results-bytes)
+    int64_t keep_us          # 0: off
+    uint64_t keep_max_bytes
+    Result **rtab            # by handle
+    Result **rutab           # by unique key
+    uint64_t rmask
+    uint64_t rcount
+    uint64_t rbytes
+    uint64_t r_evicted
+    Result *r_oldest
+    Result *r_newest
 
 cdef int engine_init(Engine *e, const char *prefix, size_t prefix_len,
                      uint32_t job_retries, uint32_t worker_wakeup,
@@ -213,3 +270,8 @@ cdef Job *engine_replay(Engine *e, const char *func, size_t fn, const char *uniq
                         const char *data, size_t dn, int prio, int64_t when_s,
                         int64_t row_id) noexcept nogil
 cdef void job_make_runnable(Engine *e, Job *j, int front) noexcept nogil
+cdef int64_t hist_bound_us(int i) noexcept nogil
+cdef void results_expire(Engine *e) noexcept nogil
+cdef Result *result_by_handle(Engine *e, const char *h, size_t n) noexcept nogil
+cdef Result *results_unique_chain(Engine *e, const char *u, size_t n) noexcept nogil
+cdef void results_configure(Engine *e, int64_t keep_us, uint64_t max_bytes) noexcept nogil

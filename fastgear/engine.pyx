@@ -9,13 +9,13 @@
 # epoch/sched jobs run at their time; CAN_DO_TIMEOUT expiry fails the job to its
 # clients; cancelled or abandoned jobs disappear at once.
 from libc.stdlib cimport malloc, calloc, realloc, free, strtoll
-from libc.string cimport memcpy, memcmp, memset
+from libc.string cimport memcpy, memcmp, memset, strlen
 from libc.stdio cimport snprintf
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
 from fastgear.buffer cimport Buf, buf_init, buf_free
 from fastgear.protocol cimport *
-from fastgear.includes.sys cimport (now_ms, wall_s, time_t, tm, localtime_r, mktime,
+from fastgear.includes.sys cimport (now_us, wall_us, time_t, tm, localtime_r, mktime,
                                     c_assert, pthread_self)
 
 cdef enum:
@@ -26,6 +26,26 @@ cdef enum:
     JOB_STORING = 4          # background job waiting for its row to be committed
     # A sched spec that never matches within this many days is refused.
     SCHED_MAX_DAYS = 5 * 366
+
+# Upper bounds of the histogram buckets, in microseconds (the last bucket is +Inf):
+# 50 us to a minute, dense where a healthy queue lives.
+cdef int64_t HIST_US[NHIST - 1]
+HIST_US[:] = [50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000,
+              500000, 1000000, 2500000, 5000000, 10000000, 30000000, 60000000]
+
+
+cdef int64_t hist_bound_us(int i) noexcept nogil:
+    return HIST_US[i]
+
+
+cdef inline void hist_add(uint64_t *hist, uint64_t *sum_us, int64_t v) noexcept nogil:
+    cdef int i = 0
+    if v < 0:
+        v = 0
+    while i < NHIST - 1 and v > HIST_US[i]:
+        i += 1
+    hist[i] += 1
+    sum_us[0] += <uint64_t>v
 
 
 cdef inline uint64_t hash_bytes(const char *p, size_t n, uint64_t seed) noexcept nogil:
@@ -301,13 +321,17 @@ cdef int engine_init(Engine *e, const char *prefix, size_t prefix_len,
     e.worker_wakeup = worker_wakeup
     e.round_robin = <uint8_t>round_robin
     e.exceptions_default = <uint8_t>exceptions
+    e.max_unique = MAX_UNIQUE
+    e.max_function_name = 0xFFFFFFFF
     engine_clock(e)
     return 0
 
 
 cdef void engine_clock(Engine *e) noexcept nogil:
-    e.now_ms = now_ms()
-    e.now_wall_s = wall_s()
+    e.now_us = now_us()
+    e.now_ms = e.now_us // 1000
+    e.now_wall_us = wall_us()
+    e.now_wall_s = e.now_wall_us // 1000000
 
 
 cdef void engine_free(Engine *e) noexcept nogil:
@@ -339,6 +363,10 @@ cdef void engine_free(Engine *e) noexcept nogil:
     free(e.utab)
     free(e.heap)
     free(e.store_del)
+    e.keep_us = 0
+    results_expire(e)
+    free(e.rtab)
+    free(e.rutab)
     memset(e, 0, sizeof(Engine))
 
 
@@ -449,6 +477,7 @@ cdef void wake(Engine *e, Function *f) noexcept nogil:
 
 
 cdef void job_make_runnable(Engine *e, Job *j, int front) noexcept nogil:
+    j.queued_us = e.now_us
     if front:
         q_push_head(j.func, j)
     else:
@@ -469,6 +498,10 @@ cdef void job_unlink_state(Engine *e, Job *j) noexcept nogil:
             j.worker = NULL
         j.func.running -= 1
     j.state = JOB_UNLINKED
+
+
+cdef inline size_t job_size(Job *j) noexcept nogil:
+    return sizeof(Job) + j.unique_len + 1 + j.reducer_len + 1 + j.data_len + 1
 
 
 cdef void job_free(Engine *e, Job *j) noexcept nogil:
@@ -501,7 +534,7 @@ cdef void job_free(Engine *e, Job *j) noexcept nogil:
         free(a)
         a = an
     j.func.total -= 1
-    e.queued_bytes -= j.data_len
+    e.queued_bytes -= job_size(j)
     if j.store_id > 0:
         store_delete(e, j.store_id)
     while j.acks != NULL:
@@ -537,8 +570,11 @@ cdef void send_clients(Engine *e, Job *j, uint32_t t, const char *d, size_t dn,
 
 
 cdef void job_fail(Engine *e, Job *j) noexcept nogil:
+    """The server gives up on j (retries used up, CAN_DO_TIMEOUT): WORK_FAIL."""
     send_clients(e, j, CMD_WORK_FAIL, NULL, 0, 0)
     j.func.n_failed += 1
+    if e.keep_us:
+        keep_result(e, j, OUT_FAIL, NULL, 0, j.worker)
     job_free(e, j)
 
 
@@ -638,8 +674,10 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     e.last_job = NULL
     if c == NULL:
         when = e.replay_when       # replaying a stored row: no submitter
-    if pkt.flen[1] > MAX_UNIQUE or reducer_len > MAX_UNIQUE:
+    if pkt.flen[1] > e.max_unique or reducer_len > e.max_unique:
         return engine_error(e, c, b"ARGUMENT_TOO_LARGE", b"Unique value too large")
+    if pkt.flen[0] > e.max_function_name:
+        return engine_error(e, c, b"ARGUMENT_TOO_LARGE", b"Function name too large")
     f = func_get(e, pkt.f[0], pkt.flen[0], 1)
     if f == NULL:
         return E_NOMEM
@@ -665,11 +703,16 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
             return out1(e, c, CMD_JOB_CREATED, j.handle, j.handle_len)
     if f.max_queue[prio] and f.total >= f.max_queue[prio]:
         return engine_error(e, c, b"QUEUE_ERROR", b"Job queue is full")
+    n = sizeof(Job) + pkt.flen[1] + 1 + reducer_len + 1 + pkt.flen[data_field] + 1
+    if c != NULL and e.max_queued_bytes and e.queued_bytes + n > e.max_queued_bytes:
+        # Refuse rather than grow into swap; stored jobs replayed at start-up (c NULL)
+        # are always taken back.
+        e.n_budget_refused += 1
+        return engine_error(e, c, b"QUEUE_ERROR", b"Job memory budget exhausted")
     if e.jobs >= e.hmask + 1 and grow_jtab(&e.htab, &e.hmask, 0) != 0:
         return E_NOMEM
     if ukind and e.ujobs >= e.umask + 1 and grow_jtab(&e.utab, &e.umask, 1) != 0:
         return E_NOMEM
-    n = sizeof(Job) + pkt.flen[1] + 1 + reducer_len + 1 + pkt.flen[data_field] + 1
     j = <Job *>malloc(n)
     if j == NULL:
         return E_NOMEM
@@ -697,7 +740,7 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     j.ukind = ukind
     j.heap_idx = -1
     j.when_s = when
-    j.created_ms = e.now_ms
+    j.created_us = e.now_us
     j.seq = e.next_seq
     e.next_seq += 1
     j.handle_len = <uint32_t>snprintf(j.handle, MAX_HANDLE, "%.*s:%llu", <int>e.prefix_len,
@@ -716,7 +759,7 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
         e.ujobs += 1
     f.total += 1
     f.n_submitted += 1
-    e.queued_bytes += j.data_len
+    e.queued_bytes += n
     if not bg:
         a = <Attach *>calloc(1, sizeof(Attach))
         if a == NULL:
@@ -833,8 +876,11 @@ cdef inline void attach_client(Job *j, Conn *c, Attach *a) noexcept nogil:
 
 cdef int add_ability(Engine *e, Conn *c, const char *name, size_t n,
                      int64_t timeout_ms) noexcept nogil:
-    cdef Function *f = func_get(e, name, n, 1)
+    cdef Function *f
     cdef Ability *a
+    if n > e.max_function_name:
+        return engine_error(e, c, b"ARGUMENT_TOO_LARGE", b"Function name too large")
+    f = func_get(e, name, n, 1)
     if f == NULL:
         return E_NOMEM
     a = <Ability *>calloc(1, sizeof(Ability))
@@ -942,7 +988,8 @@ cdef int handle_grab(Engine *e, Conn *c, uint32_t t) noexcept nogil:
     q_remove(j.func, j)
     j.state = JOB_RUNNING
     j.worker = c
-    j.started_ms = e.now_ms
+    j.started_us = e.now_us
+    hist_add(j.func.wait_hist, &j.func.wait_sum_us, e.now_us - j.queued_us)
     j.func.running += 1
     held_push(c, j)
     if besta.timeout_ms > 0:
@@ -1031,13 +1078,20 @@ cdef int handle_work(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
             a = a.j_next
         return E_OK
     c.jobs_done += 1
+    hist_add(j.func.run_hist, &j.func.run_sum_us, e.now_us - j.started_us)
     if t == CMD_WORK_COMPLETE:
         send_clients(e, j, t, pkt.f[1], pkt.flen[1], 1)
         j.func.n_completed += 1
+        if e.keep_us:
+            keep_result(e, j, OUT_COMPLETE, pkt.f[1], pkt.flen[1], c)
     elif t == CMD_WORK_FAIL:
         send_clients(e, j, t, NULL, 0, 0)
         j.func.n_failed += 1
+        if e.keep_us:
+            keep_result(e, j, OUT_FAIL, NULL, 0, c)
     else:
+        if e.keep_us:
+            keep_result(e, j, OUT_EXCEPTION, pkt.f[1], pkt.flen[1], c)
         a = j.clients
         while a != NULL:
             if a.conn.exceptions:
@@ -1203,6 +1257,166 @@ cdef int engine_packet(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     if t == CMD_ALL_YOURS:
         return E_OK
     return engine_error(e, c, b"INVALID_COMMAND", b"Command not expected")
+
+
+# ---- kept results (--keep-results) -------------------------------------------------------
+
+cdef void results_configure(Engine *e, int64_t keep_us, uint64_t max_bytes) noexcept nogil:
+    e.keep_max_bytes = max_bytes
+    if keep_us > 0 and e.rtab == NULL:
+        e.rmask = 1023
+        e.rtab = <Result **>calloc(e.rmask + 1, sizeof(Result *))
+        e.rutab = <Result **>calloc(e.rmask + 1, sizeof(Result *))
+        if e.rtab == NULL or e.rutab == NULL:
+            free(e.rtab)
+            free(e.rutab)
+            e.rtab = NULL
+            e.rutab = NULL
+            keep_us = 0
+    e.keep_us = keep_us if keep_us > 0 else 0
+    results_expire(e)
+
+
+cdef int grow_rtab(Engine *e) noexcept nogil:
+    cdef uint64_t n = (e.rmask + 1) * 2, m
+    cdef Result **t = <Result **>calloc(n, sizeof(Result *))
+    cdef Result **u = <Result **>calloc(n, sizeof(Result *))
+    cdef Result *r
+    if t == NULL or u == NULL:
+        free(t)
+        free(u)
+        return -1
+    m = n - 1
+    # Rebuilt from the age list, which holds every result exactly once.
+    r = e.r_oldest
+    while r != NULL:
+        r.h_next = t[r.handle_hash & m]
+        t[r.handle_hash & m] = r
+        r.u_next = u[r.unique_hash & m]
+        u[r.unique_hash & m] = r
+        r = r.newer
+    free(e.rtab)
+    free(e.rutab)
+    e.rtab = t
+    e.rutab = u
+    e.rmask = m
+    return 0
+
+
+cdef void result_drop_oldest(Engine *e) noexcept nogil:
+    cdef Result *r = e.r_oldest
+    cdef Result **pp
+    pp = &e.rtab[r.handle_hash & e.rmask]
+    while pp[0] != r:
+        pp = &pp[0].h_next
+    pp[0] = r.h_next
+    pp = &e.rutab[r.unique_hash & e.rmask]
+    while pp[0] != r:
+        pp = &pp[0].u_next
+    pp[0] = r.u_next
+    e.r_oldest = r.newer
+    if e.r_oldest == NULL:
+        e.r_newest = NULL
+    e.rcount -= 1
+    e.rbytes -= r.size
+    free(r)
+
+
+cdef void results_expire(Engine *e) noexcept nogil:
+    """Drop results past their time, and the oldest while over the memory bound (all
+    results share one TTL, so the oldest expires first)."""
+    while e.r_oldest != NULL and (e.r_oldest.expires_us <= e.now_us or e.keep_us == 0
+                                  or e.rbytes > e.keep_max_bytes):
+        if e.r_oldest.expires_us > e.now_us and e.keep_us:
+            e.r_evicted += 1
+        result_drop_oldest(e)
+
+
+cdef void keep_result(Engine *e, Job *j, uint8_t outcome, const char *d, size_t dn,
+                      Conn *w) noexcept nogil:
+    """Copy j's outcome into a Result before j is freed (costs nothing when off)."""
+    cdef Function *f = j.func
+    cdef size_t wn = 0, size
+    cdef Result *r
+    cdef char *p
+    if w != NULL:
+        wn = w.client_id_len if w.client_id_len else strlen(w.ip)
+    size = sizeof(Result) + f.name_len + j.unique_len + wn + dn + 4
+    if size > e.keep_max_bytes:
+        e.r_evicted += 1
+        return
+    if e.rcount >= e.rmask + 1 and grow_rtab(e) != 0:
+        return
+    r = <Result *>malloc(size)
+    if r == NULL:
+        return
+    p = <char *>(r + 1)
+    memcpy(r.handle, j.handle, j.handle_len)
+    r.handle_len = j.handle_len
+    r.handle_hash = j.handle_hash
+    r.func = p
+    memcpy(p, f.name, f.name_len)
+    r.func_len = f.name_len
+    p += f.name_len + 1
+    r.unique = p
+    memcpy(p, j.unique, j.unique_len)
+    r.unique_len = j.unique_len
+    r.unique_hash = hash_bytes(j.unique, j.unique_len, 0)
+    p += j.unique_len + 1
+    r.worker = p
+    if wn and w.client_id_len:
+        memcpy(p, w.client_id, wn)
+    elif wn:
+        memcpy(p, w.ip, wn)
+    r.worker_len = <uint32_t>wn
+    p += wn + 1
+    r.data = p
+    if dn:
+        memcpy(p, d, dn)
+    r.data_len = dn
+    r.outcome = outcome
+    r.background = j.background
+    r.submitted_us = e.now_wall_us - (e.now_us - j.created_us)
+    r.started_us = (e.now_wall_us - (e.now_us - j.started_us)) if j.started_us else 0
+    r.finished_us = e.now_wall_us
+    r.expires_us = e.now_us + e.keep_us
+    r.size = size
+    r.newer = NULL
+    if e.r_newest != NULL:
+        e.r_newest.newer = r
+    else:
+        e.r_oldest = r
+    e.r_newest = r
+    r.h_next = e.rtab[r.handle_hash & e.rmask]
+    e.rtab[r.handle_hash & e.rmask] = r
+    r.u_next = e.rutab[r.unique_hash & e.rmask]
+    e.rutab[r.unique_hash & e.rmask] = r
+    e.rcount += 1
+    e.rbytes += size
+    results_expire(e)
+
+
+cdef Result *results_unique_chain(Engine *e, const char *u, size_t n) noexcept nogil:
+    """The hash chain that holds every result kept under unique key u (and others)."""
+    if e.rutab == NULL:
+        return NULL
+    results_expire(e)
+    return e.rutab[hash_bytes(u, n, 0) & e.rmask]
+
+
+cdef Result *result_by_handle(Engine *e, const char *h, size_t n) noexcept nogil:
+    cdef uint64_t hv
+    cdef Result *r
+    if e.rtab == NULL:
+        return NULL
+    results_expire(e)
+    hv = hash_bytes(h, n, 0)
+    r = e.rtab[hv & e.rmask]
+    while r != NULL:
+        if r.handle_hash == hv and eq(r.handle, r.handle_len, h, n):
+            return r
+        r = r.h_next
+    return NULL
 
 
 # ---- timers, disconnects, admin operations -----------------------------------------------

@@ -4,7 +4,9 @@
 # copies what it needs into Python objects before unlocking, so the I/O loops are held
 # up for the length of one copy and never wait on Python. Counters the loops keep per
 # thread are summed here, on read, so counting costs the hot path nothing.
-from libc.stdint cimport uint32_t, uint64_t
+import os
+
+from libc.stdint cimport uint32_t, uint64_t, int64_t
 
 from fastgear.engine cimport *
 from fastgear.iothreads cimport IOLoop, lock, unlock, route
@@ -148,11 +150,175 @@ def stats(IOLoop io):
                 "functions": io.S.eng.fcount, "queued_bytes": io.S.eng.queued_bytes,
                 "packets": io.S.eng.n_packets, "accepted": accepted,
                 "protocol_errors": errors, "batches": batches,
-                "threads": io.S.nloops, "next_handle": io.S.eng.next_handle}
+                "threads": io.S.nloops, "next_handle": io.S.eng.next_handle,
+                "max_queued_bytes": io.S.eng.max_queued_bytes,
+                "budget_refused": io.S.eng.n_budget_refused}
     finally:
         unlock(io.S)
 
 
 def configure(IOLoop io, cfg):
     """Hand the engine its limits and policies from a Config (server start-up)."""
-    pass
+    cdef uint64_t budget = cfg.max_queued_bytes
+    if budget == 0:
+        budget = _half_of_memory()
+    with nogil:
+        lock(io.S)
+    try:
+        io.S.eng.max_unique = cfg.max_unique
+        io.S.eng.max_function_name = cfg.max_function_name
+        io.S.eng.max_queued_bytes = budget
+        results_configure(&io.S.eng, <int64_t>cfg.keep_results * 1000000,
+                          cfg.keep_results_bytes)
+    finally:
+        unlock(io.S)
+
+
+def _half_of_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError):
+        return 0
+
+
+HIST_BOUNDS_S = tuple(hist_bound_us(i) / 1e6 for i in range(NHIST - 1))
+
+
+cdef double _wall(Engine *e, int64_t mono_us) noexcept:
+    """A monotonic engine time as a Unix time."""
+    return (e.now_wall_us - (e.now_us - mono_us)) / 1e6
+
+
+def function_stats(IOLoop io):
+    """Per function, in creation order: queues, counters and histograms (see the
+    monitoring section of the README for what each means)."""
+    cdef Function *f
+    cdef Engine *e = &io.S.eng
+    cdef int p, i
+    cdef int64_t oldest
+    out = []
+    with nogil:
+        lock(io.S)
+        engine_clock(e)
+    try:
+        f = e.f_first
+        while f != NULL:
+            oldest = -1
+            for p in range(NPRIO):
+                if f.q_head[p] != NULL and (oldest < 0 or f.q_head[p].queued_us < oldest):
+                    oldest = f.q_head[p].queued_us
+            out.append({
+                "name": f.name[:f.name_len],
+                "queued": [f.queued[0], f.queued[1], f.queued[2]],
+                "future": f.future, "running": f.running, "workers": f.workers,
+                "total": f.total,
+                "oldest_queued_s": (e.now_us - oldest) / 1e6 if oldest >= 0 else None,
+                "submitted": f.n_submitted, "completed": f.n_completed,
+                "failed": f.n_failed, "exception": f.n_exception, "retried": f.n_retried,
+                "wait_hist": [f.wait_hist[i] for i in range(NHIST)],
+                "run_hist": [f.run_hist[i] for i in range(NHIST)],
+                "wait_sum_s": f.wait_sum_us / 1e6, "run_sum_s": f.run_sum_us / 1e6,
+            })
+            f = f.all_next
+    finally:
+        unlock(io.S)
+    return out
+
+
+def workers(IOLoop io):
+    """Every connection that registered a function or holds a job."""
+    cdef Engine *e = &io.S.eng
+    cdef Conn *c
+    cdef Ability *a
+    cdef Job *j
+    out = []
+    with nogil:
+        lock(io.S)
+        engine_clock(e)
+    try:
+        c = e.conns
+        while c != NULL:
+            if c.abilities != NULL or c.held != NULL:
+                funcs = []
+                a = c.abilities
+                while a != NULL:
+                    funcs.append(a.func.name[:a.func.name_len])
+                    a = a.c_next
+                current = []
+                j = c.held
+                while j != NULL:
+                    current.append({"handle": j.handle[:j.handle_len],
+                                    "function": j.func.name[:j.func.name_len],
+                                    "started_at": _wall(e, j.started_us)})
+                    j = j.q_next
+                out.append({"id": c.id, "fd": c.fd, "peer": c.ip.decode("ascii", "replace"),
+                            "client_id": c.client_id[:c.client_id_len],
+                            "functions": funcs[::-1], "sleeping": bool(c.sleeping),
+                            "jobs_done": c.jobs_done, "current": current})
+            c = c.all_next
+    finally:
+        unlock(io.S)
+    out.sort(key=lambda w: w["id"])
+    return out
+
+
+cdef dict _result_dict(Result *r):
+    return {"handle": r.handle[:r.handle_len], "function": r.func[:r.func_len],
+            "unique": r.unique[:r.unique_len],
+            "outcome": ("complete", "fail", "exception")[r.outcome],
+            "data": r.data[:r.data_len], "background": bool(r.background),
+            "submitted_at": r.submitted_us / 1e6,
+            "started_at": r.started_us / 1e6 if r.started_us else None,
+            "finished_at": r.finished_us / 1e6,
+            "worker": r.worker[:r.worker_len].decode("utf-8", "replace")}
+
+
+def result(IOLoop io, bytes handle):
+    """The kept outcome of the job with this handle, or None (unknown or expired)."""
+    cdef Result *r
+    cdef const char *h = handle
+    cdef size_t n = len(handle)
+    with nogil:
+        lock(io.S)
+        engine_clock(&io.S.eng)
+        r = result_by_handle(&io.S.eng, h, n)
+    try:
+        return _result_dict(r) if r != NULL else None
+    finally:
+        unlock(io.S)
+
+
+def results_by_unique(IOLoop io, bytes unique):
+    """Kept outcomes of jobs submitted with this unique key, newest first."""
+    cdef Engine *e = &io.S.eng
+    cdef Result *r
+    cdef const char *u = unique
+    cdef size_t n = len(unique)
+    out = []
+    with nogil:
+        lock(io.S)
+        engine_clock(e)
+        r = results_unique_chain(e, u, n)
+    try:
+        if r != NULL:
+            while r != NULL:
+                if r.unique_len == n and r.unique[:r.unique_len] == unique:
+                    out.append(_result_dict(r))
+                r = r.u_next
+    finally:
+        unlock(io.S)
+    out.sort(key=lambda d: d["finished_at"], reverse=True)
+    return out
+
+
+def results_stats(IOLoop io):
+    cdef Engine *e = &io.S.eng
+    with nogil:
+        lock(io.S)
+        engine_clock(e)
+        results_expire(e)
+    try:
+        return {"count": e.rcount, "bytes": e.rbytes, "evicted": e.r_evicted,
+                "ttl_s": e.keep_us / 1e6, "max_bytes": e.keep_max_bytes}
+    finally:
+        unlock(io.S)
