@@ -41,6 +41,10 @@ cdef struct Ability:
     Ability *f_next
     Ability *c_next          # the connection's registrations, newest first
     Ability *c_prev
+    Ability *s_next          # the function's sleepers, longest asleep first (entries of
+    Ability *s_prev          # ... workers that woke since are dropped when met)
+    Ability *h_next          # the connection's function -> ability table chain
+    uint8_t in_sleep
 
 cdef struct Attach:
     # One foreground client listening to one job: in two lists at once.
@@ -66,7 +70,13 @@ cdef struct Function:
     uint32_t total           # every job of the function in memory
     uint32_t max_queue[NPRIO]
     uint32_t workers         # registrations (duplicates count, as gearmand)
-    Ability *ring            # head of the capable-worker ring (rotates on wake-up)
+    Ability *ring            # head of the capable-worker ring
+    Ability *sleep_head      # registrations whose worker sent PRE_SLEEP (see Ability)
+    Ability *sleep_tail
+    Function *r_next[NPRIO]  # the engine's per-priority list of functions with work
+    Function *r_prev[NPRIO]  # ... and at least one worker, in turn order
+    uint64_t turn[NPRIO]     # when it last joined the tail of that list
+    uint8_t in_ready[NPRIO]
     uint64_t n_submitted
     uint64_t n_completed
     uint64_t n_failed
@@ -160,6 +170,14 @@ cdef struct Conn:
     Job *held                # jobs assigned to this worker
     Attach *attached         # jobs this client listens to
     uint64_t jobs_done
+    uint32_t nabil           # registrations
+    uint32_t amask
+    Ability **atab           # function -> registration, once there are many
+    int64_t woken_ms         # when the NOOP was sent, while on the woken list
+    Function *woke_for
+    Conn *wk_next
+    Conn *wk_prev
+    uint8_t in_woken
     char last_exception[MAX_HANDLE]   # handle this worker last ended with WORK_EXCEPTION
     uint32_t last_exception_len
 
@@ -210,7 +228,7 @@ cdef struct Engine:
     char prefix[48]
     uint32_t prefix_len
     uint32_t job_retries     # 0 = unlimited
-    uint32_t worker_wakeup   # 0 = every sleeper
+    uint32_t worker_wakeup   # 0 = one sleeper per job (fastgear); N = N per job
     uint8_t round_robin
     uint8_t exceptions_default
     Conn *dirty
@@ -232,6 +250,15 @@ cdef struct Engine:
     uint64_t store_del_cap
     int64_t replay_when      # epoch time of the row being replayed
     Job *last_job            # the job the last submission created
+    Function *ready_head[NPRIO]
+    Function *ready_tail[NPRIO]
+    uint64_t next_turn
+    Conn *woken_head         # NOOPed workers that have not grabbed yet, oldest first
+    Conn *woken_tail
+    int64_t wakeup_timeout_ms  # 0: never wake another sleeper for a silent one
+    Job wake_check           # not a job: the timer-heap entry of the woken list
+    uint64_t n_noops
+    uint64_t n_rewakes
     # limits (--max-unique, --max-function-name, --max-queued-bytes)
     uint32_t max_unique
     uint32_t max_function_name

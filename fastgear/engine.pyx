@@ -5,7 +5,9 @@
 # into each connection's output buffer and the connection is put on the dirty list for
 # the I/O loop to flush. A job is one allocation (struct + unique + reducer + payload).
 # Deliberate differences from gearmand 1.1.20 (README, compatibility): the grab order is
-# global priority then FIFO across a worker's functions; requeued jobs go to the front;
+# global priority across a worker's functions, the functions with work taking turns
+# (FIFO within each); one sleeper is woken per job, and another if it does not grab
+# within the wake-up timeout; requeued jobs go to the front;
 # epoch/sched jobs run at their time; CAN_DO_TIMEOUT expiry fails the job to its
 # clients; cancelled or abandoned jobs disappear at once.
 from libc.stdlib cimport malloc, calloc, realloc, free, strtoll
@@ -19,6 +21,8 @@ from fastgear.includes.sys cimport (now_us, wall_us, time_t, tm, localtime_r, mk
                                     c_assert, pthread_self)
 
 cdef enum:
+    # A worker with more registrations than this gets a function -> registration table.
+    SMALL_ABILITIES = 16
     JOB_QUEUED = 0
     JOB_FUTURE = 1
     JOB_RUNNING = 2
@@ -321,6 +325,8 @@ cdef int engine_init(Engine *e, const char *prefix, size_t prefix_len,
     e.worker_wakeup = worker_wakeup
     e.round_robin = <uint8_t>round_robin
     e.exceptions_default = <uint8_t>exceptions
+    e.wake_check.heap_idx = -1
+    e.wake_check.state = JOB_UNLINKED
     e.max_unique = MAX_UNIQUE
     e.max_function_name = 0xFFFFFFFF
     engine_clock(e)
@@ -388,7 +394,39 @@ cdef void conn_attach(Engine *e, Conn *c) noexcept nogil:
 
 # ---- queues ---------------------------------------------------------------------------
 
-cdef inline void q_push_tail(Function *f, Job *j) noexcept nogil:
+cdef inline void ready_add(Engine *e, Function *f, int p) noexcept nogil:
+    """f has work at priority p and a worker: it joins the tail of the turn order."""
+    if f.in_ready[p] or f.workers == 0:
+        return
+    f.in_ready[p] = 1
+    e.next_turn += 1
+    f.turn[p] = e.next_turn
+    f.r_next[p] = NULL
+    f.r_prev[p] = e.ready_tail[p]
+    if e.ready_tail[p] != NULL:
+        e.ready_tail[p].r_next[p] = f
+    else:
+        e.ready_head[p] = f
+    e.ready_tail[p] = f
+
+
+cdef inline void ready_remove(Engine *e, Function *f, int p) noexcept nogil:
+    if not f.in_ready[p]:
+        return
+    f.in_ready[p] = 0
+    if f.r_prev[p] != NULL:
+        f.r_prev[p].r_next[p] = f.r_next[p]
+    else:
+        e.ready_head[p] = f.r_next[p]
+    if f.r_next[p] != NULL:
+        f.r_next[p].r_prev[p] = f.r_prev[p]
+    else:
+        e.ready_tail[p] = f.r_prev[p]
+    f.r_next[p] = NULL
+    f.r_prev[p] = NULL
+
+
+cdef inline void q_push_tail(Engine *e, Function *f, Job *j) noexcept nogil:
     cdef uint8_t p = j.priority
     j.q_next = NULL
     j.q_prev = f.q_tail[p]
@@ -399,9 +437,11 @@ cdef inline void q_push_tail(Function *f, Job *j) noexcept nogil:
     f.q_tail[p] = j
     f.queued[p] += 1
     j.state = JOB_QUEUED
+    if f.queued[p] == 1:
+        ready_add(e, f, p)
 
 
-cdef inline void q_push_head(Function *f, Job *j) noexcept nogil:
+cdef inline void q_push_head(Engine *e, Function *f, Job *j) noexcept nogil:
     cdef uint8_t p = j.priority
     j.q_prev = NULL
     j.q_next = f.q_head[p]
@@ -412,9 +452,11 @@ cdef inline void q_push_head(Function *f, Job *j) noexcept nogil:
     f.q_head[p] = j
     f.queued[p] += 1
     j.state = JOB_QUEUED
+    if f.queued[p] == 1:
+        ready_add(e, f, p)
 
 
-cdef inline void q_remove(Function *f, Job *j) noexcept nogil:
+cdef inline void q_remove(Engine *e, Function *f, Job *j) noexcept nogil:
     cdef uint8_t p = j.priority
     c_assert(j.state == JOB_QUEUED and f.queued[p] > 0)
     if j.q_prev != NULL:
@@ -426,6 +468,8 @@ cdef inline void q_remove(Function *f, Job *j) noexcept nogil:
     else:
         f.q_tail[p] = j.q_prev
     f.queued[p] -= 1
+    if f.queued[p] == 0:
+        ready_remove(e, f, p)
     j.q_prev = NULL
     j.q_next = NULL
 
@@ -450,38 +494,101 @@ cdef inline void held_remove(Conn *w, Job *j) noexcept nogil:
     j.q_next = NULL
 
 
+cdef inline void sleep_unlink(Function *f, Ability *a) noexcept nogil:
+    if a.s_prev != NULL:
+        a.s_prev.s_next = a.s_next
+    else:
+        f.sleep_head = a.s_next
+    if a.s_next != NULL:
+        a.s_next.s_prev = a.s_prev
+    else:
+        f.sleep_tail = a.s_prev
+    a.s_next = NULL
+    a.s_prev = NULL
+    a.in_sleep = 0
+
+
+cdef inline void sleep_push(Function *f, Ability *a) noexcept nogil:
+    if a.in_sleep:
+        sleep_unlink(f, a)
+    a.in_sleep = 1
+    a.s_next = NULL
+    a.s_prev = f.sleep_tail
+    if f.sleep_tail != NULL:
+        f.sleep_tail.s_next = a
+    else:
+        f.sleep_head = a
+    f.sleep_tail = a
+
+
+cdef void woken_remove(Engine *e, Conn *c) noexcept nogil:
+    if not c.in_woken:
+        return
+    c.in_woken = 0
+    if c.wk_prev != NULL:
+        c.wk_prev.wk_next = c.wk_next
+    else:
+        e.woken_head = c.wk_next
+    if c.wk_next != NULL:
+        c.wk_next.wk_prev = c.wk_prev
+    else:
+        e.woken_tail = c.wk_prev
+    c.wk_next = NULL
+    c.wk_prev = NULL
+    c.woke_for = NULL
+
+
+cdef void woken_add(Engine *e, Conn *c, Function *f) noexcept nogil:
+    """c was sent a NOOP for work of f: if it has not grabbed within the wake-up
+    timeout, another sleeper is woken (gearmand #343: a dead link strands the job)."""
+    if e.wakeup_timeout_ms <= 0:
+        return
+    woken_remove(e, c)
+    c.in_woken = 1
+    c.woken_ms = e.now_ms
+    c.woke_for = f
+    c.wk_next = NULL
+    c.wk_prev = e.woken_tail
+    if e.woken_tail != NULL:
+        e.woken_tail.wk_next = c
+    else:
+        e.woken_head = c
+    e.woken_tail = c
+    if e.wake_check.heap_idx < 0:
+        # One timer in the heap stands for the whole list: all share one timeout, so
+        # the oldest entry is always due first.
+        e.wake_check.timer_ms = e.now_ms + e.wakeup_timeout_ms
+        heap_push(e, &e.wake_check)
+
+
 cdef void wake(Engine *e, Function *f) noexcept nogil:
-    """A job of f became runnable: NOOP sleeping workers of f, once per sleep. `-w N`
-    wakes up to N per job, as gearmand; by default one sleeper per job (gearmand wakes
-    every sleeper, and all but one of them GRAB for nothing). The ring rotates past the
-    woken worker so successive jobs spread over the pool."""
-    cdef Ability *a = f.ring
-    cdef Ability *start = f.ring
+    """A job of f became runnable: NOOP the sleeper of f that has slept longest, once per
+    sleep (`-w N`: up to N, gearmand's meaning). gearmand wakes every sleeper and all but
+    one GRAB for nothing. The sleepers list is FIFO, so work rotates over the pool;
+    entries of workers that woke since are dropped as they are met, so this costs O(1)
+    amortised whatever the number of workers."""
     cdef uint32_t woken = 0
     cdef uint32_t limit = e.worker_wakeup if e.worker_wakeup else 1
+    cdef Ability *a
     cdef Conn *c
-    if a == NULL:
-        return
-    while True:
+    while f.sleep_head != NULL and woken < limit:
+        a = f.sleep_head
+        sleep_unlink(f, a)
         c = a.conn
         if c.sleeping and not c.noop_sent:
             c.noop_sent = 1
             out0(e, c, CMD_NOOP)
+            e.n_noops += 1
+            woken_add(e, c, f)
             woken += 1
-            if woken >= limit:
-                f.ring = a.f_next
-                return
-        a = a.f_next
-        if a == start:
-            return
 
 
 cdef void job_make_runnable(Engine *e, Job *j, int front) noexcept nogil:
     j.queued_us = e.now_us
     if front:
-        q_push_head(j.func, j)
+        q_push_head(e, j.func, j)
     else:
-        q_push_tail(j.func, j)
+        q_push_tail(e, j.func, j)
     wake(e, j.func)
 
 
@@ -489,7 +596,7 @@ cdef void job_unlink_state(Engine *e, Job *j) noexcept nogil:
     """Take j out of whichever queue, held list or heap it is in."""
     heap_remove(e, j)
     if j.state == JOB_QUEUED:
-        q_remove(j.func, j)
+        q_remove(e, j.func, j)
     elif j.state == JOB_FUTURE:
         j.func.future -= 1
     elif j.state == JOB_RUNNING:
@@ -809,7 +916,7 @@ cdef void job_schedule(Engine *e, Job *j) noexcept nogil:
         if heap_push(e, j) != 0:
             f.future -= 1
             j.state = JOB_QUEUED
-            q_push_tail(f, j)
+            q_push_tail(e, f, j)
     else:
         job_make_runnable(e, j, 0)
 
@@ -878,6 +985,7 @@ cdef int add_ability(Engine *e, Conn *c, const char *name, size_t n,
                      int64_t timeout_ms) noexcept nogil:
     cdef Function *f
     cdef Ability *a
+    cdef int p
     if n > e.max_function_name:
         return engine_error(e, c, b"ARGUMENT_TOO_LARGE", b"Function name too large")
     f = func_get(e, name, n, 1)
@@ -889,6 +997,9 @@ cdef int add_ability(Engine *e, Conn *c, const char *name, size_t n,
     a.conn = c
     a.func = f
     a.timeout_ms = timeout_ms
+    if atab_insert(c, a) != 0:
+        free(a)
+        return E_NOMEM
     a.c_prev = NULL
     a.c_next = c.abilities
     if c.abilities != NULL:
@@ -905,11 +1016,67 @@ cdef int add_ability(Engine *e, Conn *c, const char *name, size_t n,
         f.ring.f_prev.f_next = a
         f.ring.f_prev = a
     f.workers += 1
+    if f.workers == 1:
+        for p in range(NPRIO):
+            if f.queued[p]:
+                ready_add(e, f, p)
+    if c.sleeping and not c.noop_sent:
+        # Registered while asleep: the next job of f must be able to wake it.
+        sleep_push(f, a)
     return E_OK
 
 
-cdef void remove_ability(Conn *c, Ability *a) noexcept nogil:
+cdef inline uint64_t ptr_hash(Function *f) noexcept nogil:
+    return (<uint64_t><size_t>f * 11400714819323198485ULL) >> 24
+
+
+cdef int atab_insert(Conn *c, Ability *a) noexcept nogil:
+    """Index a registration by function once a worker has many, so that "can this worker
+    do f" costs O(1) (GRAB through the engine's ready lists, CANT_DO)."""
+    cdef Ability **t
+    cdef Ability *x
+    cdef uint32_t n, i
+    c.nabil += 1
+    if c.atab == NULL and c.nabil <= SMALL_ABILITIES:
+        return 0
+    if c.atab == NULL or c.nabil > c.amask + 1:
+        n = (c.amask + 1) * 2 if c.atab != NULL else 4 * SMALL_ABILITIES
+        t = <Ability **>calloc(n, sizeof(Ability *))
+        if t == NULL:
+            c.nabil -= 1
+            return -1
+        free(c.atab)
+        c.atab = t
+        c.amask = n - 1
+        x = c.abilities
+        while x != NULL:
+            i = ptr_hash(x.func) & c.amask
+            x.h_next = t[i]
+            t[i] = x
+            x = x.c_next
+    i = ptr_hash(a.func) & c.amask
+    a.h_next = c.atab[i]
+    c.atab[i] = a
+    return 0
+
+
+cdef Ability *ability_of(Conn *c, Function *f) noexcept nogil:
+    cdef Ability *a
+    if c.atab == NULL:
+        a = c.abilities
+        while a != NULL and a.func != f:
+            a = a.c_next
+        return a
+    a = c.atab[ptr_hash(f) & c.amask]
+    while a != NULL and a.func != f:
+        a = a.h_next
+    return a
+
+
+cdef void remove_ability(Engine *e, Conn *c, Ability *a) noexcept nogil:
     cdef Function *f = a.func
+    cdef Ability **pp
+    cdef int p
     c_assert(a.conn == c and f.workers > 0)
     if a.c_prev != NULL:
         a.c_prev.c_next = a.c_next
@@ -917,6 +1084,20 @@ cdef void remove_ability(Conn *c, Ability *a) noexcept nogil:
         c.abilities = a.c_next
     if a.c_next != NULL:
         a.c_next.c_prev = a.c_prev
+    if c.atab != NULL:
+        pp = &c.atab[ptr_hash(f) & c.amask]
+        while pp[0] != a:
+            pp = &pp[0].h_next
+        pp[0] = a.h_next
+    c.nabil -= 1
+    if c.nabil == 0:
+        free(c.atab)
+        c.atab = NULL
+        c.amask = 0
+    if a.in_sleep:
+        sleep_unlink(f, a)
+    if c.woke_for == f:
+        c.woke_for = NULL
     if a.f_next == a:
         f.ring = NULL
     else:
@@ -925,6 +1106,9 @@ cdef void remove_ability(Conn *c, Ability *a) noexcept nogil:
         if f.ring == a:
             f.ring = a.f_next
     f.workers -= 1
+    if f.workers == 0:
+        for p in range(NPRIO):
+            ready_remove(e, f, p)
     free(a)
 
 
@@ -938,7 +1122,7 @@ cdef void drop_abilities(Engine *e, Conn *c, Function *only) noexcept nogil:
     while a != NULL:
         an = a.c_next
         if only == NULL or a.func == only:
-            remove_ability(c, a)
+            remove_ability(e, c, a)
         a = an
     j = c.held
     while j != NULL:
@@ -948,44 +1132,71 @@ cdef void drop_abilities(Engine *e, Conn *c, Function *only) noexcept nogil:
         j = jn
 
 
-cdef int has_runnable(Conn *c) noexcept nogil:
+cdef Ability *scan_abilities(Conn *c, int p) noexcept nogil:
+    """The registration of c whose function has work at p and has waited longest for
+    its turn (the same order as the engine's ready list)."""
     cdef Ability *a = c.abilities
-    cdef Function *f
+    cdef Ability *best = NULL
     while a != NULL:
-        f = a.func
-        if f.queued[0] or f.queued[1] or f.queued[2]:
-            return 1
+        if a.func.queued[p] and (best == NULL or a.func.turn[p] < best.func.turn[p]):
+            best = a
         a = a.c_next
-    return 0
+    return best
+
+
+cdef Ability *find_work(Engine *e, Conn *c, int *prio) noexcept nogil:
+    """Which registration of c a GRAB serves: the highest priority with work, then the
+    function whose turn it is. A worker with few registrations scans them; one with many
+    walks the engine's list of functions that have work and a worker, so a GRAB does not
+    cost more with thousands of registrations. The walk stops after as many functions
+    as the worker has registrations (then its own list is the shorter one to scan)."""
+    cdef Ability *a
+    cdef Function *f
+    cdef uint32_t walked
+    cdef int p
+    for p in range(NPRIO):
+        if e.ready_head[p] == NULL:
+            continue
+        if c.atab == NULL:
+            a = scan_abilities(c, p)
+        else:
+            a = NULL
+            walked = 0
+            f = e.ready_head[p]
+            while f != NULL and walked < c.nabil:
+                a = ability_of(c, f)
+                if a != NULL:
+                    break
+                f = f.r_next[p]
+                walked += 1
+            if a == NULL and f != NULL:
+                a = scan_abilities(c, p)
+        if a != NULL:
+            prio[0] = p
+            return a
+    return NULL
 
 
 cdef int handle_grab(Engine *e, Conn *c, uint32_t t) noexcept nogil:
-    cdef Job *best = NULL
-    cdef Ability *besta = NULL
-    cdef Ability *a
+    cdef Ability *besta
+    cdef Function *f
     cdef Job *j
-    cdef int p
-    cdef Ability *p_tail
+    cdef int p = 0
     cdef const char *fs[5]
     cdef size_t ls[5]
     c.sleeping = 0
     c.noop_sent = 0
-    for p in range(NPRIO):
-        a = c.abilities
-        while a != NULL:
-            j = a.func.q_head[p]
-            if j != NULL and (best == NULL or j.seq < best.seq):
-                best = j
-                besta = a
-                if e.round_robin:
-                    break
-            a = a.c_next
-        if best != NULL:
-            break
-    if best == NULL:
+    woken_remove(e, c)
+    besta = find_work(e, c, &p)
+    if besta == NULL:
         return out0(e, c, CMD_NO_JOB)
-    j = best
-    q_remove(j.func, j)
+    f = besta.func
+    j = f.q_head[p]
+    q_remove(e, f, j)
+    if f.queued[p]:
+        # Functions with work take turns: f goes behind the others at this priority.
+        ready_remove(e, f, p)
+        ready_add(e, f, p)
     j.state = JOB_RUNNING
     j.worker = c
     j.started_us = e.now_us
@@ -995,20 +1206,6 @@ cdef int handle_grab(Engine *e, Conn *c, uint32_t t) noexcept nogil:
     if besta.timeout_ms > 0:
         j.timer_ms = e.now_ms + besta.timeout_ms
         heap_push(e, j)
-    if e.round_robin and besta.c_next != NULL:
-        # Move the served registration to the tail so the next grab tries another.
-        a = besta
-        if a.c_prev != NULL:
-            a.c_prev.c_next = a.c_next
-        else:
-            c.abilities = a.c_next
-        a.c_next.c_prev = a.c_prev
-        p_tail = c.abilities
-        while p_tail.c_next != NULL:
-            p_tail = p_tail.c_next
-        p_tail.c_next = a
-        a.c_prev = p_tail
-        a.c_next = NULL
     fs[0] = j.handle
     ls[0] = j.handle_len
     fs[1] = j.func.name
@@ -1210,17 +1407,7 @@ cdef int engine_packet(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
             or t == CMD_WORK_DATA or t == CMD_WORK_WARNING or t == CMD_WORK_STATUS):
         return handle_work(e, c, pkt)
     if t == CMD_PRE_SLEEP:
-        c.sleeping = 1
-        # As gearmand: work already waiting is answered with a NOOP at once, even if
-        # this worker was woken before and has not grabbed since.
-        if has_runnable(c):
-            c.noop_sent = 1
-            return out0(e, c, CMD_NOOP)
-        # Nothing to do: it really sleeps, so the next job must wake it. gearmand keeps
-        # "NOOP sent" until a GRAB, so a worker whose job was taken by another one
-        # before it grabbed is never woken again (gearmand issue #343).
-        c.noop_sent = 0
-        return E_OK
+        return handle_pre_sleep(e, c)
     if t == CMD_CAN_DO:
         return add_ability(e, c, pkt.f[0], pkt.flen[0], 0)
     if t == CMD_CAN_DO_TIMEOUT:
@@ -1419,6 +1606,30 @@ cdef Result *result_by_handle(Engine *e, const char *h, size_t n) noexcept nogil
     return NULL
 
 
+cdef int handle_pre_sleep(Engine *e, Conn *c) noexcept nogil:
+    cdef Ability *a
+    cdef int p = 0
+    c.sleeping = 1
+    woken_remove(e, c)
+    # As gearmand: work already waiting is answered with a NOOP at once, even if this
+    # worker was woken before and has not grabbed since.
+    a = find_work(e, c, &p)
+    if a != NULL:
+        c.noop_sent = 1
+        e.n_noops += 1
+        woken_add(e, c, a.func)
+        return out0(e, c, CMD_NOOP)
+    # Nothing to do: it really sleeps, so the next job of any of its functions must wake
+    # it. gearmand keeps "NOOP sent" until a GRAB, so a worker whose job was taken by
+    # another one before it grabbed is never woken again (gearmand issue #343).
+    c.noop_sent = 0
+    a = c.abilities
+    while a != NULL:
+        sleep_push(a.func, a)
+        a = a.c_next
+    return E_OK
+
+
 # ---- timers, disconnects, admin operations -----------------------------------------------
 
 cdef int64_t engine_timers(Engine *e) noexcept nogil:
@@ -1428,7 +1639,9 @@ cdef int64_t engine_timers(Engine *e) noexcept nogil:
     while e.heap_len and e.heap[0].timer_ms <= e.now_ms:
         j = e.heap[0]
         heap_remove(e, j)
-        if j.state == JOB_FUTURE:
+        if j == &e.wake_check:
+            rewake_due(e)
+        elif j.state == JOB_FUTURE:
             j.func.future -= 1
             job_make_runnable(e, j, 0)
         elif j.state == JOB_RUNNING:
@@ -1437,6 +1650,25 @@ cdef int64_t engine_timers(Engine *e) noexcept nogil:
     if e.heap_len == 0:
         return -1
     return e.heap[0].timer_ms - e.now_ms
+
+
+cdef void rewake_due(Engine *e) noexcept nogil:
+    """The wake-up check timer fired: a worker NOOPed longer ago than the wake-up timeout
+    that has not grabbed is assumed lost or slow, and another sleeper is woken for its
+    job (which stays runnable, so whichever worker grabs first gets it)."""
+    cdef Conn *c
+    cdef Function *f
+    while (e.woken_head != NULL
+           and e.woken_head.woken_ms + e.wakeup_timeout_ms <= e.now_ms):
+        c = e.woken_head
+        f = c.woke_for
+        woken_remove(e, c)
+        if f != NULL and (f.queued[0] or f.queued[1] or f.queued[2]):
+            e.n_rewakes += 1
+            wake(e, f)
+    if e.woken_head != NULL:
+        e.wake_check.timer_ms = e.woken_head.woken_ms + e.wakeup_timeout_ms
+        heap_push(e, &e.wake_check)
 
 
 cdef void conn_detach(Engine *e, Conn *c) noexcept nogil:
@@ -1450,6 +1682,7 @@ cdef void conn_detach(Engine *e, Conn *c) noexcept nogil:
         return
     c.detached = 1
     drop_abilities(e, c, NULL)
+    woken_remove(e, c)
     a = c.attached
     while a != NULL:
         an = a.c_next

@@ -152,7 +152,8 @@ def stats(IOLoop io):
                 "protocol_errors": errors, "batches": batches,
                 "threads": io.S.nloops, "next_handle": io.S.eng.next_handle,
                 "max_queued_bytes": io.S.eng.max_queued_bytes,
-                "budget_refused": io.S.eng.n_budget_refused}
+                "budget_refused": io.S.eng.n_budget_refused,
+                "noops": io.S.eng.n_noops, "rewakes": io.S.eng.n_rewakes}
     finally:
         unlock(io.S)
 
@@ -168,6 +169,7 @@ def configure(IOLoop io, cfg):
         io.S.eng.max_unique = cfg.max_unique
         io.S.eng.max_function_name = cfg.max_function_name
         io.S.eng.max_queued_bytes = budget
+        io.S.eng.wakeup_timeout_ms = cfg.wakeup_timeout
         results_configure(&io.S.eng, <int64_t>cfg.keep_results * 1000000,
                           cfg.keep_results_bytes)
     finally:
