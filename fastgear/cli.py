@@ -162,8 +162,20 @@ def add_bench(subparsers) -> None:
     parser.set_defaults(handler=run_bench, subparser=parser)
 
 
+def run_admin(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    from fastgear import admin_client  # its own parser: `-h` is the host, as in gearadmin
+    return admin_client.main(list(argv), prog="fastgear admin")
+
+
+def add_admin(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "admin", add_help=False, help="what gearadmin does (--status, --workers, ...), "
+                                      "against fastgear or gearmand, plus --json output")
+    parser.set_defaults(handler=run_admin, subparser=parser)
+
+
 # Each entry adds one subcommand; its parser's defaults name the handler and the parser.
-COMMANDS: list[Callable[[Any], None]] = [add_serve, add_bench]
+COMMANDS: list[Callable[[Any], None]] = [add_serve, add_bench, add_admin]
 
 
 def make_parser() -> Parser:
