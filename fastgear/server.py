@@ -362,8 +362,14 @@ def run(cfg):
         store_thread.start()
     srv.start(sockets)
     log.info("fastgear %s listening on port %d", __version__, cfg.port)
-    mon = monitor.start(cfg, srv)
+    mon = None
     try:
+        try:
+            mon = monitor.start(cfg, srv)
+        except monitor.MonitorError as exc:
+            log.error("%s", exc)
+            print(f"fastgear: {exc}", file=sys.stderr)
+            return 1
         srv.control_loop()
     finally:
         if mon is not None:
