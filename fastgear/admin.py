@@ -14,6 +14,7 @@ the duck-typed `AdminContext` the server passes in.
 """
 from __future__ import annotations
 
+import base64
 import logging
 from typing import Protocol, Union
 
@@ -71,6 +72,10 @@ ERR_DROP_QUEUED = b"ERR there are still queued jobs\r\n"
 # command") so an operator sees why nothing happened. Answers and argument errors are those
 # of gearmand 1.1.14, the last version that had the command.
 ERR_SHUTDOWN_DENIED = b"ERR ACCESS_DENIED shutdown+is+only+accepted+from+loopback\r\n"
+# `result` is fastgear's own command (gearmand forgets a job once it ends); its errors follow
+# gearmand's `ERR CODE text+with+pluses` style.
+ERR_RESULTS_NOT_KEPT = (
+    b"ERR RESULTS_NOT_KEPT start+the+server+with+--keep-results+SECONDS\r\n")
 
 
 class AdminContext(Protocol):
@@ -132,6 +137,20 @@ class AdminContext(Protocol):
     def shutdown(self, graceful: bool) -> None:
         """Ask the server to stop (graceful: stop accepting, exit once no job is left).
         Must only schedule the stop: the `OK` returned with it still has to be written."""
+        ...
+
+    def keep_results(self) -> int:
+        """How many seconds finished jobs' outcomes are kept (--keep-results); 0: none."""
+        ...
+
+    def result(self, handle: bytes) -> dict | None:
+        """The kept outcome of a finished job (snapshot.result's dict: handle, function,
+        unique, outcome, data, background, submitted_at, started_at, finished_at,
+        worker), or None when unknown, unfinished or expired."""
+        ...
+
+    def results_by_unique(self, unique: bytes) -> list[dict]:
+        """Kept outcomes of the jobs submitted with this unique key, newest first."""
         ...
 
 
@@ -256,6 +275,8 @@ def _dispatch(args: list[bytes], ctx: AdminContext, peer_is_loopback: bool) -> b
         return b"OK %s\n" % ctx.version().encode()
     if command == b"shutdown":
         return _shutdown(args, ctx, peer_is_loopback)
+    if command == b"result":
+        return _result(args, ctx)
     # gearmand prints the word right after "command", without a separator.
     return ERR_UNKNOWN_COMMAND % args[0]
 
@@ -321,3 +342,44 @@ def _shutdown(args: list[bytes], ctx: AdminContext, peer_is_loopback: bool) -> b
         return ERR_INVALID_ARGUMENTS % args[0]
     ctx.shutdown(graceful)
     return OK
+
+
+def _result(args: list[bytes], ctx: AdminContext) -> bytes:
+    """`result HANDLE` or `result unique KEY`: the kept outcomes as a `.`-terminated
+    listing like `show jobs`, one tab-separated line per result:
+
+        handle function unique outcome background submitted_at started_at finished_at
+        worker data_size data_base64
+
+    outcome is complete, fail or exception; background 0/1; times are Unix seconds with
+    microseconds (`-` for a job no worker started); the data is base64 because it is
+    binary and may hold tabs and newlines. No kept result answers ERR UNKNOWN_JOB, as
+    `cancel job` does for an unknown handle."""
+    argc = len(args)
+    # `result unique` without a key is a mistake, not the handle "unique".
+    if argc == 2 and args[1] and args[1].lower() != b"unique":
+        by_unique = False
+    elif argc == 3 and args[1].lower() == b"unique":
+        by_unique = True
+    else:
+        return ERR_INVALID_ARGUMENTS % args[0]
+    if not ctx.keep_results():
+        return ERR_RESULTS_NOT_KEPT
+    if by_unique:
+        found = ctx.results_by_unique(args[2])
+    else:
+        one = ctx.result(args[1])
+        found = [one] if one is not None else []
+    if not found:
+        return ERR_UNKNOWN_JOB
+    return b"".join([_result_line(r) for r in found]) + b".\n"
+
+
+def _result_line(r: dict) -> bytes:
+    started = r["started_at"]
+    return b"%s\t%s\t%s\t%s\t%d\t%.6f\t%s\t%.6f\t%s\t%d\t%s\n" % (
+        r["handle"], r["function"], r["unique"], r["outcome"].encode(),
+        1 if r["background"] else 0, r["submitted_at"],
+        b"%.6f" % started if started else b"-", r["finished_at"],
+        r["worker"].encode("utf-8", "backslashreplace") or b"-", len(r["data"]),
+        base64.b64encode(r["data"]))

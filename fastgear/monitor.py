@@ -1,6 +1,635 @@
-"""The monitoring listener (issue 6): placeholder until the HTTP server lands."""
+"""The monitoring listener: JSON status, Prometheus metrics, kept results and the dashboard.
+
+`start(cfg, server)` binds `--monitor HOST:PORT` and serves HTTP/1.1 from a standard
+library server in daemon threads, so none of it runs on the I/O loops. Everything it shows
+comes from `fastgear.snapshot`, whose calls take the engine lock once each to copy what they
+need. A sampler thread takes one sample per second (server counters and per-function
+figures), keeps the last ten minutes of totals for the dashboard's chart and computes
+rates from the deltas between samples; requests reuse a sample younger than 250 ms, so a
+busy scraper or many open dashboards cost the engine at most a few lock acquisitions per
+second, never one per request. Endpoints: `/status` (JSON), `/metrics` (Prometheus text
+0.0.4), `/jobs/<handle>` and `/jobs?unique=<key>` (kept results), `/healthz`, `/` (the
+page in dashboard.html). Names, handles and data are bytes in the engine; JSON gives them
+as text (invalid UTF-8 escaped with backslashes) and result data also as base64.
+"""
+from __future__ import annotations
+
+import base64
+import collections
+import errno
+import http.server
+import logging
+import math
+import os
+import socket
+import sys
+import threading
+import time
+from importlib import resources
+from urllib.parse import unquote_to_bytes, urlsplit
+
+from fastgear import config, snapshot
+
+try:
+    import orjson
+
+    def _dumps(obj) -> bytes:
+        return orjson.dumps(obj)
+except ImportError:  # orjson is the fast path; the server still runs without it
+    import json
+
+    def _dumps(obj) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+__all__ = ["Monitor", "MonitorError", "Sampler", "render_metrics", "result_json", "start"]
+
+log = logging.getLogger("fastgear")
+
+PRIORITIES = ("high", "normal", "low")
+COUNTERS = ("submitted", "completed", "failed", "exception", "retried")
+SAMPLE_PERIOD_S = 1.0
+HISTORY_SAMPLES = 600        # ten minutes at one sample per second
+CACHE_S = 0.25               # a request reuses a sample this young
+RATE_WINDOW_S = 5.0          # rates are averaged over this long, so one slow tick is smoothed
+MAX_CLIENTS = 64             # concurrent HTTP connections; more are closed at once
+IDLE_TIMEOUT_S = 30          # an idle keep-alive connection gives its thread back after this
+
+
+class MonitorError(Exception):
+    """The listener could not start (e.g. an explicitly requested port is busy)."""
+
+
+def _text(value: bytes) -> str:
+    # Backslash escapes keep undecodable bytes visible and distinct, and they are valid
+    # JSON strings and Prometheus label values (after label escaping).
+    return value.decode("utf-8", "backslashreplace")
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+class Sampler:
+    """Samples the engine and keeps the history; thread-safe, one snapshot at a time."""
+
+    def __init__(self, loop, version: str = "", period: float = SAMPLE_PERIOD_S,
+                 keep: int = HISTORY_SAMPLES):
+        self.loop = loop
+        self.version = version
+        self.period = period
+        self.started_wall = time.time()
+        self.started_mono = time.monotonic()
+        self.history = collections.deque(maxlen=keep)
+        # (monotonic time, {name: counters}) of the last few periodic samples: rates.
+        self._recent = collections.deque(maxlen=int(RATE_WINDOW_S / period) + 2)
+        self._lock = threading.Lock()
+        self._latest = None
+        self._workers = None
+        self._stop = threading.Event()
+        self._thread = None
+
+    # -- sampling -------------------------------------------------------------------
+    def _take(self) -> dict:
+        mono = time.monotonic()
+        stats = snapshot.stats(self.loop)
+        funcs = snapshot.function_stats(self.loop)
+        results = snapshot.results_stats(self.loop)
+        ref = self._reference(mono)
+        queued = running = future = 0
+        totals = dict.fromkeys(COUNTERS, 0)
+        rates = dict.fromkeys(COUNTERS, 0.0)
+        for f in funcs:
+            queued += sum(f["queued"])
+            future += f["future"]
+            running += f["running"]
+            f["rates"] = self._rates(f, ref, mono)
+            for k in COUNTERS:
+                totals[k] += f[k]
+                rates[k] += f["rates"][k]
+        return {"t": time.time(), "mono": mono, "stats": stats, "functions": funcs,
+                "results": results, "rss": _rss_bytes(), "queued": queued,
+                "future": future, "running": running, "totals": totals, "rates": rates}
+
+    def _reference(self, mono):
+        """The oldest recent sample within the rate window (at least 0.5 s old)."""
+        for entry in self._recent:
+            if mono - RATE_WINDOW_S - 0.5 <= entry[0] <= mono - 0.5:
+                return entry
+        return None
+
+    @staticmethod
+    def _rates(f, ref, mono) -> dict:
+        before = ref[1].get(f["name"]) if ref is not None else None
+        if before is None:
+            return dict.fromkeys(COUNTERS, 0.0)
+        dt = mono - ref[0]
+        # A function dropped and created again restarts its counters: never negative.
+        return {k: max(f[k] - b, 0) / dt for k, b in zip(COUNTERS, before)}
+
+    def tick(self) -> dict:
+        """Take a periodic sample and record it in the history."""
+        with self._lock:
+            s = self._take()
+            self._latest = s
+            self._recent.append((s["mono"], {f["name"]: tuple(f[k] for k in COUNTERS)
+                                             for f in s["functions"]}))
+            workers = sum(f["workers"] for f in s["functions"])
+            self.history.append({
+                "t": round(s["t"], 3),
+                "submitted_rate": round(s["rates"]["submitted"], 3),
+                "completed_rate": round(s["rates"]["completed"], 3),
+                "failed_rate": round(s["rates"]["failed"] + s["rates"]["exception"], 3),
+                "queued": s["queued"], "running": s["running"], "workers": workers,
+                "connections": s["stats"]["connections"],
+            })
+            return s
+
+    def current(self) -> dict:
+        """The latest sample, taken now if the last one is older than CACHE_S."""
+        with self._lock:
+            s = self._latest
+            if s is None or time.monotonic() - s["mono"] > CACHE_S:
+                s = self._latest = self._take()
+            return s
+
+    def workers(self) -> list:
+        """snapshot.workers, cached like the samples (only requests need it)."""
+        with self._lock:
+            w = self._workers
+            if w is None or time.monotonic() - w[0] > CACHE_S:
+                w = self._workers = (time.monotonic(), snapshot.workers(self.loop))
+            return w[1]
+
+    # -- the sampler thread -----------------------------------------------------------
+    def start(self):
+        self._thread = threading.Thread(target=self._run, name="fastgear-monitor-sampler",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # a failed sample must not end sampling
+                log.exception("monitor: sampling failed")
+            next_at += self.period
+            delay = next_at - time.monotonic()
+            if delay < 0:  # fell behind (suspended, overloaded): restart the schedule
+                next_at, delay = time.monotonic(), 0
+            self._stop.wait(delay)
+
+    def stop(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+# -- JSON views ------------------------------------------------------------------------
+
+def status_json(sampler: Sampler, since: float | None = None) -> dict:
+    s = sampler.current()
+    st = s["stats"]
+    now = time.time()
+    jobs = st["jobs"]
+    out = {
+        "server": {
+            "version": sampler.version, "pid": os.getpid(),
+            "started_at": sampler.started_wall,
+            "uptime_s": round(time.monotonic() - sampler.started_mono, 3),
+            "threads": st["threads"], "connections": st["connections"],
+            "connections_accepted": st["accepted"], "packets": st["packets"],
+            "protocol_errors": st["protocol_errors"], "rss_bytes": s["rss"],
+            "functions": st["functions"], "jobs": jobs, "queued": s["queued"],
+            "future": s["future"], "running": s["running"],
+            "job_bytes": st["queued_bytes"],
+            "bytes_per_job": round(st["queued_bytes"] / jobs, 1) if jobs else None,
+            "rss_per_job": round(s["rss"] / jobs, 1) if jobs else None,
+            "job_bytes_limit": st.get("max_queued_bytes"),
+            "jobs_refused_for_memory": st.get("budget_refused"),
+        },
+        "sampled_at": s["t"],
+        "rate_window_s": RATE_WINDOW_S,
+        "totals": {**s["totals"], "rates": {k: round(v, 3) for k, v in s["rates"].items()}},
+        "functions": [_function_json(f) for f in s["functions"]],
+        "workers": [_worker_json(w, now) for w in sampler.workers()],
+        "results": s["results"],
+    }
+    if since is not None:
+        out["history"] = [h for h in list(sampler.history) if h["t"] > since]
+    return out
+
+
+def _function_json(f: dict) -> dict:
+    oldest = f["oldest_queued_s"]
+    return {
+        "name": _text(f["name"]),
+        "queued": dict(zip(PRIORITIES, f["queued"])),
+        "future": f["future"], "running": f["running"], "workers": f["workers"],
+        "total": f["total"],
+        "oldest_queued_s": round(oldest, 6) if oldest is not None else None,
+        **{k: f[k] for k in COUNTERS},
+        "rates": {k: round(v, 3) for k, v in f["rates"].items()},
+        "wait_sum_s": f["wait_sum_s"], "run_sum_s": f["run_sum_s"],
+    }
+
+
+def _worker_json(w: dict, now: float) -> dict:
+    return {
+        "id": w["id"], "fd": w["fd"], "peer": w["peer"],
+        "client_id": _text(w["client_id"]) if w["client_id"] else None,
+        "functions": [_text(n) for n in w["functions"]],
+        "sleeping": w["sleeping"], "jobs_done": w["jobs_done"],
+        "current": [{"handle": _text(j["handle"]), "function": _text(j["function"]),
+                     "started_at": j["started_at"],
+                     "running_s": round(max(now - j["started_at"], 0.0), 3)}
+                    for j in w["current"]],
+    }
+
+
+def result_json(r: dict) -> dict:
+    """A kept result for JSON: data as UTF-8 text when it is valid UTF-8, always base64."""
+    data = r["data"]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return {
+        "handle": _text(r["handle"]), "function": _text(r["function"]),
+        "unique": _text(r["unique"]), "outcome": r["outcome"],
+        "background": r["background"], "data": text,
+        "data_base64": base64.b64encode(data).decode("ascii"), "data_size": len(data),
+        "submitted_at": r["submitted_at"], "started_at": r["started_at"],
+        "finished_at": r["finished_at"], "worker": r["worker"],
+    }
+
+
+# -- Prometheus text exposition 0.0.4 -----------------------------------------------------
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _num(v) -> str:
+    if isinstance(v, int):
+        return str(v)
+    v = float(v)
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(v)
+
+
+def render_metrics(sampler: Sampler) -> bytes:
+    s = sampler.current()
+    st = s["stats"]
+    workers = sampler.workers()
+    out = []
+
+    def family(name, kind, help_text, samples):
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+        for suffix, labels, value in samples:
+            lab = ",".join(f'{k}="{_label(v)}"' for k, v in labels)
+            out.append(f"{name}{suffix}{{{lab}}} {_num(value)}" if lab
+                       else f"{name}{suffix} {_num(value)}")
+
+    def one(name, kind, help_text, value):
+        family(name, kind, help_text, [("", (), value)])
+
+    family("fastgear_info", "gauge", "Server version (value is always 1).",
+           [("", (("version", sampler.version),), 1)])
+    one("fastgear_start_time_seconds", "gauge", "Unix time the server started.",
+        sampler.started_wall)
+    one("fastgear_uptime_seconds", "gauge", "Seconds since the server started.",
+        time.monotonic() - sampler.started_mono)
+    one("fastgear_io_threads", "gauge", "I/O loop threads.", st["threads"])
+    one("fastgear_connections", "gauge", "Open client, worker and admin connections.",
+        st["connections"])
+    one("fastgear_connections_accepted_total", "counter", "Connections accepted.",
+        st["accepted"])
+    one("fastgear_packets_total", "counter", "Binary protocol packets handled.",
+        st["packets"])
+    one("fastgear_protocol_errors_total", "counter",
+        "Connections closed for a protocol error.", st["protocol_errors"])
+    one("fastgear_resident_memory_bytes", "gauge", "Resident memory of the server process.",
+        s["rss"])
+    one("fastgear_jobs", "gauge", "Jobs in memory (queued, scheduled and running).",
+        st["jobs"])
+    one("fastgear_job_memory_bytes", "gauge", "Bytes the engine holds for jobs in memory.",
+        st["queued_bytes"])
+    if st.get("max_queued_bytes") is not None:
+        one("fastgear_job_memory_limit_bytes", "gauge",
+            "Memory budget for jobs; submissions beyond it are refused.",
+            st["max_queued_bytes"])
+        one("fastgear_jobs_refused_total", "counter",
+            "Submissions refused because the job memory budget was spent.",
+            st.get("budget_refused", 0))
+    one("fastgear_worker_connections", "gauge",
+        "Connections that registered a function or hold a job.", len(workers))
+    one("fastgear_workers_busy", "gauge", "Worker connections holding at least one job.",
+        sum(1 for w in workers if w["current"]))
+    one("fastgear_workers_sleeping", "gauge", "Worker connections asleep (PRE_SLEEP).",
+        sum(1 for w in workers if w["sleeping"]))
+    res = s["results"]
+    one("fastgear_kept_results", "gauge", "Finished jobs whose outcome is kept.",
+        res["count"])
+    one("fastgear_kept_results_bytes", "gauge", "Memory held by kept results.",
+        res["bytes"])
+    one("fastgear_kept_results_evicted_total", "counter",
+        "Kept results dropped before their time to stay under the memory bound.",
+        res["evicted"])
+
+    funcs = [(_text(f["name"]), f) for f in s["functions"]]
+    family("fastgear_queue_jobs", "gauge", "Jobs waiting for a worker, by priority.",
+           [("", (("function", n), ("priority", p)), f["queued"][i])
+            for n, f in funcs for i, p in enumerate(PRIORITIES)])
+    family("fastgear_scheduled_jobs", "gauge", "Epoch and sched jobs not yet due.",
+           [("", (("function", n),), f["future"]) for n, f in funcs])
+    family("fastgear_running_jobs", "gauge", "Jobs a worker is running.",
+           [("", (("function", n),), f["running"]) for n, f in funcs])
+    family("fastgear_workers", "gauge", "Worker registrations (CAN_DO) for the function.",
+           [("", (("function", n),), f["workers"]) for n, f in funcs])
+    family("fastgear_queue_oldest_age_seconds", "gauge",
+           "Age of the oldest job waiting for a worker (0 when none waits).",
+           [("", (("function", n),), f["oldest_queued_s"] or 0.0) for n, f in funcs])
+    for key, name, help_text in (
+            ("submitted", "fastgear_jobs_submitted_total", "Jobs submitted."),
+            ("completed", "fastgear_jobs_completed_total", "Jobs completed (WORK_COMPLETE)."),
+            ("failed", "fastgear_jobs_failed_total",
+             "Jobs failed (WORK_FAIL, retries spent, timeouts, cancels)."),
+            ("exception", "fastgear_jobs_exceptions_total",
+             "Jobs ended by WORK_EXCEPTION."),
+            ("retried", "fastgear_jobs_retried_total",
+             "Jobs handed back by a lost worker and queued again.")):
+        family(name, "counter", help_text, [("", (("function", n),), f[key]) for n, f in funcs])
+    bounds = [_num(b) for b in snapshot.HIST_BOUNDS_S] + ["+Inf"]
+    for hist, total, name, help_text in (
+            ("wait_hist", "wait_sum_s", "fastgear_job_queue_wait_seconds",
+             "Time jobs waited in the queue before a worker took them."),
+            ("run_hist", "run_sum_s", "fastgear_job_run_seconds",
+             "Time from a worker taking a job to its end.")):
+        samples = []
+        for n, f in funcs:
+            cumulative = 0
+            for le, count in zip(bounds, f[hist]):
+                cumulative += count
+                samples.append(("_bucket", (("function", n), ("le", le)), cumulative))
+            samples.append(("_sum", (("function", n),), float(f[total])))
+            samples.append(("_count", (("function", n),), cumulative))
+        family(name, "histogram", help_text, samples)
+    out.append("")
+    return "\n".join(out).encode()
+
+
+# -- HTTP -----------------------------------------------------------------------------
+
+_DASHBOARD = None
+
+
+def _dashboard() -> bytes:
+    global _DASHBOARD
+    if _DASHBOARD is None:
+        _DASHBOARD = resources.files("fastgear").joinpath("dashboard.html").read_bytes()
+    return _DASHBOARD
+
+
+def _query(raw: str) -> dict:
+    """Query parameters as bytes (unique keys are bytes, not necessarily UTF-8)."""
+    out = {}
+    for part in raw.split("&"):
+        if part:
+            key, _, value = part.partition("=")
+            out.setdefault(key, unquote_to_bytes(value.replace("+", " ")))
+    return out
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "fastgear-monitor"
+    sys_version = ""
+    timeout = IDLE_TIMEOUT_S
+    monitor: Monitor = None  # set on a subclass per listener
+
+    def do_GET(self):
+        self._serve(body=True)
+
+    def do_HEAD(self):
+        self._serve(body=False)
+
+    def __getattr__(self, name):
+        # Every other method is refused with 405 (http.server would answer 501).
+        if name.startswith("do_"):
+            return self._not_allowed
+        raise AttributeError(name)
+
+    def version_string(self):
+        return self.server_version
+
+    def _not_allowed(self):
+        # The request's body (if any) is not read, so the connection cannot be reused.
+        self.close_connection = True
+        self._send(405, b'{"error":"method not allowed"}', "application/json",
+                   extra=(("Allow", "GET, HEAD"),))
+
+    def _serve(self, body: bool):
+        try:
+            status, payload, ctype = self._route()
+        except Exception:  # never let a bug end the connection without an answer
+            log.exception("monitor: %s %s failed", self.command, self.path[:200])
+            status, payload, ctype = 500, b'{"error":"internal error"}', "application/json"
+        self._send(status, payload, ctype, body=body)
+
+    def _route(self):
+        url = urlsplit(self.path)
+        path = url.path
+        mon = self.monitor
+        if path == "/status":
+            q = _query(url.query)
+            since = None
+            if "since" in q:
+                try:
+                    since = float(q["since"].decode("ascii"))
+                except (UnicodeDecodeError, ValueError):
+                    return 400, b'{"error":"since must be a number"}', "application/json"
+            return 200, _dumps(status_json(mon.sampler, since)), "application/json"
+        if path == "/metrics":
+            return 200, render_metrics(mon.sampler), "text/plain; version=0.0.4; charset=utf-8"
+        if path == "/healthz":
+            return 200, b"ok\n", "text/plain; charset=utf-8"
+        if path in ("/", "/index.html"):
+            return 200, _dashboard(), "text/html; charset=utf-8"
+        if path == "/jobs":
+            unique = _query(url.query).get("unique")
+            if unique is None:
+                return 400, b'{"error":"give ?unique=KEY or /jobs/HANDLE"}', "application/json"
+            return self._results(unique=unique)
+        if path.startswith("/jobs/") and len(path) > 6:
+            return self._results(handle=unquote_to_bytes(path[6:]))
+        return 404, b'{"error":"not found"}', "application/json"
+
+    def _results(self, handle=None, unique=None):
+        loop = self.monitor.loop
+        if not self.monitor.keep_results:
+            return 404, _dumps({"error": "results are not kept: start the server with "
+                                         "--keep-results SECONDS"}), "application/json"
+        if handle is not None:
+            r = snapshot.result(loop, handle)
+            if r is None:
+                return 404, _dumps({"error": "no kept result for this handle (unknown, "
+                                             "still running, or expired)",
+                                    "handle": _text(handle)}), "application/json"
+            return 200, _dumps(result_json(r)), "application/json"
+        found = snapshot.results_by_unique(loop, unique)
+        if not found:
+            return 404, _dumps({"error": "no kept result for this unique key",
+                                "unique": _text(unique)}), "application/json"
+        return 200, _dumps({"unique": _text(unique),
+                            "results": [result_json(r) for r in found]}), "application/json"
+
+    def _send(self, status, payload, ctype, body=True, extra=()):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in extra:
+            self.send_header(k, v)
+        self.end_headers()
+        if body:
+            self.wfile.write(payload)
+
+    def send_error(self, code, message=None, explain=None):
+        # Malformed requests: a short JSON body instead of http.server's HTML page, and
+        # the connection is closed since its framing can no longer be trusted.
+        self.close_connection = True
+        try:
+            payload = _dumps({"error": message or self.responses.get(code, ("",))[0]})
+            self.send_response(code, message)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+                self.wfile.write(payload)
+        except OSError:
+            pass
+
+    def log_message(self, fmt, *args):
+        log.debug("monitor: %s %s", self.address_string(), fmt % args)
+
+
+class _HTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, address, handler, family):
+        self.address_family = family
+        self._clients = threading.BoundedSemaphore(MAX_CLIENTS)
+        super().__init__(address, handler)
+
+    def server_bind(self):
+        if self.address_family == socket.AF_INET6:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        # socketserver.TCPServer.server_bind, without HTTPServer's getfqdn() (a DNS
+        # lookup that can stall start-up on a machine without a resolver).
+        # SO_REUSEADDR: a restart must not fail on the last run's TIME_WAIT connections.
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(self.server_address)
+        self.server_address = self.socket.getsockname()
+
+    def process_request(self, request, client_address):
+        # A bound on threads: a flood of connections cannot exhaust the process.
+        if not self._clients.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._clients.release()
+
+    def handle_error(self, request, client_address):
+        # Called inside socketserver's except block: a client that misbehaves or goes
+        # away is routine, not worth more than a debug line.
+        log.debug("monitor: connection from %s failed: %r", client_address,
+                  sys.exc_info()[1])
+
+
+class Monitor:
+    """A running listener and its sampler; `stop()` ends both."""
+
+    def __init__(self, httpd, sampler, loop, keep_results):
+        self.httpd = httpd
+        self.sampler = sampler
+        self.loop = loop
+        self.keep_results = keep_results
+        host, port = httpd.server_address[:2]
+        self.host, self.port = host, port
+        self.url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+        self._thread = threading.Thread(target=httpd.serve_forever, args=(0.25,),
+                                        name="fastgear-monitor-http", daemon=True)
+
+    def _start(self):
+        self.sampler.start()
+        self._thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.sampler.stop()
+        self._thread.join(5)
+
+
+def _bind(host: str, port: int, handler):
+    try:
+        infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                                   socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(errno.EADDRNOTAVAIL, f"cannot resolve {host!r}: {exc}") from exc
+    error = None
+    for family, _, _, _, addr in infos:
+        try:
+            return _HTTPServer(addr[:2] if family == socket.AF_INET else addr, handler,
+                               family)
+        except OSError as exc:
+            error = exc
+    raise error
 
 
 def start(cfg, server):
-    """Start the listener for cfg.monitor; returns an object with stop(), or None."""
-    return None
+    """Start the listener for cfg.monitor; returns a Monitor (with stop()) or None when
+    monitoring is off or the default port is busy. Raises MonitorError when an address
+    the user chose cannot be bound."""
+    where = config.parse_monitor(cfg.monitor)
+    if not where:
+        return None
+    host, port = where
+    handler = type("BoundHandler", (Handler,), {})
+    try:
+        httpd = _bind(host, port, handler)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if where == config.parse_monitor(config.DEFAULT_MONITOR):
+            log.warning("monitor not started: cannot listen on %s:%d (%s); start with "
+                        "--monitor HOST:PORT or --monitor off", host, port, reason)
+            return None
+        raise MonitorError(f"cannot listen for monitoring on {host}:{port}: {reason}") \
+            from exc
+    version = server.control.version() if hasattr(server, "control") else ""
+    sampler = Sampler(server.loop, version)
+    mon = Monitor(httpd, sampler, server.loop, getattr(cfg, "keep_results", 0))
+    handler.monitor = mon
+    mon._start()
+    log.info("monitor listening on %s", mon.url)
+    return mon

@@ -5,6 +5,8 @@ A fake context stands in for the server. Expected bytes come from gearmand 1.1.2
 probes verbatim against a context that looks like a freshly started gearmand. Tests marked
 `difference` pin a deliberate fix listed in DESIGN.md §5.
 """
+import base64
+
 import pytest
 
 from fastgear import admin
@@ -27,6 +29,8 @@ class FakeContext:
         self.pid_value = 8501
         self.version_value = "1.1.20+ds"
         self.verbose_value = "INFO"
+        self.keep_results_value = 0
+        self.results = []   # kept results, oldest first, as snapshot.result dicts
 
     def functions(self):
         return list(self.function_rows)
@@ -63,6 +67,25 @@ class FakeContext:
 
     def shutdown(self, graceful):
         self.calls.append(("shutdown", graceful))
+
+    def keep_results(self):
+        return self.keep_results_value
+
+    def result(self, handle):
+        self.calls.append(("result", handle))
+        return next((r for r in self.results if r["handle"] == handle), None)
+
+    def results_by_unique(self, unique):
+        self.calls.append(("results_by_unique", unique))
+        return [r for r in reversed(self.results) if r["unique"] == unique]
+
+
+def kept(handle, unique=b"", outcome="complete", data=b"", started_at=1700000000.25,
+         worker="w1", background=True, function=b"f"):
+    """A kept result as snapshot.result returns it."""
+    return {"handle": handle, "function": function, "unique": unique, "outcome": outcome,
+            "data": data, "background": background, "submitted_at": 1700000000.0,
+            "started_at": started_at, "finished_at": 1700000001.5, "worker": worker}
 
 
 @pytest.fixture
@@ -517,7 +540,83 @@ def test_close_is_a_single_sentinel_distinct_from_any_reply():
 def test_every_reply_is_bytes_ending_in_a_newline(ctx):
     lines = [b"status", b"workers", b"prioritystatus", b"show jobs", b"show unique jobs",
              b"cancel job x", b"create function f", b"drop function f", b"maxqueue f",
-             b"getpid", b"verbose", b"version", b"shutdown", b"nonsense", b""]
+             b"getpid", b"verbose", b"version", b"shutdown", b"nonsense", b"",
+             b"result H:x:1", b"result unique u"]
     for line in lines:
         reply = ask(ctx, line)
         assert isinstance(reply, bytes) and reply.endswith(b"\n"), line
+
+
+# --- result (fastgear's own command: kept outcomes of finished jobs) ------------------------
+
+def test_result_of_a_kept_job_is_one_tab_separated_line_then_the_terminator(ctx):
+    ctx.keep_results_value = 60
+    ctx.results = [kept(b"H:x:1", b"u1", data=b"done")]
+    assert ask(ctx, b"result H:x:1") == (
+        b"H:x:1\tf\tu1\tcomplete\t1\t1700000000.000000\t1700000000.250000"
+        b"\t1700000001.500000\tw1\t4\tZG9uZQ==\n.\n")
+
+
+def test_result_data_is_base64_so_tabs_newlines_and_binary_stay_on_one_line(ctx):
+    ctx.keep_results_value = 60
+    ctx.results = [kept(b"H:x:1", data=b"a\tb\nc\xff\x00")]
+    reply = ask(ctx, b"result H:x:1")
+    line, terminator = reply.split(b"\n", 1)
+    assert terminator == b".\n"
+    fields = line.split(b"\t")
+    assert len(fields) == 11
+    assert base64.b64decode(fields[10]) == b"a\tb\nc\xff\x00"
+    assert fields[9] == b"7"
+
+
+def test_result_shows_fail_and_exception_outcomes_and_foreground_jobs(ctx):
+    ctx.keep_results_value = 60
+    ctx.results = [kept(b"H:x:1", outcome="fail", background=False),
+                   kept(b"H:x:2", outcome="exception", data=b"boom")]
+    assert ask(ctx, b"result H:x:1").split(b"\t")[3:5] == [b"fail", b"0"]
+    assert ask(ctx, b"result H:x:2").split(b"\t")[3:5] == [b"exception", b"1"]
+
+
+def test_result_of_a_job_no_worker_started_shows_a_dash_for_its_start_time(ctx):
+    ctx.keep_results_value = 60
+    ctx.results = [kept(b"H:x:1", outcome="fail", started_at=None, worker="")]
+    fields = ask(ctx, b"result H:x:1").split(b"\t")
+    assert fields[6] == b"-"
+    assert fields[8] == b"-"
+
+
+def test_result_by_unique_lists_every_kept_job_with_that_key_newest_first(ctx):
+    ctx.keep_results_value = 60
+    ctx.results = [kept(b"H:x:1", b"k"), kept(b"H:x:2", b"other"), kept(b"H:x:3", b"k")]
+    reply = ask(ctx, b"result unique k")
+    assert [line.split(b"\t")[0] for line in reply.split(b"\n")[:-2]] == [b"H:x:3", b"H:x:1"]
+    assert reply.endswith(b"\n.\n")
+    assert ("results_by_unique", b"k") in ctx.calls
+
+
+def test_result_words_are_case_insensitive_but_the_handle_and_key_are_not(ctx):
+    ctx.keep_results_value = 60
+    ctx.results = [kept(b"H:x:1", b"Key")]
+    assert ask(ctx, b"RESULT UNIQUE Key").startswith(b"H:x:1\t")
+    assert ask(ctx, b"result unique key") == b"ERR UNKNOWN_JOB\r\n"
+    assert ask(ctx, b"result h:x:1") == b"ERR UNKNOWN_JOB\r\n"
+
+
+def test_result_of_an_unknown_or_expired_job_answers_unknown_job(ctx):
+    ctx.keep_results_value = 60
+    assert ask(ctx, b"result H:x:9") == b"ERR UNKNOWN_JOB\r\n"
+    assert ask(ctx, b"result unique nothing") == b"ERR UNKNOWN_JOB\r\n"
+
+
+def test_result_when_results_are_not_kept_says_how_to_keep_them(ctx):
+    ctx.results = [kept(b"H:x:1")]
+    assert ask(ctx, b"result H:x:1") == (
+        b"ERR RESULTS_NOT_KEPT start+the+server+with+--keep-results+SECONDS\r\n")
+    assert ("result", b"H:x:1") not in ctx.calls
+
+
+@pytest.mark.parametrize("line", [b"result", b"result ", b"result a b", b"result unique",
+                                  b"result unique a b", b"result x y z"])
+def test_result_in_any_other_form_is_invalid_arguments(ctx, line):
+    ctx.keep_results_value = 60
+    assert ask(ctx, line) == INVALID_ARGS + b"result\r\n"
