@@ -1119,10 +1119,15 @@ cdef void drop_abilities(Engine *e, Conn *c, Function *only) noexcept nogil:
     cdef Ability *an
     cdef Job *j
     cdef Job *jn
-    while a != NULL:
-        an = a.c_next
-        if only == NULL or a.func == only:
+    if only != NULL:
+        # Through the function index: a CANT_DO costs the same with 10,000 registrations.
+        a = ability_of(c, only)
+        while a != NULL:
             remove_ability(e, c, a)
+            a = ability_of(c, only)
+    while only == NULL and a != NULL:
+        an = a.c_next
+        remove_ability(e, c, a)
         a = an
     j = c.held
     while j != NULL:
