@@ -136,7 +136,10 @@ class Option(NamedTuple):
 
 OPTIONS: tuple[Option, ...] = (
     # General options, in gearmand's --help order
-    Option("backlog", "b", "backlog", int32, 32, "Number of backlog connections for listen."),
+    Option("backlog", "b", "backlog", int32, 4096,
+           "Number of backlog connections for listen (fastgear: default 4096 instead of "
+           "gearmand's 32, capped by net.core.somaxconn, so thousands of workers can "
+           "reconnect at once)."),
     Option("daemon", "d", "daemon", None, False, "Daemon, detach and run in the background."),
     Option("exceptions", None, "exceptions", None, False,
            "Enable protocol exceptions by default."),
@@ -280,7 +283,7 @@ class Config:
 
     port: int = GEARMAND_PORT
     listen: str | None = None            # None: every address, IPv4 and IPv6
-    backlog: int = 32
+    backlog: int = 4096                  # gearmand: 32 (see the OPTIONS row)
     daemon: bool = False
     exceptions: bool = False
     file_descriptors: int | None = None  # None or 0: leave RLIMIT_NOFILE alone

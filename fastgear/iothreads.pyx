@@ -6,7 +6,8 @@
 # loop owns the connections it was given: their sockets, input buffers and send
 # buffers, which only it touches, without a lock. The engine (functions, jobs, queues)
 # is one set of structures behind one mutex, taken once per batch, not per packet:
-#   1. epoll_wait, then recv() every ready socket into its input buffer (no lock);
+#   1. epoll_wait, then recv() every ready socket into its input buffer and accept
+#      pending connections (no lock);
 #   2. lock; parse and apply every complete packet; the engine appends replies to the
 #      target connections' `outbuf` and puts them on the engine's dirty list;
 #   3. still locked, route the dirty list: own connections have `outbuf` moved to their
@@ -17,7 +18,18 @@
 # an earlier timer pokes it. Accepted connections are handed to loops round robin.
 # Text admin lines go to the Python control thread through a C queue and an eventfd;
 # only the connection that sent the line waits (its input is held), so binary and text
-# replies stay in order. Counters are per loop and summed when read.
+# replies stay in order. Events worth a log line (protocol errors, refused and dropped
+# peers) go to the same thread through a second, bounded queue. Counters are per loop
+# and summed when read.
+#
+# Limits. A peer's memory is bounded where it is produced: packets larger than
+# --max-packet are refused from their header (and input buffers grow with the bytes
+# that really arrived, never with what a header announces); output is checked where
+# the engine's replies are staged or routed, because a connection's output is also made
+# by other connections' packets (WORK_* to a foreground client). Past --max-output its
+# input is no longer read or parsed until the backlog halves, so it cannot submit more;
+# past --max-output-hard it is disconnected like any lost peer. --max-connections is
+# checked at accept with an atomic count, so refusing costs no lock.
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset, strlen
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
@@ -56,11 +68,15 @@ cdef inline void drain_fd(int fd) noexcept nogil:
     read(fd, &v, 8)
 
 
+cdef inline IOConn *io_of(Conn *c) noexcept nogil:
+    return <IOConn *>c
+
+
 cdef void set_events(Loop *L, Conn *c) noexcept nogil:
     cdef epoll_event ev
     ev.data.ptr = c
     ev.events = EPOLLOUT if c.want_out else 0
-    if not c.eof and not c.closing and not c.dead:
+    if not c.eof and not c.closing and not c.dead and not io_of(c).paused:
         ev.events |= EPOLLIN
     epoll_ctl(L.epfd, EPOLL_CTL_MOD, c.fd, &ev)
 
@@ -72,11 +88,65 @@ cdef void mark_close(Loop *L, Conn *c) noexcept nogil:
         L.closing = c
 
 
+cdef void post_event(Shared *S, int kind, Conn *c, const char *code,
+                     uint64_t value) noexcept nogil:
+    """(lock) Queue a line for the control thread's log; bounded, then only counted."""
+    cdef LogEvent *ev
+    if S.ev_len >= MAX_LOG_EVENTS:
+        S.ev_dropped += 1
+        return
+    ev = <LogEvent *>calloc(1, sizeof(LogEvent))
+    if ev == NULL:
+        S.ev_dropped += 1
+        return
+    ev.kind = kind
+    if c != NULL:
+        memcpy(ev.ip, c.ip, sizeof(ev.ip))
+        ev.ip[sizeof(ev.ip) - 1] = 0
+        ev.port = io_of(c).port
+        ev.conn_id = c.id
+    ev.code = code
+    ev.value = value
+    if S.ev_tail != NULL:
+        S.ev_tail.next = ev
+    else:
+        S.ev_head = ev
+    S.ev_tail = ev
+    S.ev_len += 1
+    poke_fd(S.adminfd)
+
+
 cdef void protocol_error(Loop *L, Conn *c, const char *code, const char *text) noexcept nogil:
     """Replies already due stay queued; the ERROR goes after them; then we close."""
     L.protocol_errors += 1
+    post_event(L.S, EV_PROTOCOL_ERROR, c, code, 0)
     engine_error(&L.S.eng, c, code, text)
     c.closing = 1
+
+
+cdef void overflow(Shared *S, Conn *c, size_t pending) noexcept nogil:
+    """(lock, any thread) c's unsent output passed --max-output-hard: it is treated as
+    lost now (its jobs requeued or detached), so nothing more is produced for it; the
+    owner closes the socket the next time it stages c."""
+    cdef IOConn *io = io_of(c)
+    io.over = 1
+    post_event(S, EV_OUTPUT_HARD, c, NULL, pending)
+    conn_detach(&S.eng, c)
+    buf_free(&c.outbuf)
+
+
+cdef inline int output_over(Shared *S, Conn *c) noexcept nogil:
+    """(owner) More is waiting to be sent to c than --max-output allows."""
+    return S.max_output != 0 and buf_len(&c.outbuf) + buf_len(&c.wbuf) > S.max_output
+
+
+cdef void pause_input(Loop *L, Conn *c) noexcept nogil:
+    """(owner) Stop reading and parsing c's input until its output drains."""
+    cdef IOConn *io = io_of(c)
+    if not io.paused:
+        io.paused = 1
+        L.paused += 1
+        set_events(L, c)
 
 
 cdef int queue_admin(Shared *S, Conn *c, const char *line, size_t n) noexcept nogil:
@@ -101,15 +171,46 @@ cdef int queue_admin(Shared *S, Conn *c, const char *line, size_t n) noexcept no
     return 0
 
 
+cdef int drain_gate(Shared *S, Conn *c, uint32_t t) noexcept nogil:
+    """(lock) During the SIGTERM grace period running jobs may finish but none start:
+    GRAB gets NO_JOB, PRE_SLEEP is not recorded (so the worker is not woken into a
+    NOOP/GRAB/NO_JOB cycle), and submissions are refused so a client can go to another
+    server. Returns 1 when the packet was answered here."""
+    if t == CMD_GRAB_JOB or t == CMD_GRAB_JOB_UNIQ or t == CMD_GRAB_JOB_ALL:
+        conn_dirty(&S.eng, c)
+        encode0(&c.outbuf, CMD_NO_JOB)
+        return 1
+    if t == CMD_PRE_SLEEP:
+        return 1
+    if (t == CMD_SUBMIT_JOB or t == CMD_SUBMIT_JOB_BG or t == CMD_SUBMIT_JOB_HIGH
+            or t == CMD_SUBMIT_JOB_HIGH_BG or t == CMD_SUBMIT_JOB_LOW
+            or t == CMD_SUBMIT_JOB_LOW_BG or t == CMD_SUBMIT_JOB_SCHED
+            or t == CMD_SUBMIT_JOB_EPOCH or t == CMD_SUBMIT_REDUCE_JOB
+            or t == CMD_SUBMIT_REDUCE_JOB_BACKGROUND):
+        engine_error(&S.eng, c, b"SHUTTING_DOWN",
+                     b"Server is shutting down; submit the job to another server")
+        return 1
+    return 0
+
+
 cdef void process_input(Loop *L, Conn *c) noexcept nogil:
-    """(lock) Parse and apply every complete packet in c's input buffer."""
+    """(lock) Parse and apply every complete packet in c's input buffer, until its
+    output backlog passes --max-output."""
     cdef Packet pkt
     cdef int st, r
+    cdef size_t have, grow
     cdef Shared *S = L.S
-    while not c.closing and not c.admin_pending and not c.dead:
+    cdef IOConn *io = io_of(c)
+    while not c.closing and not c.admin_pending and not c.dead and not io.over:
+        if output_over(S, c):
+            pause_input(L, c)
+            break
         st = parse_packet(buf_head(&c.inbuf), buf_len(&c.inbuf), S.max_packet, &pkt)
         if st == P_PACKET:
-            r = engine_packet(&S.eng, c, &pkt)
+            if S.draining and drain_gate(S, c, pkt.type):
+                r = E_OK
+            else:
+                r = engine_packet(&S.eng, c, &pkt)
             buf_consume(&c.inbuf, pkt.size)
             if r != E_OK:
                 protocol_error(L, c, b"MEMORY_ALLOCATION_FAILURE", b"Out of memory")
@@ -118,8 +219,16 @@ cdef void process_input(Loop *L, Conn *c) noexcept nogil:
                 c.closing = 1
             buf_consume(&c.inbuf, pkt.size)
         elif st == P_NEED_MORE:
-            if pkt.need and buf_reserve(&c.inbuf, pkt.need - buf_len(&c.inbuf)) != 0:
-                protocol_error(L, c, b"MEMORY_ALLOCATION_FAILURE", b"Out of memory")
+            # Room for the rest of the packet, but never more than doubling what has
+            # arrived: a header announcing a large body costs nothing until the body
+            # comes (10,000 peers announcing --max-packet each must not reserve it).
+            have = buf_len(&c.inbuf)
+            if pkt.need > have:
+                grow = pkt.need - have
+                if grow > have and grow > READ_CHUNK:
+                    grow = have if have > READ_CHUNK else READ_CHUNK
+                if buf_reserve(&c.inbuf, grow) != 0:
+                    protocol_error(L, c, b"MEMORY_ALLOCATION_FAILURE", b"Out of memory")
             break
         elif st == P_BAD_MAGIC:
             protocol_error(L, c, b"INVALID_MAGIC", b"Request magic expected")
@@ -129,15 +238,18 @@ cdef void process_input(Loop *L, Conn *c) noexcept nogil:
             protocol_error(L, c, b"INVALID_PACKET",
                            b"Packet arguments missing within the declared length")
         elif st == P_TOO_LARGE:
-            protocol_error(L, c, b"ARGUMENT_TOO_LARGE", b"Packet larger than the server allows")
+            protocol_error(L, c, b"ARGUMENT_TOO_LARGE",
+                           b"Packet larger than the server allows (--max-packet)")
         else:
             L.protocol_errors += 1
+            post_event(S, EV_PROTOCOL_ERROR, c, b"LINE_TOO_LONG", 0)
             buf_append(&c.outbuf, LINE_TOO_LONG, strlen(LINE_TOO_LONG))
             conn_dirty(&S.eng, c)
             c.closing = 1
-    if c.eof and not c.admin_pending:
+    # A paused connection's unread input waits, even after its peer's EOF.
+    if c.eof and not c.admin_pending and not io.paused:
         c.closing = 1
-    if c.closing or c.dead:
+    if c.closing or c.dead or io.over:
         buf_consume(&c.inbuf, buf_len(&c.inbuf))
         # Let the peer's jobs go now; what is queued for it is still flushed.
         conn_detach(&S.eng, c)
@@ -177,7 +289,11 @@ cdef int read_conn(Loop *L, Conn *c) noexcept nogil:
 
 
 cdef void stage(Loop *L, Conn *c) noexcept nogil:
-    """(lock) Move what the engine queued for c into c's send buffer."""
+    """(lock) Move what the engine queued for c into c's send buffer, and enforce the
+    output bounds: past --max-output stop reading c, past --max-output-hard drop it."""
+    cdef Shared *S = L.S
+    cdef IOConn *io = io_of(c)
+    cdef size_t pending
     if buf_len(&c.outbuf):
         if buf_len(&c.wbuf) == 0:
             buf_free(&c.wbuf)
@@ -187,6 +303,20 @@ cdef void stage(Loop *L, Conn *c) noexcept nogil:
             buf_consume(&c.outbuf, buf_len(&c.outbuf))
         else:
             c.dead = 1
+    pending = buf_len(&c.wbuf)
+    if not io.over and S.max_output_hard and pending > S.max_output_hard and not c.dead:
+        overflow(S, c, pending)
+    if io.over:
+        if not c.in_close:
+            L.hard_closed += 1
+            c.dead = 1
+            buf_free(&c.wbuf)
+            fg_store_size(&io.wlen, 0)
+            mark_close(L, c)
+        return
+    fg_store_size(&io.wlen, pending)
+    if S.max_output and pending > S.max_output and not c.dead:
+        pause_input(L, c)
     if not c.in_flush:
         c.in_flush = 1
         c.flush_next = L.flush
@@ -195,9 +325,12 @@ cdef void stage(Loop *L, Conn *c) noexcept nogil:
 
 cdef void route(Shared *S, Loop *me) noexcept nogil:
     """(lock) Hand every dirty connection to its owner: staged here if it is ours,
-    otherwise queued on its loop's remote list and that loop poked once."""
+    otherwise queued on its loop's remote list and that loop poked once. Output to
+    another loop's connection is bounded here, as it is made: the owner may be slow to
+    come round, and a foreground client's results are produced by its workers' loops."""
     cdef Conn *c
     cdef Loop *o
+    cdef size_t pending
     while S.eng.dirty != NULL:
         c = S.eng.dirty
         S.eng.dirty = c.dirty_next
@@ -208,6 +341,10 @@ cdef void route(Shared *S, Loop *me) noexcept nogil:
         if me != NULL and c.thread == me.idx:
             stage(me, c)
             continue
+        if S.max_output_hard and not io_of(c).over:
+            pending = buf_len(&c.outbuf) + fg_load_size(&io_of(c).wlen)
+            if pending > S.max_output_hard:
+                overflow(S, c, pending)
         o = &S.loops[c.thread]
         if not c.in_remote:
             c.in_remote = 1
@@ -222,6 +359,7 @@ cdef void collect(Loop *L) noexcept nogil:
     """(lock) Everything this loop must act on after a batch."""
     cdef Shared *S = L.S
     cdef Conn *c
+    cdef IOConn *io
     L.poke_pending = 0
     while L.resume != NULL:
         c = L.resume
@@ -230,6 +368,13 @@ cdef void collect(Loop *L) noexcept nogil:
         if c.admin_close:
             c.closing = 1
         if not c.dead and not c.in_close:
+            process_input(L, c)
+    while L.unpause != NULL:
+        io = L.unpause
+        L.unpause = io.unpause_next
+        io.in_unpause = 0
+        c = &io.c
+        if not c.dead and not c.in_close and not io.paused:
             process_input(L, c)
     while L.remote != NULL:
         c = L.remote
@@ -250,8 +395,11 @@ cdef void collect(Loop *L) noexcept nogil:
 
 
 cdef void flush_conn(Loop *L, Conn *c) noexcept nogil:
-    """(no lock) send() c's staged bytes; register for EPOLLOUT if the socket is full."""
+    """(no lock) send() c's staged bytes; register for EPOLLOUT if the socket is full;
+    resume reading a paused connection once its backlog has halved."""
     cdef ssize_t n
+    cdef IOConn *io = io_of(c)
+    cdef int resume = 0
     while buf_len(&c.wbuf) and not c.dead:
         n = send(c.fd, buf_head(&c.wbuf), buf_len(&c.wbuf), MSG_NOSIGNAL)
         if n > 0:
@@ -264,15 +412,29 @@ cdef void flush_conn(Loop *L, Conn *c) noexcept nogil:
         c.dead = 1
     if c.dead:
         buf_consume(&c.wbuf, buf_len(&c.wbuf))
+    fg_store_size(&io.wlen, buf_len(&c.wbuf))
+    if (io.paused and not c.dead and not c.in_close
+            and buf_len(&c.wbuf) <= L.S.max_output // 2):
+        io.paused = 0
+        resume = 1
+        # Input already buffered is parsed in the next locked section.
+        if not io.in_unpause:
+            io.in_unpause = 1
+            io.unpause_next = L.unpause
+            L.unpause = io
     if buf_len(&c.wbuf):
         if not c.want_out:
             c.want_out = 1
+            resume = 1
+        if resume:
             set_events(L, c)
         return
     buf_shrink(&c.wbuf, KEEP_BUFFER)
     buf_shrink(&c.inbuf, KEEP_BUFFER)
     if c.want_out:
         c.want_out = 0
+        resume = 1
+    if resume:
         set_events(L, c)
 
 
@@ -315,6 +477,8 @@ cdef void free_conns(Loop *L, Conn *gone) noexcept nogil:
         c = gone
         gone = c.close_next
         epoll_ctl(L.epfd, EPOLL_CTL_DEL, c.fd, NULL)
+        # Counted out before the peer can see the close and connect again.
+        fg_add_i64(&L.S.open_conns, -1)
         close(c.fd)
         buf_free(&c.inbuf)
         buf_free(&c.outbuf)
@@ -343,65 +507,136 @@ cdef int is_loopback(sockaddr_storage *ss) noexcept nogil:
     return 1    # unix sockets are local
 
 
-cdef void accept_all(Loop *L, int lfd) noexcept nogil:
-    """(lock) Accept what is pending and hand each connection to a loop in turn."""
+cdef const char *BUSY_PACKET = (b"\0RES\0\0\0\x13\0\0\0\x38SERVER_BUSY\0"
+                                b"Connection limit reached (--max-connections)")
+cdef enum:
+    BUSY_PACKET_LEN = 12 + 0x38
+
+
+cdef void refuse(int fd) noexcept nogil:
+    """(no lock) One ERROR packet, then close. The FIN goes out before close(), and
+    what the peer already sent is read first, so the close is not a reset that could
+    discard the ERROR on the peer's side."""
+    cdef char scratch[512]
+    send(fd, BUSY_PACKET, BUSY_PACKET_LEN, MSG_NOSIGNAL | MSG_DONTWAIT)
+    shutdown(fd, SHUT_WR)
+    recv(fd, scratch, sizeof(scratch), MSG_DONTWAIT)
+    close(fd)
+
+
+cdef void tune_socket(Shared *S, int fd) noexcept nogil:
+    cdef int one = 1
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+    # Every accepted socket gets SO_KEEPALIVE, as in gearmand; --keepalive-* tune it.
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one))
+    if S.keepalive:
+        if S.keep_idle > 0:
+            setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &S.keep_idle, sizeof(int))
+        if S.keep_intvl > 0:
+            setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &S.keep_intvl, sizeof(int))
+        if S.keep_cnt > 0:
+            setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &S.keep_cnt, sizeof(int))
+
+
+cdef int accept_some(Loop *L, int lfd, IOConn **out, int room, uint64_t *refused,
+                     int *failed) noexcept nogil:
+    """(no lock) Accept up to `room` pending connections from one listener into new,
+    not yet attached IOConns; over --max-connections (or out of descriptors) a peer is
+    refused at once. Returns how many were accepted."""
     cdef Shared *S = L.S
     cdef sockaddr_storage ss
     cdef socklen_t sl
-    cdef int fd, one = 1, _k
-    cdef Conn *c
-    cdef Conn **nt
-    cdef size_t ncap
-    cdef epoll_event ev
-    for _k in range(ACCEPT_BUDGET):
+    cdef int fd, n = 0, _try
+    cdef IOConn *io
+    for _try in range(room):
         sl = sizeof(ss)
         fd = accept4(lfd, <sockaddr *>&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC)
         if fd < 0:
-            if errno == EINTR:
+            if errno == EINTR or errno == ECONNABORTED:
                 continue
-            return
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
-        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one))
-        if <size_t>fd >= S.conns_cap:
-            ncap = S.conns_cap * 2 if S.conns_cap else 1024
-            while ncap <= <size_t>fd:
-                ncap *= 2
-            nt = <Conn **>realloc(S.conns, ncap * sizeof(Conn *))
-            if nt == NULL:
-                close(fd)
-                continue
-            memset(nt + S.conns_cap, 0, (ncap - S.conns_cap) * sizeof(Conn *))
-            S.conns = nt
-            S.conns_cap = ncap
-        c = <Conn *>calloc(1, sizeof(Conn))
-        if c == NULL:
+            if (errno == EMFILE or errno == ENFILE) and L.spare_fd >= 0:
+                # Level-triggered: a peer left in the backlog would wake us forever.
+                # Give up the spare descriptor to take it off the queue and refuse it.
+                failed[0] = errno
+                close(L.spare_fd)
+                fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
+                if fd >= 0:
+                    refuse(fd)
+                    refused[0] += 1
+                L.spare_fd = c_open(b"/dev/null", O_RDONLY | O_CLOEXEC)
+                if fd >= 0:
+                    continue
+            elif errno != EAGAIN:
+                failed[0] = errno
+            break
+        if (S.max_connections and
+                fg_add_i64(&S.open_conns, 1) > S.max_connections):
+            fg_add_i64(&S.open_conns, -1)
+            refuse(fd)
+            refused[0] += 1
+            continue
+        if not S.max_connections:
+            fg_add_i64(&S.open_conns, 1)
+        io = <IOConn *>calloc(1, sizeof(IOConn))
+        if io == NULL:
+            fg_add_i64(&S.open_conns, -1)
             close(fd)
             continue
-        c.fd = fd
-        buf_init(&c.inbuf)
-        buf_init(&c.outbuf)
-        buf_init(&c.wbuf)
+        tune_socket(S, fd)
+        io.c.fd = fd
+        buf_init(&io.c.inbuf)
+        buf_init(&io.c.outbuf)
+        buf_init(&io.c.wbuf)
         if ss.ss_family == AF_INET:
-            inet_ntop(AF_INET, &(<sockaddr_in *>&ss).sin_addr, c.ip, sizeof(c.ip))
+            inet_ntop(AF_INET, &(<sockaddr_in *>&ss).sin_addr, io.c.ip, sizeof(io.c.ip))
+            io.port = ntohs((<sockaddr_in *>&ss).sin_port)
         elif ss.ss_family == AF_INET6:
-            inet_ntop(AF_INET6, &(<sockaddr_in6 *>&ss).sin6_addr, c.ip, sizeof(c.ip))
-        c.loopback = <uint8_t>is_loopback(&ss)
-        c.thread = S.next_loop
-        S.next_loop = (S.next_loop + 1) % S.nloops
-        conn_attach(&S.eng, c)
-        S.conns[fd] = c
-        L.accepted += 1
-        ev.events = EPOLLIN
-        ev.data.ptr = c
-        epoll_ctl(S.loops[c.thread].epfd, EPOLL_CTL_ADD, fd, &ev)
+            inet_ntop(AF_INET6, &(<sockaddr_in6 *>&ss).sin6_addr, io.c.ip, sizeof(io.c.ip))
+            io.port = ntohs((<sockaddr_in6 *>&ss).sin6_port)
+        io.c.loopback = <uint8_t>is_loopback(&ss)
+        out[n] = io
+        n += 1
+    return n
+
+
+cdef void attach_conn(Loop *L, IOConn *io) noexcept nogil:
+    """(lock) Register an accepted connection and hand it to a loop in turn."""
+    cdef Shared *S = L.S
+    cdef Conn *c = &io.c
+    cdef Conn **nt
+    cdef size_t ncap
+    cdef epoll_event ev
+    cdef int fd = c.fd
+    if <size_t>fd >= S.conns_cap:
+        ncap = S.conns_cap * 2 if S.conns_cap else 1024
+        while ncap <= <size_t>fd:
+            ncap *= 2
+        nt = <Conn **>realloc(S.conns, ncap * sizeof(Conn *))
+        if nt == NULL:
+            close(fd)
+            fg_add_i64(&S.open_conns, -1)
+            free(io)
+            return
+        memset(nt + S.conns_cap, 0, (ncap - S.conns_cap) * sizeof(Conn *))
+        S.conns = nt
+        S.conns_cap = ncap
+    c.thread = S.next_loop
+    S.next_loop = (S.next_loop + 1) % S.nloops
+    conn_attach(&S.eng, c)
+    S.conns[fd] = c
+    L.accepted += 1
+    ev.events = EPOLLIN
+    ev.data.ptr = c
+    epoll_ctl(S.loops[c.thread].epfd, EPOLL_CTL_ADD, fd, &ev)
 
 
 cdef void loop_run(Loop *L) noexcept nogil:
     cdef Shared *S = L.S
     cdef epoll_event events[MAX_EVENTS]
     cdef Conn *ready[MAX_EVENTS]
-    cdef int n, i, nready, nlisten_ev
-    cdef int listen_ev[MAX_EVENTS]
+    cdef IOConn *accepted[ACCEPT_BUDGET]
+    cdef int n, i, nready, naccepted, accept_failed
+    cdef uint64_t refused
     cdef int64_t timeout
     cdef uint64_t tag
     cdef Conn *c
@@ -428,20 +663,26 @@ cdef void loop_run(Loop *L) noexcept nogil:
         unlock(S)
         flush_all(L)
         free_conns(L, gone)
-        if L.check != NULL:
-            timeout = 0     # connections to close once their last bytes are out
+        if L.check != NULL or L.unpause != NULL:
+            timeout = 0     # connections to close, or to read again, without waiting
         n = epoll_wait(L.epfd, events, MAX_EVENTS,
                        <int>timeout if timeout < 0x7fffffff else 0x7fffffff)
-        # Reads need no lock: sockets and input buffers belong to this loop.
+        # Reads and accepts need no lock: sockets and input buffers belong to this
+        # loop, and the connection count is atomic. At most ACCEPT_BUDGET accepts per
+        # wake-up, so a reconnect storm is absorbed over several batches while the
+        # connections already here keep being served in between.
         nready = 0
-        nlisten_ev = 0
+        naccepted = 0
+        refused = 0
+        accept_failed = 0
         for i in range(n if n > 0 else 0):
             tag = events[i].data.u64
             if tag == TAG_WAKE:
                 drain_fd(L.wakefd)
             elif tag & TAG_LISTEN:
-                listen_ev[nlisten_ev] = <int>(tag >> 4)
-                nlisten_ev += 1
+                naccepted += accept_some(L, <int>(tag >> 4), accepted + naccepted,
+                                         ACCEPT_BUDGET - naccepted, &refused,
+                                         &accept_failed)
             else:
                 # Only this loop frees its connections, after the batch: the pointer
                 # is valid, and in_close is only written by this thread.
@@ -454,13 +695,25 @@ cdef void loop_run(Loop *L) noexcept nogil:
                         c.flush_next = L.flush
                         L.flush = c
                 if events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP):
-                    if read_conn(L, c):
+                    if io_of(c).paused:
+                        # Not reading it, but a reset peer can no longer take output.
+                        if events[i].events & (EPOLLERR | EPOLLHUP):
+                            c.dead = 1
+                            c.eof = 1
+                            ready[nready] = c
+                            nready += 1
+                    elif read_conn(L, c):
                         ready[nready] = c
                         nready += 1
         lock(S)
         engine_clock(&S.eng)
-        for i in range(nlisten_ev):
-            accept_all(L, listen_ev[i])
+        if refused:
+            L.refused += refused
+            post_event(S, EV_REFUSED, NULL, NULL, refused)
+        if accept_failed:
+            post_event(S, EV_ACCEPT_FAILED, NULL, NULL, <uint64_t>accept_failed)
+        for i in range(naccepted):
+            attach_conn(L, accepted[i])
         for i in range(nready):
             c = ready[i]
             if not c.in_close:
@@ -473,6 +726,13 @@ cdef void loop_run(Loop *L) noexcept nogil:
                 (S.timer_wake_ms < 0 or S.eng.heap[0].timer_ms < S.timer_wake_ms)):
             S.timer_wake_ms = S.eng.heap[0].timer_ms
             poke_fd(S.loops[0].wakefd)
+
+
+# LogEvent kinds, for the control thread that formats them.
+EVENT_PROTOCOL_ERROR = EV_PROTOCOL_ERROR
+EVENT_OUTPUT_HARD = EV_OUTPUT_HARD
+EVENT_REFUSED = EV_REFUSED
+EVENT_ACCEPT_FAILED = EV_ACCEPT_FAILED
 
 
 def _check(int rc, what):
@@ -518,6 +778,7 @@ cdef class IOLoop:
             L.idx = i
             L.epfd = _check(epoll_create1(EPOLL_CLOEXEC), "epoll_create1")
             L.wakefd = _check(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd")
+            L.spare_fd = c_open(b"/dev/null", O_RDONLY | O_CLOEXEC)
             self.S.nloops += 1
             ev.events = EPOLLIN
             ev.data.u64 = TAG_WAKE
@@ -526,6 +787,7 @@ cdef class IOLoop:
     def __dealloc__(self):
         cdef Conn *c
         cdef AdminReq *r
+        cdef LogEvent *ev
         cdef size_t i
         cdef int k
         if self.S == NULL:
@@ -543,10 +805,16 @@ cdef class IOLoop:
             r = self.S.admin_head
             self.S.admin_head = r.next
             free(r)
+        while self.S.ev_head != NULL:
+            ev = self.S.ev_head
+            self.S.ev_head = ev.next
+            free(ev)
         engine_free(&self.S.eng)
         for k in range(self.S.nloops):
             close(self.S.loops[k].epfd)
             close(self.S.loops[k].wakefd)
+            if self.S.loops[k].spare_fd >= 0:
+                close(self.S.loops[k].spare_fd)
         free(self.S.loops)
         close(self.S.adminfd)
         close(self.S.storefd)
@@ -557,6 +825,78 @@ cdef class IOLoop:
     @property
     def threads(self):
         return self.S.nloops
+
+    def set_limits(self, size_t max_output=0, size_t max_output_hard=0,
+                   long long max_connections=0, bint keepalive=False,
+                   int keepalive_idle=-1, int keepalive_interval=-1,
+                   int keepalive_count=-1):
+        """Per-connection I/O limits (0: none) and the keepalive tuning of accepted
+        sockets; set before serving (server.py, once -f has been applied)."""
+        if max_output_hard and max_output and max_output_hard < max_output:
+            raise ValueError("max_output_hard must not be less than max_output")
+        with nogil:
+            lock(self.S)
+            self.S.max_output = max_output
+            self.S.max_output_hard = max_output_hard
+            self.S.max_connections = max_connections if max_connections > 0 else 0
+            self.S.keepalive = keepalive
+            self.S.keep_idle = keepalive_idle
+            self.S.keep_intvl = keepalive_interval
+            self.S.keep_cnt = keepalive_count
+            unlock(self.S)
+
+    def set_draining(self, bint draining):
+        """SIGTERM grace period: running jobs finish, no job starts, submissions get
+        ERROR SHUTTING_DOWN."""
+        with nogil:
+            lock(self.S)
+            self.S.draining = draining
+            unlock(self.S)
+
+    def events_take(self):
+        """([(kind, ip, port, conn_id, code, value)], dropped): events the loops want
+        logged, oldest first, and how many were only counted since the last call."""
+        cdef LogEvent *head
+        cdef LogEvent *ev
+        cdef uint64_t dropped
+        with nogil:
+            lock(self.S)
+            head = self.S.ev_head
+            self.S.ev_head = NULL
+            self.S.ev_tail = NULL
+            self.S.ev_len = 0
+            dropped = self.S.ev_dropped
+            self.S.ev_dropped = 0
+            unlock(self.S)
+        out = []
+        while head != NULL:
+            ev = head
+            head = ev.next
+            out.append((ev.kind, ev.ip.decode("ascii", "replace"), ev.port, ev.conn_id,
+                        ev.code.decode("ascii", "replace") if ev.code != NULL else "",
+                        ev.value))
+            free(ev)
+        return out, dropped
+
+    def io_stats(self):
+        """The I/O layer's counters, summed over the loops."""
+        cdef int k
+        cdef uint64_t refused = 0, paused = 0, hard = 0, accepted = 0, errors = 0
+        with nogil:
+            lock(self.S)
+            for k in range(self.S.nloops):
+                refused += self.S.loops[k].refused
+                paused += self.S.loops[k].paused
+                hard += self.S.loops[k].hard_closed
+                accepted += self.S.loops[k].accepted
+                errors += self.S.loops[k].protocol_errors
+            unlock(self.S)
+        return {"open_connections": fg_load_i64(&self.S.open_conns), "accepted": accepted,
+                "refused": refused, "paused": paused,
+                "output_hard_closed": hard, "protocol_errors": errors,
+                "max_connections": self.S.max_connections,
+                "max_output": self.S.max_output, "max_output_hard": self.S.max_output_hard,
+                "max_packet": self.S.max_packet}
 
     def add_listener(self, int fd):
         """Every loop watches the listener (EPOLLEXCLUSIVE: one wakes per connection);

@@ -6,7 +6,16 @@ the compiled I/O loop in a native thread, and then becomes the control thread: i
 text admin lines handed over by the loop (formatted by admin.py) and reacts to signals
 (SIGTERM/SIGINT stop, SIGUSR1 stop accepting and exit once no job is left, SIGHUP reopen
 the log). The control thread is the only one that holds the GIL; the loop never waits
-for it except on the one connection whose admin line it is answering.
+for it except on the one connection whose admin line it is answering. It also logs the
+events the loops queue for it (protocol errors, refused and dropped peers), which they
+cannot log themselves.
+
+Shutdown paths: SIGINT, and SIGTERM without --shutdown-timeout, stop at once (as
+gearmand); SIGTERM with --shutdown-timeout S stops accepting, lets running jobs finish
+for up to S seconds while no new job starts, then exits (a second SIGTERM exits at
+once); SIGUSR1 stops accepting and exits once no job is left (gearmand's meaning). On
+every path the I/O loops stop before the store thread's last commit, so every job that
+was acknowledged and not finished is still in the store file.
 """
 import errno
 import logging
@@ -16,6 +25,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 
 from fastgear import __version__, admin, monitor, snapshot
 from fastgear.persist import StoreThread
@@ -77,15 +87,9 @@ def bind_listeners(cfg):
             if family == socket.AF_INET6:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if cfg.keepalive:
-                # Accepted sockets inherit these from the listener on Linux.
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-                for opt, value in ((socket.TCP_KEEPIDLE, cfg.keepalive_idle),
-                                   (socket.TCP_KEEPINTVL, cfg.keepalive_interval),
-                                   (socket.TCP_KEEPCNT, cfg.keepalive_count)):
-                    if value is not None and value > 0:
-                        s.setsockopt(socket.IPPROTO_TCP, opt, value)
             s.bind(addr)
+            # The kernel caps the backlog at net.core.somaxconn (gearmand's 32 drops
+            # SYNs when thousands of workers reconnect after a restart).
             s.listen(cfg.backlog)
             s.setblocking(False)
             socks.append(s)
@@ -121,6 +125,21 @@ def apply_process_options(cfg):
         except (ValueError, OSError) as exc:
             raise StartupError(
                 f"cannot set file descriptor limit to {cfg.file_descriptors}: {exc}") from exc
+
+
+FD_RESERVE = 64
+
+
+def connection_limit(cfg):
+    """--max-connections, or with 0 the descriptor limit (after -f) less a reserve for
+    listeners, epoll and eventfds, the log and the store; 0 back means no limit."""
+    if cfg.max_connections:
+        return cfg.max_connections
+    import resource
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 0
+    return max(1, soft - FD_RESERVE)
 
 
 def write_pid_file(cfg):
@@ -225,14 +244,28 @@ class Server:
         self.loop = IOLoop(prefix.encode(), threads=max(1, cfg.threads),
                            job_retries=cfg.job_retries & 0xff,
                            worker_wakeup=cfg.worker_wakeup & 0xff,
-                           round_robin=cfg.round_robin, exceptions=cfg.exceptions)
+                           round_robin=cfg.round_robin, exceptions=cfg.exceptions,
+                           max_packet=cfg.max_packet)
         snapshot.configure(self.loop, cfg)
         self.control = Control(self.loop, cfg, self)
         self.sockets = []
         self.threads = []
         self._stop = False
         self._graceful = False
+        self._term = False          # SIGTERM with --shutdown-timeout: the grace period
+        self.max_connections = 0
         self._reopen_log = False
+
+    def apply_limits(self):
+        """The I/O limits; after -f, which --max-connections 0 depends on."""
+        limit = connection_limit(self.cfg)
+        self.loop.set_limits(max_output=self.cfg.max_output,
+                             max_output_hard=self.cfg.max_output_hard,
+                             max_connections=limit, keepalive=self.cfg.keepalive,
+                             keepalive_idle=self.cfg.keepalive_idle,
+                             keepalive_interval=self.cfg.keepalive_interval,
+                             keepalive_count=self.cfg.keepalive_count)
+        return limit
 
     def request_stop(self, graceful=False):
         if graceful:
@@ -247,7 +280,9 @@ class Server:
             signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum, frame):
-        if signum in (signal.SIGTERM, signal.SIGINT):
+        if signum == signal.SIGTERM and self.cfg.shutdown_timeout > 0 and not self._term:
+            self._term = True
+        elif signum in (signal.SIGTERM, signal.SIGINT):
             self._stop = True
         elif signum == signal.SIGUSR1:
             self._graceful = True
@@ -282,6 +317,36 @@ class Server:
             else:
                 self.loop.admin_reply(fd, conn_id, reply)
 
+    def log_events(self):
+        """Log what the loops queued: they run without the GIL and cannot log."""
+        from fastgear import iothreads as io
+
+        events, dropped = self.loop.events_take()
+        for kind, ip, port, conn_id, code, value in events:
+            peer = f"{ip}:{port}" if ip else "?"
+            if kind == io.EVENT_PROTOCOL_ERROR:
+                log.warning("protocol error from %s (connection %d): %s; connection closed",
+                            peer, conn_id, code)
+            elif kind == io.EVENT_OUTPUT_HARD:
+                log.error("disconnected %s (connection %d): %d bytes of output it does not "
+                          "read (--max-output-hard %d)", peer, conn_id, value,
+                          self.cfg.max_output_hard)
+            elif kind == io.EVENT_REFUSED:
+                log.warning("refused %d connection(s): connection limit %d reached "
+                            "(--max-connections, -f)", value, self.max_connections)
+            elif kind == io.EVENT_ACCEPT_FAILED:
+                log.error("accept failed: %s", os.strerror(value))
+        if dropped:
+            log.warning("%d more events were not logged (too many at once)", dropped)
+
+    def job_counts(self):
+        """(queued, running) over every function; queued includes future jobs."""
+        queued = running = 0
+        for _name, total, run, *_ in snapshot.functions(self.loop):
+            queued += total - run
+            running += run
+        return queued, running
+
     def control_loop(self):
         rfd, wfd = os.pipe()
         os.set_blocking(rfd, False)
@@ -291,10 +356,11 @@ class Server:
         poller.register(self.loop.admin_fd, select.POLLIN)
         poller.register(rfd, select.POLLIN)
         draining = False
+        term_deadline = None
         try:
             while not self._stop:
                 try:
-                    ready = poller.poll(250)
+                    ready = poller.poll(50 if draining or term_deadline else 250)
                 except InterruptedError:
                     ready = []
                 for fd, _ in ready:
@@ -305,6 +371,7 @@ class Server:
                             pass
                     else:
                         self.serve_admin()
+                        self.log_events()
                 if self._reopen_log:
                     self._reopen_log = False
                     setup_logging(self.cfg)
@@ -316,10 +383,37 @@ class Server:
                 if draining and snapshot.stats(self.loop)["jobs"] == 0:
                     log.info("graceful shutdown: no jobs left")
                     break
+                if self._term and term_deadline is None:
+                    term_deadline = time.monotonic() + self.cfg.shutdown_timeout
+                    self.loop.set_draining(True)
+                    if not draining:
+                        self.stop_accepting()
+                    queued, running = self.job_counts()
+                    log.info("SIGTERM: no longer accepting connections or starting jobs; "
+                             "waiting up to %ds for %d running jobs (%d queued)",
+                             self.cfg.shutdown_timeout, running, queued)
+                if term_deadline is not None:
+                    queued, running = self.job_counts()
+                    if running == 0:
+                        log.info("SIGTERM: no running jobs left")
+                        break
+                    if time.monotonic() >= term_deadline:
+                        log.warning("SIGTERM: --shutdown-timeout %ds reached with %d jobs "
+                                    "still running", self.cfg.shutdown_timeout, running)
+                        break
         finally:
+            self.log_events()
             signal.set_wakeup_fd(old_wakeup)
             os.close(rfd)
             os.close(wfd)
+
+    def report_remaining(self, durable):
+        queued, running = self.job_counts()
+        if queued or running:
+            where = ("background jobs stay in the store" if durable
+                     else "they are lost (no --store)")
+            log.warning("exiting with %d jobs queued and %d running: %s", queued, running,
+                        where)
 
     def shutdown(self):
         self.loop.stop()
@@ -347,6 +441,7 @@ def run(cfg):
             daemonize()
         pid_path = write_pid_file(cfg)
         drop_privileges(cfg)
+        srv.max_connections = srv.apply_limits()
     except (StartupError, StoreError) as exc:
         log.error("%s", exc)
         print(f"fastgear: {exc}", file=sys.stderr)
@@ -374,10 +469,16 @@ def run(cfg):
     finally:
         if mon is not None:
             mon.stop()
+        srv.report_remaining(store is not None)
+        # Loops first: after this no job is acknowledged or finished, so the store
+        # thread's last commit holds every acknowledged, unfinished job.
         srv.shutdown()
         if store_thread is not None:
-            store_thread.stop()
-            store.close()
+            if store_thread.stop():
+                store.close()
+            else:
+                log.error("store thread did not finish its last commit in time; "
+                          "acknowledged jobs are in the file, the last deletes may not be")
         remove_pid_file(pid_path)
     log.info("fastgear stopped")
     return 0

@@ -59,6 +59,9 @@ class StoreThread(threading.Thread):
         self.rows_deleted += len(deletes)
         self.loop.store_done(list(zip([a[0] for a in adds], row_ids)), [])
 
-    def stop(self):
+    def stop(self, timeout=30):
+        """Let the last commit run (the loops have stopped by now, so it holds every
+        row they handed over); False when it did not finish in time."""
         self.stopping.set()
-        self.join(30)
+        self.join(timeout)
+        return not self.is_alive()
