@@ -47,6 +47,7 @@ log = logging.getLogger("fastgear")
 
 PRIORITIES = ("high", "normal", "low")
 COUNTERS = ("submitted", "completed", "failed", "exception", "retried")
+_ZEROS = (0,) * len(COUNTERS)
 SAMPLE_PERIOD_S = 1.0
 HISTORY_SAMPLES = 600        # ten minutes at one sample per second
 CACHE_S = 0.25               # a request reuses a sample this young
@@ -126,9 +127,10 @@ class Sampler:
 
     @staticmethod
     def _rates(f, ref, mono) -> dict:
-        before = ref[1].get(f["name"]) if ref is not None else None
-        if before is None:
+        if ref is None:
             return dict.fromkeys(COUNTERS, 0.0)
+        # A function missing from the reference sample was created since: it had none.
+        before = ref[1].get(f["name"], _ZEROS)
         dt = mono - ref[0]
         # A function dropped and created again restarts its counters: never negative.
         return {k: max(f[k] - b, 0) / dt for k, b in zip(COUNTERS, before)}
@@ -414,6 +416,9 @@ def _query(raw: str) -> dict:
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Answers to unparsable or HTTP/0.9 request lines still carry a status line and
+    # headers (http.server would send a bare body), so any client sees the error.
+    default_request_version = "HTTP/1.0"
     server_version = "fastgear-monitor"
     sys_version = ""
     timeout = IDLE_TIMEOUT_S
