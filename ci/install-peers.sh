@@ -4,6 +4,7 @@
 #   gearman-tools          the `gearman` CLI and `gearadmin`
 #   libgearman-client-perl Perl Gearman::Client / Gearman::Worker
 #   php-cli php-gearman    PHP GearmanClient / GearmanWorker (libgearman)
+#   chromium               headless browser for the dashboard test (tests/test_dashboard_browser.py)
 # Idempotent: when every package is already installed apt-get is not run at all.
 # Needs root (or sudo) only when something is missing. Python peers (gear,
 # python3-gearman) come from `pip install -e '.[test]'`, not from here.
@@ -11,7 +12,7 @@
 # servers on free loopback ports and port 4730 must not be taken by a stray daemon.
 set -euo pipefail
 
-PACKAGES=(gearman-job-server gearman-tools libgearman-client-perl php-cli php-gearman)
+PACKAGES=(gearman-job-server gearman-tools libgearman-client-perl php-cli php-gearman chromium)
 SERVICE=gearman-job-server
 
 log() { printf 'install-peers: %s\n' "$*" >&2; }
@@ -90,6 +91,13 @@ perl -MGearman::Client -MGearman::Worker -e 1 2>/dev/null \
     || { log "Perl Gearman::Client/Gearman::Worker missing"; fail=1; }
 php -r 'exit(class_exists("GearmanClient") && class_exists("GearmanWorker") ? 0 : 1);' 2>/dev/null \
     || { log "PHP gearman extension missing or not enabled"; fail=1; }
+chromium_bin=$(command -v chromium || command -v chromium-browser || true)
+if [ -z "$chromium_bin" ]; then
+    log "chromium missing"; fail=1
+elif ! timeout 60 "$chromium_bin" --headless --no-sandbox --disable-gpu --dump-dom \
+        'data:text/html,<p id=x>ok</p>' 2>/dev/null | grep -q '<p id="x">ok</p>'; then
+    log "chromium cannot render a page headless"; fail=1
+fi
 if [ "$fail" -ne 0 ]; then
     exit 1
 fi
