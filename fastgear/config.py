@@ -57,6 +57,8 @@ SUPPORTED_PROTOCOLS: frozenset = frozenset()
 # Far past any useful number of I/O threads; gearmand would try 4 billion for `-t -1`.
 MAX_THREADS = 1024
 UINT32_MAX = 0xFFFFFFFF
+# Room above --max-packet that --max-output-hard must leave (headers, handles, replies).
+OUTPUT_SLACK = 64 << 10
 INT32_MIN, INT32_MAX = -0x80000000, 0x7FFFFFFF
 
 
@@ -241,9 +243,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("max-output", None, "max_output", decimal, 16 << 20,
            "fastgear: bytes waiting to be sent to a connection beyond which the server "
            "stops reading its input."),
-    Option("max-output-hard", None, "max_output_hard", decimal, 256 << 20,
+    Option("max-output-hard", None, "max_output_hard", decimal, 512 << 20,
            "fastgear: bytes waiting to be sent to a connection beyond which it is "
-           "disconnected (and logged)."),
+           "disconnected (and logged); at least --max-packet + 64 KiB, so the largest "
+           "job can be delivered."),
     Option("max-connections", None, "max_connections", decimal, 0,
            "fastgear: connections beyond this are refused with an ERROR packet; 0: the "
            "file descriptor limit less a reserve of 64."),
@@ -324,7 +327,7 @@ class Config:
     max_function_name: int = 8192
     max_unique: int = 64
     max_output: int = 16 << 20
-    max_output_hard: int = 256 << 20
+    max_output_hard: int = 512 << 20      # above max_packet: one largest reply fits
     max_connections: int = 0             # 0: RLIMIT_NOFILE less a reserve
     max_queued_bytes: int = 0            # 0: half of physical memory
     shutdown_timeout: int = 0            # seconds; 0: SIGTERM exits at once
@@ -477,6 +480,10 @@ def validate(cfg: Config) -> Config:
             fail(name, f"must be between {low} and {high}")
     if cfg.max_output_hard < cfg.max_output:
         fail("max_output_hard", "must not be less than --max-output")
+    if cfg.max_output_hard < cfg.max_packet + OUTPUT_SLACK:
+        # A job of --max-packet bytes goes out as one JOB_ASSIGN or WORK_COMPLETE.
+        fail("max_output_hard", f"must be at least --max-packet + {OUTPUT_SLACK} "
+                                f"({cfg.max_packet + OUTPUT_SLACK})")
     if cfg.ssl:
         fail("ssl", "TLS is not supported by this fastgear version yet")
     if cfg.syslog:

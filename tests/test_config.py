@@ -31,7 +31,7 @@ GEARMAND_DEFAULTS = {
     "store_queue_on_shutdown": False, "store": None, "store_sync": "normal",
     "monitor": "127.0.0.1:4731", "keep_results": 0, "keep_results_bytes": 64 << 20,
     "max_packet": 256 << 20, "max_function_name": 8192, "max_unique": 64,
-    "max_output": 16 << 20, "max_output_hard": 256 << 20, "max_connections": 0,
+    "max_output": 16 << 20, "max_output_hard": 512 << 20, "max_connections": 0,
     "max_queued_bytes": 0, "shutdown_timeout": 0, "wakeup_timeout": 1000,
     "libpq_conninfo": None, "libpq_table": "queue",
     "mysql_host": "localhost", "mysql_port": 3306, "mysql_user": None,
@@ -280,6 +280,13 @@ def test_unknown_queue_type_is_refused_naming_the_flag():
 ])
 def test_unsupported_or_invalid_values_are_refused_naming_the_flag(argv, flag):
     assert refusal(*argv).startswith(flag + ":")
+
+
+def test_max_output_hard_must_leave_room_for_the_largest_packet():
+    assert refusal("--max-output-hard", str(256 << 20)).startswith(
+        f"--max-output-hard {256 << 20}: must be at least --max-packet + 65536")
+    assert config.validate(parse("--max-output-hard", str(1 << 20), "--max-packet",
+                                 str(512 << 10), "--max-output", str(64 << 10)))
 
 
 def test_validate_checks_a_config_built_directly():

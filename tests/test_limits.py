@@ -382,7 +382,7 @@ def test_slow_reader_stops_being_read_and_others_keep_being_served(kind, start_s
 
 @pytest.mark.difference
 def test_output_past_the_hard_bound_disconnects_the_peer_with_a_log_line(kind, start_server):
-    srv = start_server(kind, "--max-output", str(64 << 10),
+    srv = start_server(kind, "--max-output", str(64 << 10), "--max-packet", str(512 << 10),
                        "--max-output-hard", str(1 << 20), "--verbose", "WARNING")
     worker = FastWorker(srv, [b"big"], b"R" * (128 << 10))
     worker.start()
