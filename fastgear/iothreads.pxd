@@ -34,6 +34,9 @@ cdef extern from "<sys/socket.h>" nogil:
 cdef extern from "<errno.h>" nogil:
     enum:
         ECONNABORTED
+        EBADF
+        ENOTSOCK
+        EINVAL
 
 cdef extern from "<arpa/inet.h>" nogil:
     uint16_t ntohs(uint16_t v)

@@ -566,7 +566,10 @@ cdef int accept_some(Loop *L, int lfd, IOConn **out, int room, uint64_t *refused
                 L.spare_fd = c_open(b"/dev/null", O_RDONLY | O_CLOEXEC)
                 if fd >= 0:
                     continue
-            elif errno != EAGAIN:
+            elif (errno != EAGAIN and errno != EBADF and errno != ENOTSOCK
+                  and errno != EINVAL):
+                # (Those three: the listener was closed by stop_accepting() after
+                # epoll_wait reported it; nothing to report.)
                 failed[0] = errno
             break
         if (S.max_connections and
