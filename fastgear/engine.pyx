@@ -703,16 +703,30 @@ cdef void job_requeue(Engine *e, Job *j) noexcept nogil:
 cdef int sched_next(Engine *e, Packet *pkt, int64_t *when) noexcept nogil:
     """Next wall-clock second matching MIN HOUR MDAY MON WDAY (empty = any)."""
     cdef int spec[5]
+    cdef int lo[5]
+    cdef int hi[5]
     cdef int i, days = 0
+    cdef long long v
+    cdef int64_t steps = 0
     cdef time_t t = <time_t>e.now_wall_s
     cdef tm lt
+    # MIN HOUR MDAY MON WDAY as cron reads them; a value outside its range never
+    # matches, so it is refused up front instead of searched for.
+    lo[:] = [0, 0, 1, 1, 0]
+    hi[:] = [59, 23, 31, 12, 6]
     for i in range(5):
         if pkt.flen[2 + i] == 0:
             spec[i] = -1
         else:
-            spec[i] = <int>strtoll(pkt.f[2 + i], NULL, 10)
+            v = strtoll(pkt.f[2 + i], NULL, 10)
+            if v < lo[i] or v > hi[i]:
+                return -1
+            spec[i] = <int>v
     t -= t % 60
-    while days <= SCHED_MAX_DAYS:
+    # Each step moves at least a minute and days are bounded; the step bound also
+    # covers clocks whose local time repeats or skips hours (DST).
+    while days <= SCHED_MAX_DAYS and steps < SCHED_MAX_DAYS * (24 + 60):
+        steps += 1
         localtime_r(&t, &lt)
         if ((spec[3] >= 0 and lt.tm_mon + 1 != spec[3]) or
                 (spec[2] >= 0 and lt.tm_mday != spec[2]) or

@@ -70,10 +70,6 @@ def test_gearmand_dies_on_create_function_with_empty_name_on_an_lf_line(server):
     assert died_after(server, b"create function \n")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine.pyx sched_next: a MIN >= 60 or HOUR >= 24 never matches, and the minute/hour "
-    "steps do not count toward SCHED_MAX_DAYS, so the I/O loop spins forever under the "
-    "engine lock: every connection hangs and SIGTERM cannot stop the server"))
 @pytest.mark.parametrize(("minute", "hour"), [(b"60", b""), (b"", b"24")],
                          ids=["minute-60", "hour-24"])
 def test_sched_job_with_minute_or_hour_out_of_range_is_answered_not_a_hang(
