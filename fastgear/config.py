@@ -242,7 +242,7 @@ OPTIONS: tuple[Option, ...] = (
            "fastgear: longest unique key accepted, in bytes (gearmand: 64)."),
     Option("max-output", None, "max_output", decimal, 16 << 20,
            "fastgear: bytes waiting to be sent to a connection beyond which the server "
-           "stops reading its input."),
+           "stops reading its input (until half of it has been sent)."),
     Option("max-output-hard", None, "max_output_hard", decimal, 512 << 20,
            "fastgear: bytes waiting to be sent to a connection beyond which it is "
            "disconnected (and logged); at least --max-packet + 64 KiB, so the largest "
@@ -254,8 +254,9 @@ OPTIONS: tuple[Option, ...] = (
            "fastgear: memory budget for jobs held (payloads, keys and bookkeeping); "
            "submissions beyond it get ERROR QUEUE_ERROR. 0: half of physical memory."),
     Option("shutdown-timeout", None, "shutdown_timeout", decimal, 0,
-           "fastgear: on SIGTERM stop accepting and wait up to this many seconds for "
-           "running jobs to finish before exiting; 0 exits at once, as gearmand."),
+           "fastgear: on SIGTERM stop accepting and starting jobs, and wait up to this many "
+           "seconds for running jobs to finish before exiting (a second SIGTERM exits at "
+           "once); 0 exits at once, as gearmand."),
     Option("wakeup-timeout", None, "wakeup_timeout", decimal, 1000,
            "fastgear: milliseconds a woken worker has to GRAB before another sleeper is "
            "woken for the job (gearmand #343); 0 disables."),
