@@ -312,6 +312,33 @@ def test_default_connection_limit_follows_the_file_descriptor_flag(kind, start_s
             c.close()
 
 
+@pytest.mark.difference
+def test_out_of_descriptors_a_peer_is_refused_with_server_busy_and_others_are_served(
+        kind, start_server):
+    # A connection limit above the descriptor limit: accept() itself fails (EMFILE).
+    srv = start_server(kind, "-f", "64", "--max-connections", "1000", "--verbose", "WARNING")
+    held = []
+    try:
+        refused = None
+        for _ in range(64):
+            c = Conn(srv)
+            c.send(ECHO_REQ, b"x")
+            reply = c.recv()
+            if reply[0] == ERROR:
+                refused = reply
+                c.close()
+                break
+            held.append(c)
+        assert refused == (ERROR, SERVER_BUSY)
+        for c in held:
+            c.echo(b"still served")
+        wait_for(lambda: "accept failed: Too many open files" in log_text(srv),
+                 what="descriptor exhaustion logged")
+    finally:
+        for c in held:
+            c.close()
+
+
 # -- --max-output / --max-output-hard -------------------------------------------------------
 
 @pytest.mark.difference
