@@ -18,8 +18,10 @@ import base64
 import collections
 import errno
 import http.server
+import itertools
 import logging
 import math
+import operator
 import os
 import socket
 import sys
@@ -51,6 +53,7 @@ _ZEROS = (0,) * len(COUNTERS)
 SAMPLE_PERIOD_S = 1.0
 HISTORY_SAMPLES = 600        # ten minutes at one sample per second
 CACHE_S = 0.25               # a request reuses a sample this young
+MAX_SAMPLER_SHARE = 0.02     # of one core, for the periodic samples
 RATE_WINDOW_S = 5.0          # rates are averaged over this long, so one slow tick is smoothed
 MAX_CLIENTS = 64             # concurrent HTTP connections; more are closed at once
 IDLE_TIMEOUT_S = 30          # an idle keep-alive connection gives its thread back after this
@@ -85,6 +88,7 @@ class Sampler:
         self.loop = loop
         self.version = version
         self.period = period
+        self.interval = period   # the period in use: longer when samples are expensive
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
         self.history = collections.deque(maxlen=keep)
@@ -120,8 +124,9 @@ class Sampler:
 
     def _reference(self, mono):
         """The oldest recent sample within the rate window (at least 0.5 s old)."""
+        window = max(RATE_WINDOW_S, 2.5 * self.interval)
         for entry in self._recent:
-            if mono - RATE_WINDOW_S - 0.5 <= entry[0] <= mono - 0.5:
+            if mono - window - 0.5 <= entry[0] <= mono - 0.5:
                 return entry
         return None
 
@@ -157,15 +162,19 @@ class Sampler:
         """The latest sample, taken now if the last one is older than CACHE_S."""
         with self._lock:
             s = self._latest
-            if s is None or time.monotonic() - s["mono"] > CACHE_S:
+            if s is None or time.monotonic() - s["mono"] > self._max_age():
                 s = self._latest = self._take()
             return s
+
+    def _max_age(self) -> float:
+        # When samples are expensive (see _run), requests reuse them for longer too.
+        return CACHE_S if self.interval <= self.period else self.interval / 2
 
     def workers(self) -> list:
         """snapshot.workers, cached like the samples (only requests need it)."""
         with self._lock:
             w = self._workers
-            if w is None or time.monotonic() - w[0] > CACHE_S:
+            if w is None or time.monotonic() - w[0] > self._max_age():
                 w = self._workers = (time.monotonic(), snapshot.workers(self.loop))
             return w[1]
 
@@ -178,11 +187,16 @@ class Sampler:
     def _run(self):
         next_at = time.monotonic()
         while not self._stop.is_set():
+            began = time.monotonic()
             try:
                 self.tick()
             except Exception:  # a failed sample must not end sampling
                 log.exception("monitor: sampling failed")
-            next_at += self.period
+            # With thousands of functions a sample is no longer cheap; sampling less
+            # often keeps the sampler under MAX_SAMPLER_SHARE of a core (and the engine
+            # lock free for the loops) whatever the number of functions.
+            self.interval = max(self.period, (time.monotonic() - began) / MAX_SAMPLER_SHARE)
+            next_at += self.interval
             delay = next_at - time.monotonic()
             if delay < 0:  # fell behind (suspended, overloaded): restart the schedule
                 next_at, delay = time.monotonic(), 0
@@ -350,19 +364,32 @@ def render_metrics(sampler: Sampler) -> bytes:
         "Kept results dropped before their time to stay under the memory bound.",
         res["evicted"])
 
-    funcs = [(_text(f["name"]), f) for f in s["functions"]]
-    family("fastgear_queue_jobs", "gauge", "Jobs waiting for a worker, by priority.",
-           [("", (("function", n), ("priority", p)), f["queued"][i])
-            for n, f in funcs for i, p in enumerate(PRIORITIES)])
-    family("fastgear_scheduled_jobs", "gauge", "Epoch and sched jobs not yet due.",
-           [("", (("function", n),), f["future"]) for n, f in funcs])
-    family("fastgear_running_jobs", "gauge", "Jobs a worker is running.",
-           [("", (("function", n),), f["running"]) for n, f in funcs])
-    family("fastgear_workers", "gauge", "Worker registrations (CAN_DO) for the function.",
-           [("", (("function", n),), f["workers"]) for n, f in funcs])
-    family("fastgear_queue_oldest_age_seconds", "gauge",
-           "Age of the oldest job waiting for a worker (0 when none waits).",
-           [("", (("function", n),), f["oldest_queued_s"] or 0.0) for n, f in funcs])
+    # Per-function series are most of the text with many functions: each label is
+    # escaped once and lines are formatted directly, not through family().
+    funcs = [('function="' + _label(_text(f["name"])) + '"', f) for f in s["functions"]]
+
+    def per_function(name, kind, help_text, value):
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+        out.extend([f"{name}{{{lab}}} {_num(value(f))}" for lab, f in funcs])
+
+    name = "fastgear_queue_jobs"
+    out.append(f"# HELP {name} Jobs waiting for a worker, by priority.")
+    out.append(f"# TYPE {name} gauge")
+    for lab, f in funcs:
+        high, normal, low = f["queued"]
+        out.append(f'{name}{{{lab},priority="high"}} {high}')
+        out.append(f'{name}{{{lab},priority="normal"}} {normal}')
+        out.append(f'{name}{{{lab},priority="low"}} {low}')
+    per_function("fastgear_scheduled_jobs", "gauge", "Epoch and sched jobs not yet due.",
+                 lambda f: f["future"])
+    per_function("fastgear_running_jobs", "gauge", "Jobs a worker is running.",
+                 lambda f: f["running"])
+    per_function("fastgear_workers", "gauge", "Worker registrations (CAN_DO) for the function.",
+                 lambda f: f["workers"])
+    per_function("fastgear_queue_oldest_age_seconds", "gauge",
+                 "Age of the oldest job waiting for a worker (0 when none waits).",
+                 lambda f: f["oldest_queued_s"] or 0.0)
     for key, name, help_text in (
             ("submitted", "fastgear_jobs_submitted_total", "Jobs submitted."),
             ("completed", "fastgear_jobs_completed_total", "Jobs completed (WORK_COMPLETE)."),
@@ -372,22 +399,22 @@ def render_metrics(sampler: Sampler) -> bytes:
              "Jobs ended by WORK_EXCEPTION."),
             ("retried", "fastgear_jobs_retried_total",
              "Jobs handed back by a lost worker and queued again.")):
-        family(name, "counter", help_text, [("", (("function", n),), f[key]) for n, f in funcs])
-    bounds = [_num(b) for b in snapshot.HIST_BOUNDS_S] + ["+Inf"]
+        per_function(name, "counter", help_text, operator.itemgetter(key))
+    les = [f',le="{_num(b)}"}} ' for b in snapshot.HIST_BOUNDS_S] + [',le="+Inf"} ']
     for hist, total, name, help_text in (
             ("wait_hist", "wait_sum_s", "fastgear_job_queue_wait_seconds",
              "Time jobs waited in the queue before a worker took them."),
             ("run_hist", "run_sum_s", "fastgear_job_run_seconds",
              "Time from a worker taking a job to its end.")):
-        samples = []
-        for n, f in funcs:
-            cumulative = 0
-            for le, count in zip(bounds, f[hist]):
-                cumulative += count
-                samples.append(("_bucket", (("function", n), ("le", le)), cumulative))
-            samples.append(("_sum", (("function", n),), float(f[total])))
-            samples.append(("_count", (("function", n),), cumulative))
-        family(name, "histogram", help_text, samples)
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} histogram")
+        bucket = name + "_bucket{"
+        for lab, f in funcs:
+            prefix = bucket + lab
+            counts = list(itertools.accumulate(f[hist]))
+            out.extend([prefix + le + str(c) for le, c in zip(les, counts)])
+            out.append(f"{name}_sum{{{lab}}} {_num(float(f[total]))}")
+            out.append(f"{name}_count{{{lab}}} {counts[-1] if counts else 0}")
     out.append("")
     return "\n".join(out).encode()
 
