@@ -146,7 +146,7 @@ def stats(IOLoop io):
             errors += io.S.loops[k].protocol_errors
             batches += io.S.loops[k].batches
     try:
-        return {"jobs": io.S.eng.jobs, "connections": io.S.eng.nconns,
+        out = {"jobs": io.S.eng.jobs, "connections": io.S.eng.nconns,
                 "functions": io.S.eng.fcount, "queued_bytes": io.S.eng.queued_bytes,
                 "packets": io.S.eng.n_packets, "accepted": accepted,
                 "protocol_errors": errors, "batches": batches,
@@ -156,6 +156,9 @@ def stats(IOLoop io):
                 "noops": io.S.eng.n_noops, "rewakes": io.S.eng.n_rewakes}
     finally:
         unlock(io.S)
+    # The I/O layer's own counters and limits (refused, paused, hard-closed, ...).
+    out.update(io.io_stats())
+    return out
 
 
 def configure(IOLoop io, cfg):
