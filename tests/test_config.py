@@ -512,3 +512,8 @@ def test_sqlite_queue_type_needs_its_database_file():
 
 def test_store_sync_rejects_unknown_levels():
     assert "--store-sync" in refusal("--store-sync", "sometimes")
+
+
+def test_readme_flag_table_is_the_one_generated_from_the_options_table():
+    readme = (ROOT / "README.md").read_text()
+    assert config.flag_table_markdown() in readme
