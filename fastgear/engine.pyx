@@ -398,6 +398,7 @@ cdef inline void ready_add(Engine *e, Function *f, int p) noexcept nogil:
     """f has work at priority p and a worker: it joins the tail of the turn order."""
     if f.in_ready[p] or f.workers == 0:
         return
+    c_assert(f.queued[p] > 0)
     f.in_ready[p] = 1
     e.next_turn += 1
     f.turn[p] = e.next_turn
@@ -573,6 +574,7 @@ cdef void wake(Engine *e, Function *f) noexcept nogil:
     cdef Conn *c
     while f.sleep_head != NULL and woken < limit:
         a = f.sleep_head
+        c_assert(a.in_sleep and a.func == f)
         sleep_unlink(f, a)
         c = a.conn
         if c.sleeping and not c.noop_sent:
@@ -1183,6 +1185,7 @@ cdef Ability *find_work(Engine *e, Conn *c, int *prio) noexcept nogil:
             walked = 0
             f = e.ready_head[p]
             while f != NULL and walked < c.nabil:
+                c_assert(f.in_ready[p] and f.queued[p] > 0 and f.workers > 0)
                 a = ability_of(c, f)
                 if a != NULL:
                     break
