@@ -70,6 +70,7 @@ cdef struct Function:
     uint32_t total           # every job of the function in memory
     uint32_t max_queue[NPRIO]
     uint32_t workers         # registrations (duplicates count, as gearmand)
+    uint32_t wide_workers    # ... of them by workers with a function index
     Ability *ring            # head of the capable-worker ring
     Ability *sleep_head      # registrations whose worker sent PRE_SLEEP (see Ability)
     Ability *sleep_tail
@@ -178,6 +179,9 @@ cdef struct Conn:
     Conn *wk_next
     Conn *wk_prev
     uint8_t in_woken
+    Conn *ws_next            # the engine's FIFO of sleeping workers with many functions
+    Conn *ws_prev
+    uint8_t in_wide
     char last_exception[MAX_HANDLE]   # handle this worker last ended with WORK_EXCEPTION
     uint32_t last_exception_len
 
@@ -253,6 +257,8 @@ cdef struct Engine:
     Function *ready_head[NPRIO]
     Function *ready_tail[NPRIO]
     uint64_t next_turn
+    Conn *wide_head          # sleepers with a function index (many registrations):
+    Conn *wide_tail          # ... one entry per worker instead of one per function
     Conn *woken_head         # NOOPed workers that have not grabbed yet, oldest first
     Conn *woken_tail
     int64_t wakeup_timeout_ms  # 0: never wake another sleeper for a silent one

@@ -522,6 +522,34 @@ cdef inline void sleep_push(Function *f, Ability *a) noexcept nogil:
     f.sleep_tail = a
 
 
+cdef void wide_remove(Engine *e, Conn *c) noexcept nogil:
+    if not c.in_wide:
+        return
+    c.in_wide = 0
+    if c.ws_prev != NULL:
+        c.ws_prev.ws_next = c.ws_next
+    else:
+        e.wide_head = c.ws_next
+    if c.ws_next != NULL:
+        c.ws_next.ws_prev = c.ws_prev
+    else:
+        e.wide_tail = c.ws_prev
+    c.ws_next = NULL
+    c.ws_prev = NULL
+
+
+cdef void wide_push(Engine *e, Conn *c) noexcept nogil:
+    wide_remove(e, c)
+    c.in_wide = 1
+    c.ws_next = NULL
+    c.ws_prev = e.wide_tail
+    if e.wide_tail != NULL:
+        e.wide_tail.ws_next = c
+    else:
+        e.wide_head = c
+    e.wide_tail = c
+
+
 cdef void woken_remove(Engine *e, Conn *c) noexcept nogil:
     if not c.in_woken:
         return
@@ -572,17 +600,34 @@ cdef void wake(Engine *e, Function *f) noexcept nogil:
     cdef uint32_t limit = e.worker_wakeup if e.worker_wakeup else 1
     cdef Ability *a
     cdef Conn *c
+    cdef Conn *cn
     while f.sleep_head != NULL and woken < limit:
         a = f.sleep_head
         c_assert(a.in_sleep and a.func == f)
         sleep_unlink(f, a)
         c = a.conn
         if c.sleeping and not c.noop_sent:
-            c.noop_sent = 1
-            out0(e, c, CMD_NOOP)
-            e.n_noops += 1
-            woken_add(e, c, f)
+            noop(e, c, f)
             woken += 1
+    # Workers with many functions sleep on one engine-wide list (a PRE_SLEEP must not
+    # cost one insertion per registration): take the longest asleep that can do f.
+    c = e.wide_head if f.wide_workers else NULL
+    while c != NULL and woken < limit:
+        cn = c.ws_next
+        if not c.sleeping or c.noop_sent:
+            wide_remove(e, c)
+        elif ability_of(c, f) != NULL:
+            wide_remove(e, c)
+            noop(e, c, f)
+            woken += 1
+        c = cn
+
+
+cdef inline void noop(Engine *e, Conn *c, Function *f) noexcept nogil:
+    c.noop_sent = 1
+    out0(e, c, CMD_NOOP)
+    e.n_noops += 1
+    woken_add(e, c, f)
 
 
 cdef void job_make_runnable(Engine *e, Job *j, int front) noexcept nogil:
@@ -1038,7 +1083,11 @@ cdef int add_ability(Engine *e, Conn *c, const char *name, size_t n,
                 ready_add(e, f, p)
     if c.sleeping and not c.noop_sent:
         # Registered while asleep: the next job of f must be able to wake it.
-        sleep_push(f, a)
+        if c.atab != NULL:
+            if not c.in_wide:
+                wide_push(e, c)
+        else:
+            sleep_push(f, a)
     return E_OK
 
 
@@ -1052,6 +1101,7 @@ cdef int atab_insert(Conn *c, Ability *a) noexcept nogil:
     cdef Ability **t
     cdef Ability *x
     cdef uint32_t n, i
+    cdef int created = c.atab == NULL
     c.nabil += 1
     if c.atab == NULL and c.nabil <= SMALL_ABILITIES:
         return 0
@@ -1069,10 +1119,13 @@ cdef int atab_insert(Conn *c, Ability *a) noexcept nogil:
             i = ptr_hash(x.func) & c.amask
             x.h_next = t[i]
             t[i] = x
+            if created:
+                x.func.wide_workers += 1
             x = x.c_next
     i = ptr_hash(a.func) & c.amask
     a.h_next = c.atab[i]
     c.atab[i] = a
+    a.func.wide_workers += 1
     return 0
 
 
@@ -1105,6 +1158,8 @@ cdef void remove_ability(Engine *e, Conn *c, Ability *a) noexcept nogil:
         while pp[0] != a:
             pp = &pp[0].h_next
         pp[0] = a.h_next
+        c_assert(f.wide_workers > 0)
+        f.wide_workers -= 1
     c.nabil -= 1
     if c.nabil == 0:
         free(c.atab)
@@ -1645,6 +1700,9 @@ cdef int handle_pre_sleep(Engine *e, Conn *c) noexcept nogil:
     # it. gearmand keeps "NOOP sent" until a GRAB, so a worker whose job was taken by
     # another one before it grabbed is never woken again (gearmand issue #343).
     c.noop_sent = 0
+    if c.atab != NULL:
+        wide_push(e, c)
+        return E_OK
     a = c.abilities
     while a != NULL:
         sleep_push(a.func, a)
@@ -1705,6 +1763,7 @@ cdef void conn_detach(Engine *e, Conn *c) noexcept nogil:
     c.detached = 1
     drop_abilities(e, c, NULL)
     woken_remove(e, c)
+    wide_remove(e, c)
     a = c.attached
     while a != NULL:
         an = a.c_next
