@@ -189,7 +189,9 @@ cdef struct Result:
     # The kept outcome of a finished job (--keep-results): one allocation holding the
     # strings after the struct; in two hash chains (handle, unique) and a FIFO by age.
     Result *h_next
-    Result *u_next
+    Result *h_prev
+    Result *u_next           # not in the unique chain when the unique key is empty
+    Result *u_prev
     Result *newer
     uint64_t handle_hash
     uint64_t unique_hash

@@ -1542,7 +1542,7 @@ cdef void results_configure(Engine *e, int64_t keep_us, uint64_t max_bytes) noex
 
 
 cdef int grow_rtab(Engine *e) noexcept nogil:
-    cdef uint64_t n = (e.rmask + 1) * 2, m
+    cdef uint64_t n = (e.rmask + 1) * 2
     cdef Result **t = <Result **>calloc(n, sizeof(Result *))
     cdef Result **u = <Result **>calloc(n, sizeof(Result *))
     cdef Result *r
@@ -1550,34 +1550,53 @@ cdef int grow_rtab(Engine *e) noexcept nogil:
         free(t)
         free(u)
         return -1
-    m = n - 1
-    # Rebuilt from the age list, which holds every result exactly once.
-    r = e.r_oldest
-    while r != NULL:
-        r.h_next = t[r.handle_hash & m]
-        t[r.handle_hash & m] = r
-        r.u_next = u[r.unique_hash & m]
-        u[r.unique_hash & m] = r
-        r = r.newer
     free(e.rtab)
     free(e.rutab)
     e.rtab = t
     e.rutab = u
-    e.rmask = m
+    e.rmask = n - 1
+    # Rebuilt from the age list, which holds every result exactly once.
+    r = e.r_oldest
+    while r != NULL:
+        result_link(e, r)
+        r = r.newer
     return 0
+
+
+cdef inline void result_link(Engine *e, Result *r) noexcept nogil:
+    cdef Result **head = &e.rtab[r.handle_hash & e.rmask]
+    r.h_prev = NULL
+    r.h_next = head[0]
+    if head[0] != NULL:
+        head[0].h_prev = r
+    head[0] = r
+    r.u_prev = NULL
+    r.u_next = NULL
+    if r.unique_len:
+        # Jobs without a unique key are never looked up by it; chaining them would make
+        # one chain of every such result.
+        head = &e.rutab[r.unique_hash & e.rmask]
+        r.u_next = head[0]
+        if head[0] != NULL:
+            head[0].u_prev = r
+        head[0] = r
 
 
 cdef void result_drop_oldest(Engine *e) noexcept nogil:
     cdef Result *r = e.r_oldest
-    cdef Result **pp
-    pp = &e.rtab[r.handle_hash & e.rmask]
-    while pp[0] != r:
-        pp = &pp[0].h_next
-    pp[0] = r.h_next
-    pp = &e.rutab[r.unique_hash & e.rmask]
-    while pp[0] != r:
-        pp = &pp[0].u_next
-    pp[0] = r.u_next
+    if r.h_prev != NULL:
+        r.h_prev.h_next = r.h_next
+    else:
+        e.rtab[r.handle_hash & e.rmask] = r.h_next
+    if r.h_next != NULL:
+        r.h_next.h_prev = r.h_prev
+    if r.unique_len:
+        if r.u_prev != NULL:
+            r.u_prev.u_next = r.u_next
+        else:
+            e.rutab[r.unique_hash & e.rmask] = r.u_next
+        if r.u_next != NULL:
+            r.u_next.u_prev = r.u_prev
     e.r_oldest = r.newer
     if e.r_oldest == NULL:
         e.r_newest = NULL
@@ -1600,12 +1619,15 @@ cdef void keep_result(Engine *e, Job *j, uint8_t outcome, const char *d, size_t 
                       Conn *w) noexcept nogil:
     """Copy j's outcome into a Result before j is freed (costs nothing when off)."""
     cdef Function *f = j.func
-    cdef size_t wn = 0, size
+    cdef size_t wn = 0, wn_ip = 0, size
     cdef Result *r
     cdef char *p
     if w != NULL:
-        wn = w.client_id_len if w.client_id_len else strlen(w.ip)
-    size = sizeof(Result) + f.name_len + j.unique_len + wn + dn + 4
+        wn = w.client_id_len
+        if wn == 0 or (wn == 1 and w.client_id[0] == b'-'):
+            wn = 0
+            wn_ip = strlen(w.ip)
+    size = sizeof(Result) + f.name_len + j.unique_len + wn + wn_ip + dn + 4
     if size > e.keep_max_bytes:
         e.r_evicted += 1
         return
@@ -1628,10 +1650,11 @@ cdef void keep_result(Engine *e, Job *j, uint8_t outcome, const char *d, size_t 
     r.unique_hash = hash_bytes(j.unique, j.unique_len, 0)
     p += j.unique_len + 1
     r.worker = p
-    if wn and w.client_id_len:
+    if wn:
         memcpy(p, w.client_id, wn)
-    elif wn:
-        memcpy(p, w.ip, wn)
+    elif wn_ip:
+        memcpy(p, w.ip, wn_ip)
+        wn = wn_ip
     r.worker_len = <uint32_t>wn
     p += wn + 1
     r.data = p
@@ -1651,10 +1674,7 @@ cdef void keep_result(Engine *e, Job *j, uint8_t outcome, const char *d, size_t 
     else:
         e.r_oldest = r
     e.r_newest = r
-    r.h_next = e.rtab[r.handle_hash & e.rmask]
-    e.rtab[r.handle_hash & e.rmask] = r
-    r.u_next = e.rutab[r.unique_hash & e.rmask]
-    e.rutab[r.unique_hash & e.rmask] = r
+    result_link(e, r)
     e.rcount += 1
     e.rbytes += size
     results_expire(e)

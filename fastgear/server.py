@@ -221,6 +221,15 @@ class Control:
     def set_maxqueue(self, name, high, normal, low):
         snapshot.set_maxqueue(self.loop, name, high, normal, low)
 
+    def keep_results(self):
+        return self.cfg.keep_results
+
+    def result(self, handle):
+        return snapshot.result(self.loop, handle)
+
+    def results_by_unique(self, unique):
+        return snapshot.results_by_unique(self.loop, unique)
+
     def pid(self):
         return os.getpid()
 

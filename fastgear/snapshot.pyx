@@ -147,13 +147,13 @@ def stats(IOLoop io):
             batches += io.S.loops[k].batches
     try:
         out = {"jobs": io.S.eng.jobs, "connections": io.S.eng.nconns,
-                "functions": io.S.eng.fcount, "queued_bytes": io.S.eng.queued_bytes,
-                "packets": io.S.eng.n_packets, "accepted": accepted,
-                "protocol_errors": errors, "batches": batches,
-                "threads": io.S.nloops, "next_handle": io.S.eng.next_handle,
-                "max_queued_bytes": io.S.eng.max_queued_bytes,
-                "budget_refused": io.S.eng.n_budget_refused,
-                "noops": io.S.eng.n_noops, "rewakes": io.S.eng.n_rewakes}
+               "functions": io.S.eng.fcount, "queued_bytes": io.S.eng.queued_bytes,
+               "packets": io.S.eng.n_packets, "accepted": accepted,
+               "protocol_errors": errors, "batches": batches,
+               "threads": io.S.nloops, "next_handle": io.S.eng.next_handle,
+               "max_queued_bytes": io.S.eng.max_queued_bytes,
+               "budget_refused": io.S.eng.n_budget_refused,
+               "noops": io.S.eng.n_noops, "rewakes": io.S.eng.n_rewakes}
     finally:
         unlock(io.S)
     # The I/O layer's own counters and limits (refused, paused, hard-closed, ...).
