@@ -336,6 +336,19 @@ def render_metrics(sampler: Sampler) -> bytes:
         st["packets"])
     one("fastgear_protocol_errors_total", "counter",
         "Connections closed for a protocol error.", st["protocol_errors"])
+    # The limits' and wake-ups' counters (issue 7, 8); absent from older snapshots.
+    for name, key, text in (
+            ("fastgear_connections_refused_total", "refused",
+             "Connections refused at --max-connections or out of descriptors."),
+            ("fastgear_connections_paused_total", "paused",
+             "Times a connection's input was paused at --max-output."),
+            ("fastgear_connections_output_closed_total", "output_hard_closed",
+             "Connections closed at --max-output-hard."),
+            ("fastgear_worker_wakeups_total", "noops", "NOOPs sent to sleeping workers."),
+            ("fastgear_worker_rewakes_total", "rewakes",
+             "Extra sleepers woken because a woken worker did not grab in time.")):
+        if key in st:
+            one(name, "counter", text, st[key])
     one("fastgear_resident_memory_bytes", "gauge", "Resident memory of the server process.",
         s["rss"])
     one("fastgear_jobs", "gauge", "Jobs in memory (queued, scheduled and running).",

@@ -23,12 +23,15 @@ import pytest
 from conftest import free_port, wait_for
 from gearproto import (
     CAN_DO,
+    ERROR,
     GET_STATUS,
     GRAB_JOB,
     GRAB_JOB_UNIQ,
     JOB_ASSIGN,
     JOB_ASSIGN_UNIQ,
     JOB_CREATED,
+    NOOP,
+    PRE_SLEEP,
     SET_CLIENT_ID,
     STATUS_RES,
     SUBMIT_JOB,
@@ -381,6 +384,25 @@ def test_metrics_are_valid_prometheus_text_with_the_status_figures(start_server)
     assert sample(fam, "fastgear_kept_results") == 2
     info = fam["fastgear_info"].samples[0]
     assert info.value == 1 and info.labels["version"].startswith("1.1.20+fastgear.")
+
+
+def test_metrics_count_wake_ups_and_the_connection_limits(start_server):
+    srv = start_monitored(start_server, "--max-connections", "3")
+    with Conn(srv) as c, Conn(srv) as w:
+        w.send(CAN_DO, b"wm")
+        w.send(PRE_SLEEP)
+        w.echo()
+        c.submit(b"wm", b"x", kind=SUBMIT_JOB_BG)
+        assert w.recv() == (NOOP, [])
+        with Conn(srv) as third, Conn(srv) as refused:
+            third.echo()
+            assert refused.expect(ERROR)[0] == b"SERVER_BUSY"
+        fams = wait_value(lambda: metrics(srv),
+                          lambda m: sample(m, "fastgear_connections_refused") == 1,
+                          "the refusal to be counted")
+        assert sample(fams, "fastgear_worker_wakeups") == 1
+        assert sample(fams, "fastgear_worker_rewakes") == 0
+        assert sample(fams, "fastgear_connections_paused") == 0
 
 
 def test_metrics_histograms_of_queue_wait_and_run_time_are_cumulative(start_server):
