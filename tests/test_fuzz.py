@@ -61,7 +61,7 @@ def test_state_fuzzer_keeps_the_server_serving_everyone(start_server, threads, s
     print(f"state fuzzer seed {seed}, -t {threads}")
     srv = start_server("fastgear", "-t", threads)
     fz = state_fuzz.Fuzzer((srv.host, srv.port), seed, alive=srv.alive,
-                           label=f"[fastgear -t {threads}]")
+                           label=f"[fastgear -t {threads}]", pid=srv.pid)
     try:
         stats = fz.run(STATE_SECONDS)
     except state_fuzz.Failure as e:

@@ -82,24 +82,24 @@ class Result:
         return f"Result{self.key()!r}"
 
 
-def parse_one(buf, max_size=0xFFFFFFFF):
-    """Parse the packet or text line at the start of `buf` (bytes)."""
-    avail = len(buf)
-    if avail == 0:
+def parse_one(buf, max_size=0xFFFFFFFF, start=0):
+    """Parse the packet or text line at offset `start` of `buf` (bytes)."""
+    avail = len(buf) - start
+    if avail <= 0:
         return Result(NEED_MORE)
-    if buf[0] != 0:
-        nl = buf.find(b"\n", 0, min(avail, MAX_TEXT_LINE))
+    if buf[start] != 0:
+        nl = buf.find(b"\n", start, start + min(avail, MAX_TEXT_LINE))
         if nl < 0:
             return Result(LINE_TOO_LONG if avail >= MAX_TEXT_LINE else NEED_MORE)
-        line = buf[:nl]
+        line = buf[start:nl]
         if line.endswith(b"\r"):
             line = line[:-1]
-        return Result(TEXT, fields=[line], size=nl + 1)
+        return Result(TEXT, fields=[line], size=nl - start + 1)
     if avail < HEADER_SIZE:
         # fastgear's choice: a wrong magic is refused once its first 3 bytes are visible.
         k = min(avail, 3)
-        return Result(BAD_MAGIC if buf[:k] != b"\0RE"[:k] else NEED_MORE)
-    magic, ptype, blen = struct.unpack(">4sII", buf[:HEADER_SIZE])
+        return Result(BAD_MAGIC if buf[start:start + k] != b"\0RE"[:k] else NEED_MORE)
+    magic, ptype, blen = struct.unpack_from(">4sII", buf, start)
     if magic not in (b"\0REQ", b"\0RES"):
         return Result(BAD_MAGIC)
     if ptype == 0 or ptype >= CMD_MAX:
@@ -110,7 +110,7 @@ def parse_one(buf, max_size=0xFFFFFFFF):
     if avail < size:
         return Result(NEED_MORE, need=size)
     res = 1 if magic == b"\0RES" else 0
-    body = buf[HEADER_SIZE:size]
+    body = buf[start + HEADER_SIZE:start + size]
     n = nfields(ptype)
     if n == 0:
         return Result(PACKET, ptype, res, [], size)
@@ -127,7 +127,7 @@ def parse_stream(data, max_size=0xFFFFFFFF):
     out = []
     off = 0
     while True:
-        r = parse_one(data[off:], max_size)
+        r = parse_one(data, max_size, off)
         if r.status == NEED_MORE:
             return out, off
         out.append(r)
