@@ -251,9 +251,12 @@ cdef void process_input(Loop *L, Conn *c) noexcept nogil:
         c.closing = 1
     if c.closing or c.dead or io.over:
         buf_consume(&c.inbuf, buf_len(&c.inbuf))
-        # Let the peer's jobs go now; what is queued for it is still flushed.
-        conn_detach(&S.eng, c)
-        conn_dirty(&S.eng, c)
+        if not c.detached:
+            # Let the peer's jobs go now; what is queued for it is still flushed. Only
+            # once: re-staging it on every later event would keep it "being flushed"
+            # and so never closed (a peer gone while we answered reports HUP forever).
+            conn_detach(&S.eng, c)
+            conn_dirty(&S.eng, c)
         if c.dead:
             mark_close(L, c)
 
@@ -698,6 +701,9 @@ cdef void loop_run(Loop *L) noexcept nogil:
                         c.flush_next = L.flush
                         L.flush = c
                 if events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP):
+                    if c.eof and events[i].events & (EPOLLERR | EPOLLHUP):
+                        # Both directions are gone: nothing left can be delivered.
+                        c.dead = 1
                     if io_of(c).paused:
                         # Not reading it, but a reset peer can no longer take output.
                         if events[i].events & (EPOLLERR | EPOLLHUP):

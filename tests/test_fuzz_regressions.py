@@ -13,7 +13,6 @@ import struct
 import time
 
 import pytest
-from conftest import KINDS
 from gearproto import ECHO_REQ, ERROR, JOB_CREATED, REQ, RES, SUBMIT_JOB_SCHED, Conn, pack
 
 
@@ -100,18 +99,6 @@ def open_sockets(pid):
     return n
 
 
-LEAK = pytest.mark.xfail(strict=True, reason=(
-    "iothreads.pyx: a connection whose request arrives together with the peer's FIN "
-    "(the reply then meets a closed socket) is never closed: its fd stays open in TCP "
-    "CLOSED state and epoll reports it (EPOLLHUP) on every wait, so its loop spins on "
-    "recv() = 0 + epoll_ctl(MOD, events=0) at ~40% CPU, for good"))
-
-
-# With -t 4 the accept hand-off changes the timing and the leak only happens sometimes;
-# one loop shows it every time, so the strict xfail pins those.
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=LEAK) for k in ("fastgear-t0",
-                                                                      "fastgear-t1")]
-                         + [k for k in KINDS if not k.startswith("fastgear")])
 def test_peer_that_closes_right_after_a_request_is_closed_not_leaked(server):
     with Conn(server) as c:
         c.echo()          # the server is up and has accepted what it is going to

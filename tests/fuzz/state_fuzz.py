@@ -73,11 +73,7 @@ MAX_LINE = 8192
 # back. When a fix lands, the xfail turns into an error: delete the entry here then.
 # (Fixed so far: "sched-range", SUBMIT_JOB_SCHED with minute >= 60 or hour >= 24
 # wedged the engine, test_sched_job_with_minute_or_hour_out_of_range_is_answered_not_a_hang.)
-KNOWN_OPEN = {
-    # Not avoided (every run triggers it), only left unchecked at the end of a run.
-    "conn-leak": "a connection whose request arrives with its peer's FIN is never closed "
-                 "(test_peer_that_closes_right_after_a_request_is_closed_not_leaked)",
-}
+KNOWN_OPEN = {}
 
 # gearmand 1.1.20's single-input crashes that this fuzzer found or confirmed; avoided in
 # runs against gearmand (unless --no-avoid) so that a run can get past them.
