@@ -5,6 +5,7 @@
 #   libgearman-client-perl Perl Gearman::Client / Gearman::Worker
 #   php-cli php-gearman    PHP GearmanClient / GearmanWorker (libgearman)
 #   chromium               headless browser for the dashboard test (tests/test_dashboard_browser.py)
+#   clang                  builds the ASan + coverage-instrumented codec for the fuzzer
 # Idempotent: when every package is already installed apt-get is not run at all.
 # Needs root (or sudo) only when something is missing. Python peers (gear,
 # python3-gearman) come from `pip install -e '.[test]'`, not from here.
@@ -12,7 +13,8 @@
 # servers on free loopback ports and port 4730 must not be taken by a stray daemon.
 set -euo pipefail
 
-PACKAGES=(gearman-job-server gearman-tools libgearman-client-perl php-cli php-gearman chromium)
+PACKAGES=(gearman-job-server gearman-tools libgearman-client-perl php-cli php-gearman chromium
+          clang)
 SERVICE=gearman-job-server
 
 log() { printf 'install-peers: %s\n' "$*" >&2; }
