@@ -363,7 +363,10 @@ def test_slow_reader_stops_being_read_and_others_keep_being_served(kind, start_s
         slow.connect((srv.host, srv.port))
         slow.setblocking(False)
         chunk = pack(REQ, SUBMIT_JOB, b"f", b"", b"x" * 20) * 2000
-        cap = 64 << 20      # a server that kept reading would take all of it
+        # A server that kept reading would take all of it; one that pauses blocks the
+        # client after 25-60 MB here, most of it in the kernel's buffers (the server's
+        # receive buffer autotunes up to tcp_rmem's 32 MiB before the pause).
+        cap = 160 << 20
         sent, pending, blocked = 0, b"", False
         deadline = time.monotonic() + 60
         while sent < cap and time.monotonic() < deadline:
