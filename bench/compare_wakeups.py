@@ -25,7 +25,7 @@ from compare_threads import gearload_binary, run_load, start, stop_all
 SCENARIOS = {
     # name: (gearload flags, fastgear jobs, gearmand jobs)
     "idle1000": (["--mode", "fg", "--clients", "1", "--workers", "1000",
-                  "--pipeline", "1"], 20000, 400),
+                  "--pipeline", "1"], 20000, 200),
     "idle1": (["--mode", "fg", "--clients", "1", "--workers", "1", "--pipeline", "1"],
               20000, 20000),
     "funcs2000": (["--mode", "bg", "--clients", "1", "--workers", "64", "--functions",
