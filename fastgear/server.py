@@ -464,16 +464,18 @@ def run(cfg):
     if store is not None:
         store_thread = StoreThread(srv.loop, store)
         store_thread.start()
-    srv.start(sockets)
-    log.info("fastgear %s listening on port %d", __version__, cfg.port)
     mon = None
     try:
+        # The monitor first: a bad --monitor address fails before any job is taken, and
+        # once connections are served its listener is already there.
         try:
             mon = monitor.start(cfg, srv)
         except monitor.MonitorError as exc:
             log.error("%s", exc)
             print(f"fastgear: {exc}", file=sys.stderr)
             return 1
+        srv.start(sockets)
+        log.info("fastgear %s listening on port %d", __version__, cfg.port)
         srv.control_loop()
     finally:
         if mon is not None:
