@@ -174,7 +174,8 @@ OPTIONS: tuple[Option, ...] = (
            "implemented yet)."),
     Option("round-robin", "R", "round_robin", None, False,
            "Assign work in round-robin order per worker connection. The default is to "
-           "assign work in the order of functions added by the worker."),
+           "assign work in the order of functions added by the worker (fastgear: a "
+           "worker's functions with work always take turns; accepted, changes nothing)."),
     Option("queue-type", "q", "queue_type", lower, "builtin",
            "Persistent queue type to use (fastgear: builtin or libsqlite3)."),
     Option("config-file", None, "config_file", text, DEFAULT_CONFIG_FILE,

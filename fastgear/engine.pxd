@@ -37,8 +37,6 @@ cdef struct Ability:
     Conn *conn
     Function *func
     int64_t timeout_ms
-    Ability *f_prev          # the function's ring of capable workers
-    Ability *f_next
     Ability *c_next          # the connection's registrations, newest first
     Ability *c_prev
     Ability *s_next          # the function's sleepers, longest asleep first (entries of
@@ -71,7 +69,6 @@ cdef struct Function:
     uint32_t max_queue[NPRIO]
     uint32_t workers         # registrations (duplicates count, as gearmand)
     uint32_t wide_workers    # ... of them by workers with a function index
-    Ability *ring            # head of the capable-worker ring
     Ability *sleep_head      # registrations whose worker sent PRE_SLEEP (see Ability)
     Ability *sleep_tail
     Function *r_next[NPRIO]  # the engine's per-priority list of functions with work
@@ -235,7 +232,6 @@ cdef struct Engine:
     uint32_t prefix_len
     uint32_t job_retries     # 0 = unlimited
     uint32_t worker_wakeup   # 0 = one sleeper per job (fastgear); N = N per job
-    uint8_t round_robin
     uint8_t exceptions_default
     Conn *dirty
     Conn *conns
@@ -286,7 +282,7 @@ cdef struct Engine:
 
 cdef int engine_init(Engine *e, const char *prefix, size_t prefix_len,
                      uint32_t job_retries, uint32_t worker_wakeup,
-                     int round_robin, int exceptions) noexcept nogil
+                     int exceptions) noexcept nogil
 cdef void engine_free(Engine *e) noexcept nogil
 cdef void engine_clock(Engine *e) noexcept nogil
 cdef void conn_attach(Engine *e, Conn *c) noexcept nogil

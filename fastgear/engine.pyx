@@ -304,7 +304,7 @@ cdef int engine_error(Engine *e, Conn *c, const char *code, const char *text) no
 
 cdef int engine_init(Engine *e, const char *prefix, size_t prefix_len,
                      uint32_t job_retries, uint32_t worker_wakeup,
-                     int round_robin, int exceptions) noexcept nogil:
+                     int exceptions) noexcept nogil:
     memset(e, 0, sizeof(Engine))
     e.fmask = 63
     e.hmask = 1023
@@ -323,7 +323,6 @@ cdef int engine_init(Engine *e, const char *prefix, size_t prefix_len,
     e.next_conn_id = 1
     e.job_retries = job_retries
     e.worker_wakeup = worker_wakeup
-    e.round_robin = <uint8_t>round_robin
     e.exceptions_default = <uint8_t>exceptions
     e.wake_check.heap_idx = -1
     e.wake_check.state = JOB_UNLINKED
@@ -1066,16 +1065,6 @@ cdef int add_ability(Engine *e, Conn *c, const char *name, size_t n,
     if c.abilities != NULL:
         c.abilities.c_prev = a
     c.abilities = a
-    # Insert at the ring's tail (just before its head).
-    if f.ring == NULL:
-        a.f_next = a
-        a.f_prev = a
-        f.ring = a
-    else:
-        a.f_next = f.ring
-        a.f_prev = f.ring.f_prev
-        f.ring.f_prev.f_next = a
-        f.ring.f_prev = a
     f.workers += 1
     if f.workers == 1:
         for p in range(NPRIO):
@@ -1169,13 +1158,6 @@ cdef void remove_ability(Engine *e, Conn *c, Ability *a) noexcept nogil:
         sleep_unlink(f, a)
     if c.woke_for == f:
         c.woke_for = NULL
-    if a.f_next == a:
-        f.ring = NULL
-    else:
-        a.f_prev.f_next = a.f_next
-        a.f_next.f_prev = a.f_prev
-        if f.ring == a:
-            f.ring = a.f_next
     f.workers -= 1
     if f.workers == 0:
         for p in range(NPRIO):
@@ -1860,9 +1842,9 @@ cdef class EngineHarness:
     cdef object alive
 
     def __cinit__(self, bytes prefix=b"H:test", int job_retries=0, int worker_wakeup=0,
-                  bint round_robin=False, bint exceptions=False):
+                  bint exceptions=False):
         if engine_init(&self.e, prefix, len(prefix), job_retries, worker_wakeup,
-                       round_robin, exceptions) != 0:
+                       exceptions) != 0:
             raise MemoryError()
         # The harness is single-threaded: it stands in for the engine lock's holder.
         self.e.owner = pthread_self()

@@ -758,7 +758,7 @@ cdef class IOLoop:
     the GIL released; the read-only views for admin and monitoring are in snapshot.pyx."""
 
     def __cinit__(self, bytes prefix, int threads=1, int job_retries=0,
-                  int worker_wakeup=0, bint round_robin=False, bint exceptions=False,
+                  int worker_wakeup=0, bint exceptions=False,
                   size_t max_packet=0xffffffff):
         cdef int i
         cdef epoll_event ev
@@ -774,7 +774,7 @@ cdef class IOLoop:
         if self.S.loops == NULL:
             raise MemoryError()
         if engine_init(&self.S.eng, prefix, len(prefix), <uint32_t>job_retries,
-                       <uint32_t>worker_wakeup, round_robin, exceptions) != 0:
+                       <uint32_t>worker_wakeup, exceptions) != 0:
             raise MemoryError()
         pthread_mutex_init(&self.S.lock, NULL)
         self.S.max_packet = max_packet

@@ -253,7 +253,7 @@ class Server:
         self.loop = IOLoop(prefix.encode(), threads=max(1, cfg.threads),
                            job_retries=cfg.job_retries & 0xff,
                            worker_wakeup=cfg.worker_wakeup & 0xff,
-                           round_robin=cfg.round_robin, exceptions=cfg.exceptions,
+                           exceptions=cfg.exceptions,
                            max_packet=cfg.max_packet)
         snapshot.configure(self.loop, cfg)
         self.control = Control(self.loop, cfg, self)
