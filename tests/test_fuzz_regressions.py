@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from gearproto import ECHO_REQ, ERROR, JOB_CREATED, REQ, RES, SUBMIT_JOB_SCHED, Conn, pack
 
 
@@ -103,22 +104,20 @@ def open_sockets(pid):
 def test_peer_that_closes_right_after_a_request_is_closed_not_leaked(server):
     with Conn(server) as c:
         c.echo()          # the server is up and has accepted what it is going to
-    time.sleep(0.3)
-    before = open_sockets(server.pid)
+        with_probe = open_sockets(server.pid)
+    before = wait_for(lambda: (n := open_sockets(server.pid)) < with_probe and n,
+                      timeout=5, what="the probe connection to be closed")
     # The leak depends on the request and the FIN arriving before the loop reads: not
-    # every round shows it, so a few rounds, each judged 1 s later (a healthy server
-    # closes such a connection within milliseconds).
+    # every round shows it, so a few rounds. A healthy server closes such connections
+    # within milliseconds; a leaked one stays open for good, so the wait times out.
     for _round in range(3):
         for _ in range(30):
             with socket.create_connection((server.host, server.port)) as s:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)   # data+FIN together
                 s.sendall(pack(REQ, ECHO_REQ, b"bye"))
                 s.shutdown(socket.SHUT_WR)
-        time.sleep(1.0)
-        leaked = open_sockets(server.pid) - before
-        if leaked > 0:
-            break
-    assert leaked <= 0, f"{leaked} connections closed by their peers are still open"
+        wait_for(lambda: open_sockets(server.pid) <= before, timeout=3,
+                 what="connections closed by their peers to be closed by the server")
     assert still_serves(server)
 
 
