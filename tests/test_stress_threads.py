@@ -103,6 +103,11 @@ def test_thousand_connections_over_threads_complete_every_job_exactly_once(
             peers.append(p)
             if i >= LEAVERS:
                 waiting.add(i)
+        # Workers hold their GRABs until every submission is acknowledged: a job that
+        # finished before a late SUBMIT with its unique key was processed would be a new
+        # job, rightly run again, and "exactly once" could not be judged.
+        created = 0
+        held = []
         deadline = time.monotonic() + DEADLINE_S
         while waiting and time.monotonic() < deadline:
             for key, _ in sel.select(timeout=1):
@@ -118,6 +123,12 @@ def test_thousand_connections_over_threads_complete_every_job_exactly_once(
                     continue
                 for ptype, body in p.packets(data):
                     if p.role == "client":
+                        if ptype == JOB_CREATED:
+                            created += 1
+                            if created == CLIENTS:
+                                for w in held:
+                                    w.sock.sendall(pkt(GRAB_JOB_UNIQ))
+                                held = []
                         if ptype == JOB_CREATED and p.index < LEAVERS:
                             sel.unregister(p.sock)
                             p.sock.close()       # abrupt: leaves its job behind
@@ -127,7 +138,10 @@ def test_thousand_connections_over_threads_complete_every_job_exactly_once(
                             results[p.index] = body.split(b"\0", 1)[1]
                             waiting.discard(p.index)
                     elif ptype == NOOP:
-                        p.sock.sendall(pkt(GRAB_JOB_UNIQ))
+                        if created < CLIENTS:
+                            held.append(p)
+                        else:
+                            p.sock.sendall(pkt(GRAB_JOB_UNIQ))
                     elif ptype == NO_JOB:
                         p.sock.sendall(pkt(PRE_SLEEP))
                     elif ptype == JOB_ASSIGN_UNIQ:
