@@ -1,23 +1,35 @@
 #!/usr/bin/env bash
-# Install the real Gearman peers the tests run against, from Debian:
-#   gearman-job-server     gearmand 1.1.20 (every behaviour test also runs against it)
-#   gearman-tools          the `gearman` CLI and `gearadmin`
-#   libgearman-client-perl Perl Gearman::Client / Gearman::Worker
-#   php-cli php-gearman    PHP GearmanClient / GearmanWorker (libgearman)
-#   chromium               headless browser for the dashboard test (tests/test_dashboard_browser.py)
-#   clang                  builds the ASan + coverage-instrumented codec for the fuzzer
-# Idempotent: when every package is already installed apt-get is not run at all.
-# Needs root (or sudo) only when something is missing. Python peers (gear,
-# python3-gearman) come from `pip install -e '.[test]'`, not from here.
+# Install the real peers the tests run against, from Debian, and prove that each works.
+# The packages and their checks come from one list, ci/peers.list (the tests read it
+# too, to name the package a missing peer comes from). Each package is installed when
+# dpkg does not have it, then checked whether it was installed now or long ago: a check
+# proves what the tests use (gearmand answers --version, PHP loads its gearman
+# extension, clang links an ASan + fuzzer shared object), so a machine where a package
+# was once installed by hand is no different from a fresh one. Needs root (or sudo)
+# only when something is missing. Python peers (gear, python3-gearman, ...) come from
+# `pip install -e '.[test]'`, not from here.
 # The package's own gearmand service is never left running: the tests start their own
 # servers on free loopback ports and port 4730 must not be taken by a stray daemon.
 set -euo pipefail
 
-PACKAGES=(gearman-job-server gearman-tools libgearman-client-perl php-cli php-gearman chromium
-          clang)
+here="$(cd "$(dirname "$0")" && pwd)"
+LIST="$here/peers.list"
 SERVICE=gearman-job-server
 
 log() { printf 'install-peers: %s\n' "$*" >&2; }
+
+PACKAGES=()
+declare -A CHECK=()
+while IFS= read -r line; do
+    case "$line" in ''|'#'*) continue ;; esac
+    pkg="${line%%|*}"; pkg="${pkg//[[:space:]]/}"
+    check="${line#*|}"; check="${check#"${check%%[![:space:]]*}"}"
+    if [ -z "$pkg" ] || [ "$check" = "$line" ] || [ -z "$check" ]; then
+        log "bad line in $LIST: $line"; exit 1
+    fi
+    PACKAGES+=("$pkg")
+    CHECK[$pkg]="$check"
+done < "$LIST"
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
@@ -40,7 +52,7 @@ for pkg in "${PACKAGES[@]}"; do
 done
 
 if [ "${#missing[@]}" -eq 0 ]; then
-    log "all peers already installed: ${PACKAGES[*]}"
+    log "all ${#PACKAGES[@]} packages already installed"
 else
     log "installing: ${missing[*]}"
     # Keep maintainer scripts from starting gearmand (invoke-rc.d honours policy-rc.d
@@ -59,7 +71,7 @@ else
     trap cleanup EXIT
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        "${PACKAGES[@]}"
+        "${missing[@]}"
     cleanup
     trap - EXIT
 fi
@@ -84,24 +96,18 @@ if [ -r "$pidfile" ] && pgrep -F "$pidfile" -x gearmand >/dev/null 2>&1; then
     fi
 fi
 
-# Check that every peer works as the tests will use it.
-fail=0
-command -v gearmand >/dev/null 2>&1 || [ -x /usr/sbin/gearmand ] || { log "gearmand missing"; fail=1; }
-command -v gearman >/dev/null 2>&1 || { log "gearman CLI missing"; fail=1; }
-command -v gearadmin >/dev/null 2>&1 || { log "gearadmin missing"; fail=1; }
-perl -MGearman::Client -MGearman::Worker -e 1 2>/dev/null \
-    || { log "Perl Gearman::Client/Gearman::Worker missing"; fail=1; }
-php -r 'exit(class_exists("GearmanClient") && class_exists("GearmanWorker") ? 0 : 1);' 2>/dev/null \
-    || { log "PHP gearman extension missing or not enabled"; fail=1; }
-chromium_bin=$(command -v chromium || command -v chromium-browser || true)
-if [ -z "$chromium_bin" ]; then
-    log "chromium missing"; fail=1
-elif ! timeout 60 "$chromium_bin" --headless --no-sandbox --disable-gpu --dump-dom \
-        'data:text/html,<p id=x>ok</p>' 2>/dev/null | grep -q '<p id="x">ok</p>'; then
-    log "chromium cannot render a page headless"; fail=1
-fi
-if [ "$fail" -ne 0 ]; then
+# Check every package as the tests will use it, each in its own shell.
+failed=()
+for pkg in "${PACKAGES[@]}"; do
+    if installed "$pkg" && bash -c "${CHECK[$pkg]}" >/dev/null 2>&1 </dev/null; then
+        continue
+    fi
+    log "check failed for $pkg: ${CHECK[$pkg]}"
+    failed+=("$pkg")
+done
+if [ "${#failed[@]}" -ne 0 ]; then
+    log "not working: ${failed[*]}"
     exit 1
 fi
 gearmand_bin=$(command -v gearmand || echo /usr/sbin/gearmand)
-log "ready: $("$gearmand_bin" --version 2>&1 | grep -m1 gearmand || true)"
+log "ready, ${#PACKAGES[@]} packages checked: $("$gearmand_bin" --version 2>&1 | grep -m1 gearmand || true)"

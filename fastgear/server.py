@@ -67,6 +67,36 @@ def setup_logging(cfg):
     root.propagate = False
 
 
+def _address(sock):
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def startup_line(cfg, sockets, threads, replayed, mon):
+    """What a first-time user needs to know, in one line: where the server listens and
+    with what (compare uvicorn's "running on" line and redis's banner)."""
+    if cfg.queue_type == "libsqlite3":
+        store = f"SQLite {os.path.abspath(cfg.libsqlite3_db)} ({replayed} jobs replayed)"
+    else:
+        store = "memory (background jobs are lost on exit; --store FILE keeps them)"
+    monitor_at = mon.url if mon is not None else "off"
+    return (f"fastgear {__version__} ready on {', '.join(_address(s) for s in sockets)}"
+            f" (pid {os.getpid()}): {threads} I/O thread{'s' if threads != 1 else ''},"
+            f" store {store}, monitor {monitor_at}")
+
+
+def log_notice(message):
+    """Log `message` whatever --verbose says: gearmand's default level (ERROR) would
+    hide the start-up line, and a user needs it most when nothing else is logged."""
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, None, None)
+    record.levelname = "NOTICE"
+    log.handle(record)
+    # Someone at a terminal whose log goes to a file (gearmand's default) sees it too.
+    to_stderr = any(getattr(h, "stream", None) is sys.stderr for h in log.handlers)
+    if not to_stderr and sys.stderr.isatty():
+        print(f"fastgear: {message}", file=sys.stderr)
+
+
 def bind_listeners(cfg):
     """Bind like gearmand: every passive address (IPv4 and IPv6) unless -L names one."""
     host = cfg.listen or None
@@ -184,10 +214,10 @@ def open_store(cfg, loop):
     except Exception as exc:  # any failure here is a start-up error
         store.close()
         raise StoreError(f"cannot replay queue file {cfg.libsqlite3_db}: {exc}") from exc
-    log.info("replayed %d background jobs from %s", len(rows) - len(duplicates),
-             cfg.libsqlite3_db)
+    replayed = len(rows) - len(duplicates)
+    log.info("replayed %d background jobs from %s", replayed, cfg.libsqlite3_db)
     loop.set_durable(True)
-    return store
+    return store, replayed
 
 
 class Control:
@@ -438,14 +468,14 @@ def run(cfg):
     setup_logging(cfg)
     srv = Server(cfg)
     srv.install_signal_handlers()
-    sockets, store, pid_path = [], None, None
+    sockets, store, pid_path, replayed = [], None, None, 0
     try:
         apply_process_options(cfg)
         sockets = bind_listeners(cfg)
         # Opened and replayed before detaching, so a bad queue file is reported on the
         # terminal; its thread starts after the fork (threads do not survive fork()).
         if cfg.queue_type == "libsqlite3":
-            store = open_store(cfg, srv.loop)
+            store, replayed = open_store(cfg, srv.loop)
         if cfg.daemon:
             daemonize()
         pid_path = write_pid_file(cfg)
@@ -475,7 +505,7 @@ def run(cfg):
             print(f"fastgear: {exc}", file=sys.stderr)
             return 1
         srv.start(sockets)
-        log.info("fastgear %s listening on port %d", __version__, cfg.port)
+        log_notice(startup_line(cfg, sockets, srv.loop.threads, replayed, mon))
         srv.control_loop()
     finally:
         if mon is not None:

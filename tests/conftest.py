@@ -7,7 +7,16 @@ tests marked `gearmand_quirk` pin the gearmand behaviour we chose not to copy. T
 need server flags (`-j 2`, `-R`, ...) use `start_server(kind, *flags)`, which accepts
 gearmand's flags for both servers. Every process started here is stopped by PID at
 teardown.
+
+Missing peers: outside CI a test whose tool or peer is absent skips with the package to
+install; under CI (CI=true) it fails instead, because a skip in CI hides a missing
+install step. `missing()` names the Debian package from ci/peers.list (the list
+ci/install-peers.sh installs) or the pip package of the `[test]` extra, and the report
+hook below turns any other skip in CI into a failure too. Scenarios that do not apply
+to a server kind (a deliberate difference run against gearmand) are deselected, not
+skipped, so that a skip always means something is missing.
 """
+import importlib
 import os
 import shutil
 import signal
@@ -25,6 +34,99 @@ GEARMAND = shutil.which("gearmand") or (
 # fastgear runs with its default 4 I/O threads and with -t 0 and -t 1; gearmand with its
 # defaults. "fastgear-tN" means fastgear started with `-t N`.
 KINDS = ["fastgear", "fastgear-t0", "fastgear-t1", "gearmand"]
+IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _debian_peers():
+    """Package names from ci/peers.list, the one list install-peers.sh installs."""
+    names = set()
+    for line in (ROOT / "ci" / "peers.list").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            names.add(line.split("|", 1)[0].strip())
+    return frozenset(names)
+
+
+DEBIAN_PEERS = _debian_peers()
+
+
+def missing(what, *, debian=None, pip=None):
+    """`what` is not available here: skip, naming where it comes from; fail under CI."""
+    if debian is not None:
+        if debian not in DEBIAN_PEERS:
+            # A peer the install script does not install would skip for ever.
+            pytest.fail(f"{debian} is not in ci/peers.list; add it there", pytrace=False)
+        source = f"Debian package {debian} (bash ci/install-peers.sh installs it)"
+    elif pip is not None:
+        source = f"pip package {pip} (pip install -e '.[test]' installs it)"
+    else:
+        raise TypeError("missing() needs debian= or pip=")
+    message = f"{what} is missing: {source}"
+    if IN_CI:
+        pytest.fail(f"{message}; under CI a missing peer fails instead of skipping",
+                    pytrace=False)
+    pytest.skip(message)
+
+
+def need_module(name, pip):
+    """Import `name`, or report the pip package that provides it as missing."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"the Python module {name!r}", pip=pip)
+
+
+def need_gearmand():
+    if GEARMAND is None:
+        missing("gearmand", debian="gearman-job-server")
+    return GEARMAND
+
+
+def _skip_reason(longrepr):
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+def _fail_skip_in_ci(report):
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = (f"skipped under CI ({_skip_reason(report.longrepr)}): a skip "
+                           "in CI hides a missing install step")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_skip_in_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _fail_skip_in_ci(outcome.get_result())
+
+
+def _not_applicable(item):
+    """Why a parametrised scenario does not apply to its server kind, or None."""
+    spec = getattr(item, "callspec", None)
+    kind = spec.params.get("kind") if spec is not None else None
+    if kind is None:
+        return None
+    marks = {m.name for m in item.iter_markers()}
+    if kind == "gearmand" and "difference" in marks:
+        return "deliberate difference from gearmand: fastgear only"
+    if kind.startswith("fastgear") and "gearmand_quirk" in marks:
+        return "gearmand quirk that fastgear deliberately fixes"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    keep, drop = [], []
+    for item in items:
+        (drop if _not_applicable(item) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def free_port():
@@ -61,9 +163,7 @@ class Server:
         if kind == "fastgear":
             cmd = [sys.executable, "-m", "fastgear", "serve"]
         else:
-            if GEARMAND is None:
-                pytest.skip("gearmand is not installed (ci/install-peers.sh installs it)")
-            cmd = [GEARMAND]
+            cmd = [need_gearmand()]
         self.cmd = cmd + ["-p", str(self.port), "-L", self.host,
                           "--log-file", str(self.log_path), "-P", str(pid_file)] + self.flags
         self._log = open(tmp_path / f"{kind}-{self.port}.out", "wb")  # noqa: SIM115 (closed in stop)
@@ -133,15 +233,8 @@ def start_server(tmp_path):
 
 @pytest.fixture(params=KINDS)
 def kind(request):
-    marks = {m.name for m in request.node.iter_markers()}
-    if request.param == "gearmand" and "difference" in marks:
-        pytest.skip("deliberate difference from gearmand: fastgear only")
-    if request.param.startswith("fastgear") and "gearmand_quirk" in marks:
-        pytest.skip("gearmand quirk that fastgear deliberately fixes")
-    if request.param == "gearmand" and GEARMAND is None:
-        if os.environ.get("CI"):
-            pytest.fail("gearmand must be installed in CI (ci/install-peers.sh)")
-        pytest.skip("gearmand is not installed")
+    if request.param == "gearmand":
+        need_gearmand()
     return request.param
 
 

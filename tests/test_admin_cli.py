@@ -15,7 +15,7 @@ import sys
 import threading
 
 import pytest
-from conftest import GEARMAND, KINDS, free_port, wait_for
+from conftest import KINDS, free_port, missing, need_gearmand, wait_for
 from gearproto import (
     JOB_ASSIGN,
     SET_CLIENT_ID,
@@ -43,7 +43,7 @@ def run_admin(server_or_port, *args, timeout=RUN_TIMEOUT):
 
 def run_gearadmin(server, *args):
     if GEARADMIN is None:
-        pytest.skip("gearadmin is not installed (ci/install-peers.sh installs it)")
+        missing("gearadmin", debian="gearman-tools")
     cmd = [GEARADMIN, "-h", server.host, "-p", str(server.port), *args]
     return subprocess.run(cmd, capture_output=True, timeout=RUN_TIMEOUT, check=False)
 
@@ -144,8 +144,7 @@ def test_status_matches_gearadmin_byte_for_byte(busy, server):
 
 
 def test_workers_of_single_threaded_gearmand_match_gearadmin_in_order(start_server):
-    if GEARMAND is None:
-        pytest.skip("gearmand is not installed")
+    need_gearmand()
     srv = start_server("gearmand", "-t", "0")
     _, conns = busy_state(srv)
     try:
@@ -429,7 +428,7 @@ def test_help_lists_every_gearadmin_action(capsys):
 def test_the_fastgear_script_runs_admin_too(server):
     script = shutil.which("fastgear")
     if script is None:
-        pytest.skip("the fastgear console script is not installed")
+        missing("the fastgear console script", pip="fastgear (this project)")
     result = subprocess.run([script, "admin", "-h", server.host, "-p", str(server.port),
                              "--getpid"], capture_output=True, timeout=RUN_TIMEOUT,
                             check=False)
@@ -455,8 +454,7 @@ def test_shutdown_json_confirms_the_request(start_server):
 
 
 def test_shutdown_of_gearmand_explains_that_it_has_no_such_command(start_server):
-    if GEARMAND is None:
-        pytest.skip("gearmand is not installed")
+    need_gearmand()
     srv = start_server("gearmand")
     message = failed(run_admin(srv, "--shutdown"), 1)
     assert "no shutdown command" in message and "SIGTERM" in message

@@ -8,6 +8,7 @@ probes verbatim against a context that looks like a freshly started gearmand. Te
 import base64
 
 import pytest
+from conftest import need_module
 
 from fastgear import admin
 from fastgear.admin import CLOSE, handle_line, tokenize
@@ -462,8 +463,8 @@ def test_maxqueue_answers_ok_with_a_bare_lf_line_ending(ctx):
 
 @pytest.mark.difference
 def test_maxqueue_answer_is_accepted_by_the_python_gearman_admin_client(ctx):
-    protocol = pytest.importorskip("python3_gearman.protocol")
-    handler_module = pytest.importorskip("python3_gearman.admin_client_handler")
+    protocol = need_module("python3_gearman.protocol", pip="python3-gearman")
+    handler_module = need_module("python3_gearman.admin_client_handler", pip="python3-gearman")
     _, args, used = protocol.parse_text_command(ask(ctx, b"maxqueue f 1"))
     handler = handler_module.GearmanAdminClientCommandHandler(connection_manager=None)
     handler.recv_server_maxqueue(args["raw_text"])  # raises ProtocolError on b"OK\r\n"

@@ -13,7 +13,7 @@ import threading
 import pytest
 from fastgear.protocol import NUMBERS, encode, parse
 
-bench = pytest.importorskip("fastgear.bench.cli")
+import fastgear.bench.cli as bench
 
 
 def run_bench(capsys, *argv):
@@ -232,9 +232,8 @@ def test_broken_server_fails_loudly(capsys, fake_server, expected):
 
 
 def test_compare_runs_both_servers(capsys):
-    from conftest import GEARMAND
-    if GEARMAND is None:
-        pytest.skip("gearmand is not installed")
+    from conftest import need_gearmand
+    need_gearmand()
     rc, runs, err = run_bench(capsys, "bg", "--compare", "--rounds", 1, "--jobs", 2000,
                               "--workers", 4, "--json")
     assert rc == 0, err

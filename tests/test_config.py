@@ -10,7 +10,7 @@ import sys
 import types
 
 import pytest
-from conftest import GEARMAND, ROOT
+from conftest import GEARMAND, ROOT, need_gearmand
 
 import fastgear
 from fastgear import cli, config
@@ -491,9 +491,9 @@ SAME_AS_GEARMAND = [
 ]
 
 
-@pytest.mark.skipif(GEARMAND is None, reason="gearmand not installed")
 @pytest.mark.parametrize("argv", SAME_AS_GEARMAND, ids=" ".join)
 def test_command_line_is_accepted_or_rejected_like_gearmand(argv, tmp_path, capsys):
+    need_gearmand()
     env = {k: v for k, v in os.environ.items() if k != "GEARMAND_PORT"}
     real = subprocess.run([GEARMAND, "--check-args", "-l", "none"] + argv, cwd=tmp_path,
                           env=env, capture_output=True, timeout=20, check=False)

@@ -19,7 +19,7 @@ import subprocess
 import urllib.request
 
 import pytest
-from conftest import free_port, wait_for
+from conftest import free_port, missing, wait_for
 from gearproto import CAN_DO, GRAB_JOB, JOB_ASSIGN, SUBMIT_JOB_BG, WORK_COMPLETE, Conn
 
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser",
@@ -138,9 +138,7 @@ class Page:
 def chromium(tmp_path):
     """A headless Chromium with a DevTools port; yields a function opening a Page."""
     if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium must be installed in CI (ci/install-peers.sh)")
-        pytest.skip("chromium is not installed (ci/install-peers.sh installs it)")
+        missing("chromium", debian="chromium")
     profile = tmp_path / "chromium-profile"
     log = open(tmp_path / "chromium.log", "wb")  # noqa: SIM115 (closed at teardown)
     # Its own session, so the renderer and helper processes go with it at teardown.

@@ -33,7 +33,7 @@ import threading
 import time
 
 import pytest
-from conftest import GEARMAND, free_port, wait_for
+from conftest import free_port, need_gearmand, wait_for
 from gearproto import (
     ECHO_REQ,
     ECHO_RES,
@@ -386,8 +386,7 @@ def test_empty_uniques_are_stored_apart_and_equal_uniques_coalesce_across_restar
 # -- 6. a queue file written by gearmand --------------------------------------------------------
 
 def test_a_queue_file_written_by_gearmand_replays_and_is_migrated(start_server, tmp_path):
-    if GEARMAND is None:
-        pytest.skip("gearmand is not installed")
+    need_gearmand()
     db = tmp_path / "gearmand.db"
     flags = store_flags(db) + ("--libsqlite3-table", "legacy")
     later = int(time.time()) + 3600

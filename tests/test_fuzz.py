@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from conftest import missing
 
 FUZZ = Path(__file__).resolve().parent / "fuzz"
 sys.path.insert(0, str(FUZZ))
@@ -90,7 +91,7 @@ def test_instrumented_codec_build_works_where_clang_is_installed():
     (The build is cached by a hash of its sources, so this is the codec fuzzer's own.)"""
     import build_instrumented as bi
     if bi.find_clang() is None:
-        pytest.skip("clang is not installed: the codec fuzzer runs uninstrumented")
+        missing("clang (the codec fuzzer would run uninstrumented)", debian="clang")
     so = bi.build()
     nm = shutil.which("nm")
     if nm:

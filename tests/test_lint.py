@@ -4,7 +4,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from conftest import missing
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,14 +16,14 @@ def run(cmd):
 
 def test_python_sources_pass_ruff():
     if shutil.which("ruff") is None:
-        pytest.skip("ruff is not installed (pip install -e '.[test]')")
+        missing("ruff", pip="ruff")
     res = run(["ruff", "check", "fastgear", "tests", "bench"])
     assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_cython_sources_pass_cython_lint():
     if shutil.which("cython-lint") is None:
-        pytest.skip("cython-lint is not installed (pip install -e '.[test]')")
+        missing("cython-lint", pip="cython-lint")
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "fastgear").rglob("*")
                      if p.suffix in (".pyx", ".pxd"))
     res = run(["cython-lint", "--max-line-length", "100"] + sources)

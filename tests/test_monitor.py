@@ -20,7 +20,7 @@ import time
 from urllib.parse import quote
 
 import pytest
-from conftest import free_port, wait_for
+from conftest import free_port, need_module, wait_for
 from gearproto import (
     CAN_DO,
     ERROR,
@@ -44,7 +44,7 @@ from gearproto import (
     Conn,
 )
 
-prometheus_parser = pytest.importorskip("prometheus_client.parser")
+prometheus_parser = need_module("prometheus_client.parser", pip="prometheus_client")
 
 
 # --- helpers ---------------------------------------------------------------------------

@@ -10,9 +10,8 @@ Gearman::Worker (libgearman-client-perl) and PHP GearmanClient / GearmanWorker
 Every subprocess has a bounded timeout, every started process is killed by PID at
 teardown, and tests wait on conditions the server reports (`status`) instead of sleeping.
 `ci/install-peers.sh` installs the Debian peers; `pip install -e '.[test]'` the Python ones.
-In CI (CI=true) a missing peer fails the test instead of skipping it.
+In CI (CI=true) a missing peer fails the test instead of skipping it (conftest.missing).
 """
-import importlib
 import os
 import shutil
 import signal
@@ -23,7 +22,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import missing, wait_for
+from conftest import need_module as conftest_need_module
 
 CLIENTS = Path(__file__).resolve().parent / "clients"
 RUN_TIMEOUT = 60          # seconds, for any one client command
@@ -33,11 +33,11 @@ TEN_MIB = 10 * 1024 * 1024
 
 # --------------------------------------------------------------------------- peers
 
-def _missing(what):
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} must be installed in CI (ci/install-peers.sh, .[test] extra)")
-    pytest.skip(f"{what} is not installed (ci/install-peers.sh installs it)")
-
+# Where each tool comes from: the Debian package in ci/peers.list, or the pip package of
+# the `[test]` extra, named when a test finds it missing.
+DEBIAN = {"gearman": "gearman-tools", "gearadmin": "gearman-tools",
+          "perl": "libgearman-client-perl", "php": "php-cli"}
+PIP = {"gear": "gear", "python3_gearman": "python3-gearman"}
 
 _probe_cache = {}
 
@@ -56,29 +56,26 @@ def _probe(name, cmd):
 def need_tool(name):
     path = shutil.which(name)
     if path is None:
-        _missing(name)
+        missing(name, debian=DEBIAN[name])
     return path
 
 
 def need_perl():
     perl = need_tool("perl")
     if not _probe("perl", [perl, "-MGearman::Client", "-MGearman::Worker", "-e", "1"]):
-        _missing("Perl Gearman::Client (libgearman-client-perl)")
+        missing("Perl Gearman::Client", debian="libgearman-client-perl")
     return perl
 
 
 def need_php():
     php = need_tool("php")
     if not _probe("php", [php, "-r", "exit(class_exists('GearmanClient') ? 0 : 1);"]):
-        _missing("the PHP gearman extension (php-gearman)")
+        missing("the PHP gearman extension", debian="php-gearman")
     return php
 
 
 def need_module(name):
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        _missing(f"the Python package providing {name!r}")
+    return conftest_need_module(name, pip=PIP[name])
 
 
 # --------------------------------------------------------------- talking to the server

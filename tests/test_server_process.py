@@ -2,6 +2,7 @@
 loopback-only `shutdown` command and refused flags. Run against fastgear and gearmand
 where gearmand has the same behaviour."""
 import os
+import select
 import signal
 import socket
 import struct
@@ -167,3 +168,51 @@ def test_unsupported_feature_flags_are_refused_with_a_clear_message(flags, named
                          cwd=tmp_path)
     assert res.returncode != 0
     assert named in res.stderr
+
+
+def test_startup_line_says_where_it_listens_at_the_default_verbosity(start_server, tmp_path):
+    db = tmp_path / "jobs.db"
+    mport = free_port()
+    srv = start_server("fastgear", "-t", "2", "--store", str(db),
+                       "--monitor", f"127.0.0.1:{mport}")
+    line = wait_for(lambda: next((x for x in srv.log_path.read_text().splitlines()
+                                  if " ready on " in x), None), what="the start-up line")
+    from fastgear import __version__
+    assert " NOTICE " in line
+    assert f"fastgear {__version__} ready on 127.0.0.1:{srv.port} (pid {srv.pid})" in line
+    assert "2 I/O threads" in line
+    assert f"store SQLite {db} (0 jobs replayed)" in line
+    assert f"monitor http://127.0.0.1:{mport}/" in line
+
+
+def test_startup_line_names_the_memory_store_and_a_monitor_that_is_off(start_server):
+    srv = start_server("fastgear", "-t", "0", "--monitor", "off")
+    line = wait_for(lambda: next((x for x in srv.log_path.read_text().splitlines()
+                                  if " ready on " in x), None), what="the start-up line")
+    assert "1 I/O thread," in line and "store memory" in line and line.endswith("monitor off")
+
+
+def test_startup_line_reaches_a_terminal_when_the_log_goes_to_a_file(tmp_path):
+    import pty
+    port, log = free_port(), tmp_path / "server.log"
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the server, its stderr a terminal
+        os.execv(sys.executable, [sys.executable, "-m", "fastgear", "serve", "-L", "127.0.0.1",
+                                  "-p", str(port), "--log-file", str(log), "--monitor", "off"])
+    seen = b""
+    try:
+        def printed():
+            nonlocal seen
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:  # the child is gone; what it printed is in `seen`
+                    return True
+            return b"ready on" in seen
+        wait_for(printed, what="the start-up line on the terminal")
+        assert b"fastgear: fastgear" in seen and f"127.0.0.1:{port}".encode() in seen
+        assert " ready on " in log.read_text()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+        os.close(fd)
