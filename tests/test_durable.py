@@ -81,9 +81,10 @@ def as_bytes(value):
     return value if isinstance(value, bytes) else str(value).encode()
 
 
-def drain(srv, func, limit=100000):
+def drain(srv, func, limit=1000):
     """Grab and complete every queued job of `func` with one worker; payloads in grab
-    order."""
+    order. More than `limit` jobs (callers pass what they submitted plus a margin) fails
+    the test rather than returning a partial list."""
     done = []
     with Conn(srv) as w:
         w.worker(func)
@@ -94,6 +95,8 @@ def drain(srv, func, limit=100000):
             assert t == JOB_ASSIGN, (t, args)
             w.send(WORK_COMPLETE, args[0], b"")
             done.append(args[2])
+        else:
+            raise AssertionError(f"more than {limit} jobs of {func!r} queued")
         w.echo()
     return done
 
@@ -106,51 +109,52 @@ def total_jobs(srv, func):
 # -- 1. SIGKILL under load -------------------------------------------------------------
 
 LOAD_FUNC = b"durable"
-CLIENTS, JOBS_PER_CLIENT, BATCH = 3, 3000, 100
+CLIENTS, BATCH = 3, 100
+LOADED_ACKS, LOADED_DONE = 3000, 100       # acknowledged and completed before the kill
 WORKERS = 3
 
 
 class ClientRun(threading.Thread):
-    """Submits JOBS_PER_CLIENT background jobs with empty unique keys, pipelined in
-    batches (at most two batches unanswered). Records payload -> (handle, monotonic time
-    the submit was sent) for every JOB_CREATED, and payloads that got an ERROR."""
+    """Submits background jobs with empty unique keys, pipelined in batches (at most two
+    batches unanswered), until the server dies (then sets `cut_off`) or `stop` is set, so
+    the kill always comes mid-run however fast the machine is. Records every payload sent
+    in `payloads`, payload -> (handle, monotonic time the submit was sent) for every
+    JOB_CREATED, and payloads that got an ERROR."""
 
     def __init__(self, srv, idx, stop):
         super().__init__(daemon=True)
         self.conn = Conn(srv)
-        self.payloads = [b"c%d-%05d" % (idx, i) for i in range(JOBS_PER_CLIENT)]
+        self.idx = idx
+        self.payloads = []
         self.stop_event = stop
         self.acked = {}
         self.errors = []
-        self.finished = False
+        self.cut_off = False
 
     def run(self):
         inflight = collections.deque()
-        sent = 0
         try:
-            while sent < len(self.payloads) or inflight:
-                if sent < len(self.payloads) and len(inflight) < 2 * BATCH:
-                    chunk = self.payloads[sent:sent + BATCH]
+            while not self.stop_event.is_set():
+                if len(inflight) < 2 * BATCH:
+                    start = len(self.payloads)
+                    chunk = [b"c%d-%06d" % (self.idx, i) for i in range(start, start + BATCH)]
+                    self.payloads.extend(chunk)
                     t_sent = time.monotonic()
                     self.conn.send_raw(b"".join(
                         packet(SUBMIT_JOB_BG, LOAD_FUNC, b"", p) for p in chunk))
                     inflight.extend((p, t_sent) for p in chunk)
-                    sent += len(chunk)
                     continue
                 try:
                     t, args = self.conn.recv(timeout=0.5)
                 except TimeoutError:
-                    if self.stop_event.is_set():
-                        return
                     continue
                 payload, t_sent = inflight.popleft()
                 if t == JOB_CREATED:
                     self.acked[payload] = (args[0], t_sent)
                 else:
                     self.errors.append((payload, t, args))
-            self.finished = True
         except (Closed, OSError):
-            pass                                   # the server was killed
+            self.cut_off = True                    # the server was killed
         finally:
             self.conn.close()
 
@@ -218,9 +222,11 @@ def test_sigkill_under_load_runs_every_acknowledged_job_at_least_once(start_serv
         def loaded():
             acked = sum(len(c.acked) for c in clients)
             done = sum(len(w.completed) for w in workers)
-            return acked >= CLIENTS * JOBS_PER_CLIENT // 3 and done >= 100
-        wait_for(loaded, timeout=60, what="a third of the jobs acknowledged")
+            return acked >= LOADED_ACKS and done >= LOADED_DONE
+        wait_for(loaded, timeout=60, what=f"{LOADED_ACKS} jobs acknowledged, {LOADED_DONE} done")
         srv.stop(signal.SIGKILL)
+        for t in clients:
+            t.join(15)                             # the kill ends them, not `stop`
     finally:
         stop.set()
         for t in threads:
@@ -234,7 +240,7 @@ def test_sigkill_under_load_runs_every_acknowledged_job_at_least_once(start_serv
     handled_at = {p: t for w in workers for p, t in w.handled_at.items()}
     assert not [e for c in clients for e in c.errors], "a submit was refused"
     assert not [u for w in workers for u in w.unexpected], "a worker got a stray reply"
-    assert not all(c.finished for c in clients), "the kill came after the run, not during it"
+    assert all(c.cut_off for c in clients), "a client stopped before the kill, not by it"
     # JOB_CREATED answers come in submission order: the handle a client got for a payload
     # is the handle the worker saw with it.
     assert all(acked[p][0] == h for p, h in assigned.items() if p in acked)
@@ -243,7 +249,7 @@ def test_sigkill_under_load_runs_every_acknowledged_job_at_least_once(start_serv
     confirmed = {p for p, t in handled_at.items() if t < last_ack_sent}
 
     again = start_server("fastgear", "--store", str(db))
-    rerun = drain(again, LOAD_FUNC)
+    rerun = drain(again, LOAD_FUNC, limit=len(submitted) + 100)
     assert len(rerun) == len(set(rerun)), "a replayed job was handed out twice"
     assert set(rerun) <= submitted, "a job nobody submitted was replayed"
     lost = set(acked) - completed - set(rerun)
@@ -329,8 +335,12 @@ def test_replay_runs_high_then_normal_then_low_fifo_within_each(start_server, tm
 
 def test_epoch_job_survives_a_restart_and_runs_at_its_time_not_before(start_server, tmp_path):
     db = tmp_path / "epoch.db"
+    t0 = time.monotonic()
     srv = start_server("fastgear", "--store", str(db))
-    when = int(time.time()) + 3
+    start_s = time.monotonic() - t0
+    # The job's time leaves room for the restart below, sized by the start just measured,
+    # so the "not before its time" check runs before it on any machine.
+    when = int(time.time() + 1 + 4 * start_s) + 1
     with Conn(srv) as c:
         c.send(SUBMIT_JOB_EPOCH, b"ep", b"", str(when).encode(), b"later")
         assert c.expect(JOB_CREATED)
@@ -350,7 +360,8 @@ def test_epoch_job_survives_a_restart_and_runs_at_its_time_not_before(start_serv
         def due():
             reply = w.grab(GRAB_JOB)
             return reply if reply[0] == JOB_ASSIGN else None
-        t, args = wait_for(due, timeout=10, interval=0.05, what="the epoch job to run")
+        t, args = wait_for(due, timeout=when - time.time() + 10, interval=0.05,
+                           what="the epoch job to run")
         assert args[2] == b"later" and time.time() >= when - 0.01
         w.send(WORK_COMPLETE, args[0], b"")
         w.echo()

@@ -93,20 +93,20 @@ def function(doc, name):
     return next((f for f in doc["functions"] if f["name"] == name), {})
 
 
-def wait_value(fetch, predicate, what):
+def wait_value(fetch, predicate, what, timeout=10.0):
     """Poll fetch() until predicate(value) is true; returns that value."""
     latest = []
 
     def ready():
         latest[:] = [fetch()]
         return predicate(latest[0])
-    wait_for(ready, what=what)
+    wait_for(ready, timeout=timeout, what=what)
     return latest[0]
 
 
-def wait_status(srv, predicate, what):
+def wait_status(srv, predicate, what, timeout=10.0):
     """The first /status document for which predicate(doc) is true."""
-    return wait_value(lambda: status(srv), predicate, what)
+    return wait_value(lambda: status(srv), predicate, what, timeout)
 
 
 def metrics(srv):
@@ -287,11 +287,13 @@ def test_rates_fall_back_to_zero_once_jobs_stop(start_server):
         worker.send(CAN_DO, b"once")
         client.submit(b"once", b"x", kind=SUBMIT_JOB_BG)
         run_job(worker)
-        wait_status(srv, lambda d: function(d, "once")
-                    and function(d, "once")["rates"]["completed"] > 0,
-                    "a completion rate")
+        doc = wait_status(srv, lambda d: function(d, "once")
+                          and function(d, "once")["rates"]["completed"] > 0,
+                          "a completion rate")
+        # The completion leaves the rate once it is older than the window the server
+        # reports: wait for that window twice over, plus the sampling period.
         wait_status(srv, lambda d: function(d, "once")["rates"]["completed"] == 0,
-                    "the rate to return to zero")
+                    "the rate to return to zero", timeout=2 * doc["rate_window_s"] + 5)
 
 
 def test_a_job_given_back_by_a_lost_worker_counts_as_retried(start_server):
