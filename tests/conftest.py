@@ -202,6 +202,20 @@ class Server:
                 pass
         return text[-4000:]
 
+    def log_text(self):
+        """What the server wrote to its --log-file so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def refuses_connections(self):
+        try:
+            socket.create_connection((self.host, self.port), timeout=0.5).close()
+            return False
+        except OSError:
+            return True
+
     @property
     def address(self):
         return f"{self.host}:{self.port}"

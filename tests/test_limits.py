@@ -5,7 +5,8 @@ refused from its header (ERROR ARGUMENT_TOO_LARGE, after the replies already due
 header alone reserves nothing; a connection whose unsent output passes --max-output is
 no longer read until it drains, so a client that submits and never reads stops being
 able to submit; past --max-output-hard it is disconnected with a log line naming it;
-connections beyond --max-connections get ERROR SERVER_BUSY and are closed. gearmand
+connections beyond --max-connections get ERROR SERVER_BUSY and are closed; the engine
+refuses jobs past --max-queued-bytes, --max-unique and --max-function-name. gearmand
 1.1.20 has none of these (it buffers without bound), so those tests are marked
 `difference`. Keepalive, the listen backlog, many connections and workers whose link
 dies are tested against both servers where they behave alike.
@@ -37,6 +38,7 @@ from gearproto import (
     PRE_SLEEP,
     REQ,
     SUBMIT_JOB,
+    SUBMIT_JOB_BG,
     SUBMIT_JOB_HIGH,
     WORK_COMPLETE,
     Closed,
@@ -59,11 +61,6 @@ def proc_status(pid, field):
     raise AssertionError(f"no {field} for {pid}")
 
 
-def log_text(srv):
-    try:
-        return srv.log_path.read_text(errors="replace")
-    except OSError:
-        return ""
 
 
 def header(ptype, size):
@@ -211,8 +208,8 @@ def test_packet_larger_than_max_packet_gets_error_after_the_replies_already_due(
         assert bad.expect(ERROR) == TOO_LARGE
         assert bad.closed()
         other.echo(b"still served")
-    wait_for(lambda: f"protocol error from 127.0.0.1:{port} (connection" in log_text(srv)
-             and "ARGUMENT_TOO_LARGE; connection closed" in log_text(srv),
+    wait_for(lambda: f"protocol error from 127.0.0.1:{port} (connection" in srv.log_text()
+             and "ARGUMENT_TOO_LARGE; connection closed" in srv.log_text(),
              what="protocol error logged")
 
 
@@ -275,7 +272,7 @@ def test_connections_beyond_max_connections_get_server_busy_and_are_closed(
         for c in held:
             c.echo(b"others unaffected")
         wait_for(lambda: re.search(r"refused \d+ connection\(s\): connection limit 4",
-                                   log_text(srv)), what="refusal logged")
+                                   srv.log_text()), what="refusal logged")
         # A freed slot is usable again.
         held.pop().close()
 
@@ -337,7 +334,7 @@ def test_out_of_descriptors_a_peer_is_refused_with_server_busy_and_others_are_se
         assert refused == (ERROR, SERVER_BUSY)
         for c in held:
             c.echo(b"still served")
-        wait_for(lambda: "accept failed: Too many open files" in log_text(srv),
+        wait_for(lambda: "accept failed: Too many open files" in srv.log_text(),
                  what="descriptor exhaustion logged")
     finally:
         for c in held:
@@ -429,7 +426,7 @@ def test_output_past_the_hard_bound_disconnects_the_peer_with_a_log_line(kind, s
         slow.sendall(pack(REQ, SUBMIT_JOB, b"big", b"", b"x") * 100)   # 12.5 MiB of results
         line = wait_for(lambda: re.search(
             rf"ERROR disconnected 127\.0\.0\.1:{port} \(connection \d+\): (\d+) bytes of "
-            rf"output it does not read \(--max-output-hard {1 << 20}\)", log_text(srv)),
+            rf"output it does not read \(--max-output-hard {1 << 20}\)", srv.log_text()),
             timeout=30, what="hard-bound disconnect logged")
         assert int(line.group(1)) > 1 << 20
         # Its jobs went as for any disconnect; everyone else is served.
@@ -605,3 +602,74 @@ def test_worker_dying_while_sleeping_is_forgotten(kind, start_server, dies):
         assert workers_of(adm, b"f") == 1
         dies(w)
         wait_for(lambda: workers_of(adm, b"f") == 0, what="dead worker forgotten")
+
+# -- what a submission may hold: --max-queued-bytes, --max-unique, --max-function-name --
+# A submission over a limit gets an ERROR packet and the connection stays usable;
+# nothing already queued is touched, and other clients are unaffected. gearmand has none
+# of these flags (its unique limit is a fixed 64 bytes, fastgear's default too).
+
+@pytest.fixture(params=["fastgear", "fastgear-t0"])
+def fg_kind(request):
+    return request.param
+
+
+@pytest.mark.difference
+def test_submissions_past_the_memory_budget_get_queue_error_and_others_keep_working(
+        fg_kind, start_server):
+    srv = start_server(fg_kind, "--max-queued-bytes", "200000")
+    with Conn(srv) as c, Conn(srv) as other, Conn(srv) as w:
+        accepted = 0
+        for _ in range(100):
+            c.send(SUBMIT_JOB_BG, b"budget", b"", b"x" * 10000)
+            t, args = c.recv()
+            if t == ERROR:
+                assert args == [b"QUEUE_ERROR", b"Job memory budget exhausted"]
+                break
+            assert t == JOB_CREATED
+            accepted += 1
+        assert 10 <= accepted < 20     # 10 kB payloads plus bookkeeping in 200 kB
+        assert status_table(other)[b"budget"][0] == accepted
+        # Small jobs are refused too while the budget is used up...
+        other.send(SUBMIT_JOB_BG, b"budget", b"", b"y" * 10000)
+        assert other.recv()[0] == ERROR
+        # ...and accepted again once workers have made room.
+        w.send(CAN_DO, b"budget")
+        for _ in range(5):
+            h = w.grab()[1][0]
+            w.send(WORK_COMPLETE, h, b"")
+        w.echo()
+        assert other.submit(b"budget", b"z" * 10000, kind=SUBMIT_JOB_BG)
+
+
+@pytest.mark.difference
+def test_a_unique_key_longer_than_max_unique_is_refused(fg_kind, start_server):
+    srv = start_server(fg_kind, "--max-unique", "16")
+    with Conn(srv) as c:
+        c.send(SUBMIT_JOB, b"f", b"u" * 17, b"x")
+        assert c.expect(ERROR) == [b"ARGUMENT_TOO_LARGE", b"Unique value too large"]
+        assert c.submit(b"f", b"x", unique=b"u" * 16)
+
+
+@pytest.mark.difference
+def test_max_unique_can_be_raised_past_gearmands_64_bytes(fg_kind, start_server):
+    srv = start_server(fg_kind, "--max-unique", "200")
+    with Conn(srv) as c, Conn(srv) as w:
+        key = b"k" * 200
+        h = c.submit(b"f", b"x", unique=key, kind=SUBMIT_JOB_BG)
+        assert c.submit(b"f", b"x", unique=key, kind=SUBMIT_JOB_BG) == h   # coalesces
+        w.send(CAN_DO, b"f")
+        assert w.grab() == (JOB_ASSIGN, [h, b"f", b"x"])
+
+
+@pytest.mark.difference
+def test_a_function_name_longer_than_the_limit_is_refused_for_submit_and_can_do(
+        fg_kind, start_server):
+    srv = start_server(fg_kind, "--max-function-name", "32")
+    with Conn(srv) as c, Conn(srv) as w:
+        c.send(SUBMIT_JOB_BG, b"f" * 33, b"", b"x")
+        assert c.expect(ERROR) == [b"ARGUMENT_TOO_LARGE", b"Function name too large"]
+        w.send(CAN_DO, b"g" * 33)
+        assert w.expect(ERROR) == [b"ARGUMENT_TOO_LARGE", b"Function name too large"]
+        assert c.submit(b"f" * 32, b"x", kind=SUBMIT_JOB_BG)
+        assert b"f" * 32 in status_table(c)
+        assert b"g" * 33 not in status_table(c)

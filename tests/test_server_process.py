@@ -1,90 +1,15 @@
-"""Behaviour of the server process: signals, pid file, log file, daemon mode, the
-loopback-only `shutdown` command and refused flags. Run against fastgear and gearmand
-where gearmand has the same behaviour."""
+"""Behaviour of the server process: pid file, log file (SIGHUP reopens it), daemon mode,
+refused flags and the start-up line. Run against fastgear and gearmand where gearmand has
+the same behaviour. (Stopping it, by signal or the `shutdown` command: test_shutdown.py.)"""
 import os
 import select
 import signal
-import socket
-import struct
 import subprocess
 import sys
 
 import pytest
 from conftest import GEARMAND, free_port, wait_for
-
-
-def packet(ptype, *fields):
-    body = b"\0".join(fields)
-    return b"\0REQ" + struct.pack(">II", ptype, len(body)) + body
-
-
-def read_packet(sock):
-    def exactly(n):
-        data = b""
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("server closed the connection")
-            data += chunk
-        return data
-    header = exactly(12)
-    ptype, size = struct.unpack(">II", header[4:])
-    return ptype, exactly(size)
-
-
-def connect(srv):
-    s = socket.create_connection((srv.host, srv.port), timeout=5)
-    return s
-
-
-def refuses_connections(srv):
-    try:
-        socket.create_connection((srv.host, srv.port), timeout=0.5).close()
-        return False
-    except OSError:
-        return True
-
-
-def admin(srv, line):
-    with connect(srv) as s:
-        s.sendall(line + b"\r\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        return data
-
-
-def test_sigterm_stops_the_server_with_exit_code_zero(server):
-    server.proc.send_signal(signal.SIGTERM)
-    assert server.proc.wait(10) == 0
-
-
-def test_sigint_stops_the_server_with_exit_code_zero(server):
-    server.proc.send_signal(signal.SIGINT)
-    assert server.proc.wait(10) == 0
-
-
-def test_sigusr1_stops_accepting_and_exits_when_the_running_job_completes(server):
-    with connect(server) as client, connect(server) as worker:
-        worker.sendall(packet(1, b"slow"))
-        wait_for(lambda: b"slow\t0\t0\t1" in admin(server, b"status"), what="worker registered")
-        client.sendall(packet(18, b"slow", b"", b"x"))
-        assert read_packet(client)[0] == 8
-        worker.sendall(packet(9))
-        ptype, body = read_packet(worker)
-        assert ptype == 11
-        handle = body.split(b"\0")[0]
-        server.proc.send_signal(signal.SIGUSR1)
-        wait_for(lambda: refuses_connections(server), what="listener closed")
-        assert server.alive()
-        # The existing connection still works until the last job is done.
-        worker.sendall(packet(13, handle, b"done"))
-        client.sendall(packet(16, b"sync"))
-        assert read_packet(client) == (17, b"sync")
-    assert server.proc.wait(10) == 0
+from gearproto import Conn
 
 
 def test_pid_file_holds_the_server_pid(server):
@@ -94,26 +19,8 @@ def test_pid_file_holds_the_server_pid(server):
 
 
 def test_getpid_admin_command_reports_the_server_pid(server):
-    assert admin(server, b"getpid") == f"OK {server.pid}\n".encode()
-
-
-@pytest.mark.difference
-def test_shutdown_command_from_loopback_stops_the_server(server):
-    assert admin(server, b"shutdown") == b"OK\r\n"
-    assert server.proc.wait(10) == 0
-
-
-@pytest.mark.difference
-def test_graceful_shutdown_command_waits_for_queued_jobs(server):
-    with connect(server) as client:
-        client.sendall(packet(18, b"later", b"", b"x"))
-        handle = read_packet(client)[1]
-        assert admin(server, b"shutdown graceful") == b"OK\r\n"
-        wait_for(lambda: refuses_connections(server), what="listener closed")
-        assert server.alive()
-        client.sendall(b"cancel job " + handle + b"\r\n")
-        assert client.recv(100) == b"OK\r\n"
-    assert server.proc.wait(10) == 0
+    with Conn(server) as c:
+        assert c.admin(b"getpid") == f"OK {server.pid}\n".encode()
 
 
 @pytest.mark.difference
@@ -141,9 +48,8 @@ def test_daemon_mode_detaches_and_keeps_serving(kind, tmp_path):
     pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(),
                        what="daemon pid file"))
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(packet(16, b"ping"))
-            assert read_packet(s) == (17, b"ping")
+        with Conn("127.0.0.1", port) as c:
+            c.echo(b"ping")
     finally:
         os.kill(pid, signal.SIGTERM)
 

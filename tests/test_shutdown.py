@@ -1,5 +1,6 @@
-"""Shutdown paths (issue 7): SIGTERM with --shutdown-timeout, SIGTERM and SIGINT at once,
-SIGUSR1 as gearmand, each with a durable store.
+"""Stopping the server: SIGTERM and SIGINT at once (exit code 0), SIGUSR1 and the
+`shutdown` admin command as gearmand, and the shutdown paths of issue 7: SIGTERM with
+--shutdown-timeout, each with a durable store.
 
 With --shutdown-timeout S, SIGTERM stops accepting, lets the running jobs finish (their
 clients get the results) for up to S seconds while no job starts (GRAB gets NO_JOB,
@@ -38,19 +39,8 @@ from gearproto import (
 SHUTTING_DOWN = [b"SHUTTING_DOWN", b"Server is shutting down; submit the job to another server"]
 
 
-def refuses_connections(srv):
-    try:
-        socket.create_connection((srv.host, srv.port), timeout=0.5).close()
-        return False
-    except OSError:
-        return True
 
 
-def log_text(srv):
-    try:
-        return srv.log_path.read_text(errors="replace")
-    except OSError:
-        return ""
 
 
 def stored_uniques(db):
@@ -88,6 +78,53 @@ def holding_worker(srv, func, count):
     return w, handles
 
 
+# -- signals and the shutdown command, as gearmand ---------------------------------------------
+
+def test_sigterm_stops_the_server_with_exit_code_zero(server):
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(10) == 0
+
+
+def test_sigint_stops_the_server_with_exit_code_zero(server):
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(10) == 0
+
+
+def test_sigusr1_stops_accepting_and_exits_when_the_running_job_completes(server):
+    with Conn(server) as client, Conn(server) as worker, Conn(server) as adm:
+        worker.worker(b"slow")
+        wait_for(lambda: b"slow\t0\t0\t1" in adm.admin(b"status"), what="worker registered")
+        client.submit(b"slow", b"x", kind=SUBMIT_JOB_BG)
+        t, args = worker.grab()
+        assert t == JOB_ASSIGN
+        handle = args[0]
+        server.proc.send_signal(signal.SIGUSR1)
+        wait_for(server.refuses_connections, what="listener closed")
+        assert server.alive()
+        # The existing connection still works until the last job is done.
+        worker.send(WORK_COMPLETE, handle, b"done")
+        client.echo()
+    assert server.proc.wait(10) == 0
+
+
+@pytest.mark.difference
+def test_shutdown_command_from_loopback_stops_the_server(server):
+    with Conn(server) as c:
+        assert c.admin(b"shutdown") == b"OK\r\n"
+    assert server.proc.wait(10) == 0
+
+
+@pytest.mark.difference
+def test_graceful_shutdown_command_waits_for_queued_jobs(server):
+    with Conn(server) as client:
+        handle = client.submit(b"later", b"x", kind=SUBMIT_JOB_BG)
+        assert client.admin(b"shutdown graceful") == b"OK\r\n"
+        wait_for(server.refuses_connections, what="listener closed")
+        assert server.alive()
+        assert client.admin(b"cancel job " + handle) == b"OK\r\n"
+    assert server.proc.wait(10) == 0
+
+
 # -- the SIGTERM grace period ----------------------------------------------------------------
 
 @pytest.mark.difference
@@ -101,12 +138,12 @@ def test_sigterm_with_shutdown_timeout_lets_the_running_job_finish_for_its_clien
         handle = client.expect(JOB_CREATED)[0]
         assert worker.grab() == (JOB_ASSIGN, [handle, b"f", b"work"])
         srv.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: refuses_connections(srv), what="listener closed")
+        wait_for(srv.refuses_connections, what="listener closed")
         assert srv.alive()
         worker.send(WORK_COMPLETE, handle, b"result")
         assert client.expect(WORK_COMPLETE) == [handle, b"result"]
     assert srv.proc.wait(10) == 0
-    assert "SIGTERM: no running jobs left" in log_text(srv)
+    assert "SIGTERM: no running jobs left" in srv.log_text()
 
 
 @pytest.mark.difference
@@ -119,7 +156,7 @@ def test_sigterm_grace_period_starts_no_job_and_refuses_submissions(kind, start_
         idle.worker(b"f")
         idle.echo()
         srv.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: refuses_connections(srv), what="listener closed")
+        wait_for(srv.refuses_connections, what="listener closed")
         assert idle.grab() == (NO_JOB, [])
         idle.send(PRE_SLEEP)
         idle.expect_nothing(0.3)            # not woken for the queued job
@@ -129,7 +166,7 @@ def test_sigterm_grace_period_starts_no_job_and_refuses_submissions(kind, start_
         running.close()
     assert srv.proc.wait(10) == 0
     assert "exiting with 1 jobs queued and 0 running: they are lost (no --store)" \
-        in log_text(srv)
+        in srv.log_text()
 
 
 def holding_worker_after(srv, client):
@@ -148,7 +185,7 @@ def test_sigterm_grace_period_ends_at_the_timeout_and_logs_what_remains(kind, st
             assert srv.proc.wait(15) == 0
         finally:
             worker.close()
-    text = log_text(srv)
+    text = srv.log_text()
     assert "--shutdown-timeout 1s reached with 1 jobs still running" in text
     assert "exiting with 0 jobs queued and 1 running" in text
 
@@ -160,7 +197,7 @@ def test_second_sigterm_during_the_grace_period_exits_at_once(kind, start_server
         worker, _ = holding_worker_after(srv, client)
         try:
             srv.proc.send_signal(signal.SIGTERM)
-            wait_for(lambda: refuses_connections(srv), what="listener closed")
+            wait_for(srv.refuses_connections, what="listener closed")
             assert srv.alive()
             srv.proc.send_signal(signal.SIGTERM)
             assert srv.proc.wait(15) == 0
@@ -215,7 +252,7 @@ def test_every_acknowledged_unfinished_job_is_in_the_store_after_shutdown(
             srv.proc.send_signal(signal.SIGTERM if path == "sigterm" else signal.SIGINT)
         elif path == "sigterm-timeout":
             srv.proc.send_signal(signal.SIGTERM)
-            wait_for(lambda: refuses_connections(srv), what="listener closed")
+            wait_for(srv.refuses_connections, what="listener closed")
             unique = min(held)
             worker.send(WORK_COMPLETE, held.pop(unique), b"done in the grace period")
             finished.add(unique)
@@ -223,7 +260,7 @@ def test_every_acknowledged_unfinished_job_is_in_the_store_after_shutdown(
             srv.proc.send_signal(signal.SIGTERM)     # the other held job stays unfinished
         else:
             srv.proc.send_signal(signal.SIGUSR1)     # exits once no job is left
-            wait_for(lambda: refuses_connections(srv), what="listener closed")
+            wait_for(srv.refuses_connections, what="listener closed")
             for unique in list(held):
                 worker.send(WORK_COMPLETE, held.pop(unique), b"done")
                 finished.add(unique)
