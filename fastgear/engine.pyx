@@ -1447,6 +1447,7 @@ cdef int engine_packet(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     cdef uint32_t t = pkt.type
     c_assert(e.owner == pthread_self())
     cdef int64_t tmo
+    cdef uint8_t kind
     cdef Function *f
     cdef Job *j
     e.n_packets += 1
@@ -1454,16 +1455,12 @@ cdef int engine_packet(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
         return engine_error(e, c, b"INVALID_COMMAND", b"Command not expected")
     if pkt.res_magic:
         return engine_error(e, c, b"INVALID_MAGIC", b"Request magic expected")
-    if (t == CMD_SUBMIT_JOB or t == CMD_SUBMIT_JOB_BG or t == CMD_SUBMIT_JOB_HIGH
-            or t == CMD_SUBMIT_JOB_HIGH_BG or t == CMD_SUBMIT_JOB_LOW
-            or t == CMD_SUBMIT_JOB_LOW_BG or t == CMD_SUBMIT_JOB_EPOCH
-            or t == CMD_SUBMIT_JOB_SCHED or t == CMD_SUBMIT_REDUCE_JOB
-            or t == CMD_SUBMIT_REDUCE_JOB_BACKGROUND):
+    kind = cmd_kind(t)
+    if kind == KIND_SUBMIT:
         return handle_submit(e, c, pkt)
-    if t == CMD_GRAB_JOB or t == CMD_GRAB_JOB_UNIQ or t == CMD_GRAB_JOB_ALL:
+    if kind == KIND_GRAB:
         return handle_grab(e, c, t)
-    if (t == CMD_WORK_COMPLETE or t == CMD_WORK_FAIL or t == CMD_WORK_EXCEPTION
-            or t == CMD_WORK_DATA or t == CMD_WORK_WARNING or t == CMD_WORK_STATUS):
+    if kind == KIND_WORK:
         return handle_work(e, c, pkt)
     if t == CMD_PRE_SLEEP:
         return handle_pre_sleep(e, c)
