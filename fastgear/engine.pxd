@@ -23,10 +23,11 @@ cdef enum:
     OUT_FAIL = 1
     OUT_EXCEPTION = 2
 
-# engine_packet results
+# Results of engine_packet and the other entry points that answer a peer. Anything but
+# E_OK makes the I/O loop answer MEMORY_ALLOCATION_FAILURE and close the connection.
+# Encoder failures (ENC_NOMEM) are mapped to E_NOMEM where the engine encodes.
 cdef enum:
     E_OK = 0
-    E_CLOSE = -1             # queue flushed, then close the connection
     E_NOMEM = -2
 
 cdef struct Function

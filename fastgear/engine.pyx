@@ -275,20 +275,24 @@ cdef void conn_dirty(Engine *e, Conn *c) noexcept nogil:
         e.dirty = c
 
 
+cdef inline int enc_status(int enc) noexcept nogil:
+    return E_OK if enc == ENC_OK else E_NOMEM
+
+
 cdef inline int out2(Engine *e, Conn *c, uint32_t t, const char *a, size_t an,
                      const char *b, size_t bn) noexcept nogil:
     conn_dirty(e, c)
-    return encode2(&c.outbuf, t, a, an, b, bn)
+    return enc_status(encode2(&c.outbuf, t, a, an, b, bn))
 
 
 cdef inline int out1(Engine *e, Conn *c, uint32_t t, const char *a, size_t an) noexcept nogil:
     conn_dirty(e, c)
-    return encode1(&c.outbuf, t, a, an)
+    return enc_status(encode1(&c.outbuf, t, a, an))
 
 
 cdef inline int out0(Engine *e, Conn *c, uint32_t t) noexcept nogil:
     conn_dirty(e, c)
-    return encode0(&c.outbuf, t)
+    return enc_status(encode0(&c.outbuf, t))
 
 
 cdef int engine_error(Engine *e, Conn *c, const char *code, const char *text) noexcept nogil:
@@ -1273,7 +1277,7 @@ cdef int handle_grab(Engine *e, Conn *c, uint32_t t) noexcept nogil:
         fs[2] = j.data
         ls[2] = j.data_len
         conn_dirty(e, c)
-        return encode_packet(&c.outbuf, 1, CMD_JOB_ASSIGN, 3, fs, ls)
+        return enc_status(encode_packet(&c.outbuf, 1, CMD_JOB_ASSIGN, 3, fs, ls))
     fs[2] = j.unique
     ls[2] = j.unique_len
     if t == CMD_GRAB_JOB_ALL and j.reducer_len:
@@ -1282,11 +1286,11 @@ cdef int handle_grab(Engine *e, Conn *c, uint32_t t) noexcept nogil:
         fs[4] = j.data
         ls[4] = j.data_len
         conn_dirty(e, c)
-        return encode_packet(&c.outbuf, 1, CMD_JOB_ASSIGN_ALL, 5, fs, ls)
+        return enc_status(encode_packet(&c.outbuf, 1, CMD_JOB_ASSIGN_ALL, 5, fs, ls))
     fs[3] = j.data
     ls[3] = j.data_len
     conn_dirty(e, c)
-    return encode_packet(&c.outbuf, 1, CMD_JOB_ASSIGN_UNIQ, 4, fs, ls)
+    return enc_status(encode_packet(&c.outbuf, 1, CMD_JOB_ASSIGN_UNIQ, 4, fs, ls))
 
 
 cdef uint32_t atou32(const char *p, size_t n) noexcept nogil:
@@ -1391,7 +1395,7 @@ cdef int status_reply(Engine *e, Conn *c, uint32_t t, const char *key, size_t kn
         fs[5] = nums[4]
         n = 6
     conn_dirty(e, c)
-    return encode_packet(&c.outbuf, 1, t, n, fs, ls)
+    return enc_status(encode_packet(&c.outbuf, 1, t, n, fs, ls))
 
 
 cdef int handle_status_unique(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
@@ -1443,7 +1447,7 @@ cdef int ieq(const char *a, size_t an, const char *lower) noexcept nogil:
 
 
 cdef int engine_packet(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
-    """Apply one parsed binary packet from c. E_OK, or E_CLOSE/E_NOMEM (close c)."""
+    """Apply one parsed binary packet from c. E_OK, or E_NOMEM (close c)."""
     cdef uint32_t t = pkt.type
     c_assert(e.owner == pthread_self())
     cdef int64_t tmo

@@ -62,6 +62,12 @@ cdef enum ParseStatus:
     P_TOO_LARGE = -4
     P_LINE_TOO_LONG = -5
 
+# Encoder results. Callers map ENC_NOMEM to their own status codes (the engine to
+# E_NOMEM) instead of passing it on, so no code relies on two enums sharing a number.
+cdef enum:
+    ENC_OK = 0
+    ENC_NOMEM = -1        # out of memory, or a body longer than the 32-bit length field
+
 # What a request does, for code that treats a family of commands alike (the engine's
 # dispatch, the shutdown gate): one column instead of lists of types in each place.
 cdef enum CmdKind:

@@ -139,7 +139,7 @@ cdef int parse_packet(const char *p, size_t avail, size_t max_size,
 
 cdef int encode_packet(Buf *out, uint32_t magic_res, uint32_t type, int n,
                        const char **fields, const size_t *lens) noexcept nogil:
-    """Append one packet; fields are joined by NULs. 0 on success, -1 out of memory."""
+    """Append one packet; fields are joined by NULs. ENC_OK, or ENC_NOMEM."""
     cdef size_t total = 0
     cdef int i
     cdef char *w
@@ -148,9 +148,9 @@ cdef int encode_packet(Buf *out, uint32_t magic_res, uint32_t type, int n,
     if n > 1:
         total += <size_t>(n - 1)
     if total > 0xffffffffu:
-        return -1
+        return ENC_NOMEM
     if buf_reserve(out, HEADER_SIZE + total) != 0:
-        return -1
+        return ENC_NOMEM
     w = out.data + out.end
     memcpy(w, b"\0RES" if magic_res else b"\0REQ", 4)
     put_be32(w + 4, type)
@@ -164,7 +164,7 @@ cdef int encode_packet(Buf *out, uint32_t magic_res, uint32_t type, int n,
             memcpy(w, fields[i], lens[i])
             w += lens[i]
     out.end += HEADER_SIZE + total
-    return 0
+    return ENC_OK
 
 
 cdef int encode2(Buf *out, uint32_t type, const char *a, size_t alen,
@@ -231,7 +231,7 @@ def encode(uint32_t type, fields=(), bint request=False):
         l[i] = len(keep[i])
     buf_init(&b)
     try:
-        if encode_packet(&b, 0 if request else 1, type, n, f, l) != 0:
+        if encode_packet(&b, 0 if request else 1, type, n, f, l) != ENC_OK:
             raise MemoryError()
         return buf_head(&b)[:buf_len(&b)]
     finally:

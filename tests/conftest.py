@@ -29,6 +29,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Servers and tools the tests start (`python -m fastgear ...`) import the fastgear of this
+# tree, as the tests do, not whichever one is installed (an editable install of another
+# checkout would otherwise be what a worktree's tests exercise).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 GEARMAND = shutil.which("gearmand") or (
     "/usr/sbin/gearmand" if os.path.exists("/usr/sbin/gearmand") else None)
 # fastgear runs with its default 4 I/O threads and with -t 0 and -t 1; gearmand with its
