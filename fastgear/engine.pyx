@@ -140,12 +140,7 @@ cdef Function *func_get(Engine *e, const char *name, size_t n, int create) noexc
     f.hash = h
     f.h_next = e.ftab[h & e.fmask]
     e.ftab[h & e.fmask] = f
-    f.all_prev = e.f_last
-    if e.f_last != NULL:
-        e.f_last.all_next = f
-    else:
-        e.f_first = f
-    e.f_last = f
+    funcs_push_tail(&e.f_first, &e.f_last, f)
     e.fcount += 1
     return f
 
@@ -155,14 +150,7 @@ cdef void func_remove(Engine *e, Function *f) noexcept nogil:
     while pp[0] != f:
         pp = &pp[0].h_next
     pp[0] = f.h_next
-    if f.all_prev != NULL:
-        f.all_prev.all_next = f.all_next
-    else:
-        e.f_first = f.all_next
-    if f.all_next != NULL:
-        f.all_next.all_prev = f.all_prev
-    else:
-        e.f_last = f.all_prev
+    funcs_unlink(&e.f_first, &e.f_last, f)
     e.fcount -= 1
     free(f)
 
@@ -387,11 +375,7 @@ cdef void conn_attach(Engine *e, Conn *c) noexcept nogil:
     c.exceptions = e.exceptions_default
     c.client_id[0] = b'-'
     c.client_id_len = 1
-    c.all_prev = NULL
-    c.all_next = e.conns
-    if e.conns != NULL:
-        e.conns.all_prev = c
-    e.conns = c
+    conns_link(&e.conns, c)
     e.nconns += 1
 
 
@@ -405,40 +389,19 @@ cdef inline void ready_add(Engine *e, Function *f, int p) noexcept nogil:
     f.in_ready[p] = 1
     e.next_turn += 1
     f.turn[p] = e.next_turn
-    f.r_next[p] = NULL
-    f.r_prev[p] = e.ready_tail[p]
-    if e.ready_tail[p] != NULL:
-        e.ready_tail[p].r_next[p] = f
-    else:
-        e.ready_head[p] = f
-    e.ready_tail[p] = f
+    ready_push_tail(&e.ready_head[p], &e.ready_tail[p], f, p)
 
 
 cdef inline void ready_remove(Engine *e, Function *f, int p) noexcept nogil:
     if not f.in_ready[p]:
         return
     f.in_ready[p] = 0
-    if f.r_prev[p] != NULL:
-        f.r_prev[p].r_next[p] = f.r_next[p]
-    else:
-        e.ready_head[p] = f.r_next[p]
-    if f.r_next[p] != NULL:
-        f.r_next[p].r_prev[p] = f.r_prev[p]
-    else:
-        e.ready_tail[p] = f.r_prev[p]
-    f.r_next[p] = NULL
-    f.r_prev[p] = NULL
+    ready_unlink(&e.ready_head[p], &e.ready_tail[p], f, p)
 
 
 cdef inline void q_push_tail(Engine *e, Function *f, Job *j) noexcept nogil:
     cdef uint8_t p = j.priority
-    j.q_next = NULL
-    j.q_prev = f.q_tail[p]
-    if f.q_tail[p] != NULL:
-        f.q_tail[p].q_next = j
-    else:
-        f.q_head[p] = j
-    f.q_tail[p] = j
+    queue_push_tail(&f.q_head[p], &f.q_tail[p], j)
     f.queued[p] += 1
     j.state = JOB_QUEUED
     if f.queued[p] == 1:
@@ -447,13 +410,7 @@ cdef inline void q_push_tail(Engine *e, Function *f, Job *j) noexcept nogil:
 
 cdef inline void q_push_head(Engine *e, Function *f, Job *j) noexcept nogil:
     cdef uint8_t p = j.priority
-    j.q_prev = NULL
-    j.q_next = f.q_head[p]
-    if f.q_head[p] != NULL:
-        f.q_head[p].q_prev = j
-    else:
-        f.q_tail[p] = j
-    f.q_head[p] = j
+    queue_push_head(&f.q_head[p], &f.q_tail[p], j)
     f.queued[p] += 1
     j.state = JOB_QUEUED
     if f.queued[p] == 1:
@@ -463,52 +420,25 @@ cdef inline void q_push_head(Engine *e, Function *f, Job *j) noexcept nogil:
 cdef inline void q_remove(Engine *e, Function *f, Job *j) noexcept nogil:
     cdef uint8_t p = j.priority
     c_assert(j.state == JOB_QUEUED and f.queued[p] > 0)
-    if j.q_prev != NULL:
-        j.q_prev.q_next = j.q_next
-    else:
-        f.q_head[p] = j.q_next
-    if j.q_next != NULL:
-        j.q_next.q_prev = j.q_prev
-    else:
-        f.q_tail[p] = j.q_prev
+    queue_unlink(&f.q_head[p], &f.q_tail[p], j)
     f.queued[p] -= 1
     if f.queued[p] == 0:
         ready_remove(e, f, p)
-    j.q_prev = NULL
-    j.q_next = NULL
 
 
 cdef inline void held_push(Conn *w, Job *j) noexcept nogil:
-    j.q_prev = NULL
-    j.q_next = w.held
-    if w.held != NULL:
-        w.held.q_prev = j
-    w.held = j
+    held_link(&w.held, j)
 
 
 cdef inline void held_remove(Conn *w, Job *j) noexcept nogil:
-    c_assert(j.state == JOB_RUNNING and j.worker == w)
-    if j.q_prev != NULL:
-        j.q_prev.q_next = j.q_next
-    else:
-        w.held = j.q_next
-    if j.q_next != NULL:
-        j.q_next.q_prev = j.q_prev
-    j.q_prev = NULL
-    j.q_next = NULL
+    # Two asserts: an `and` would leave a temporary that release builds never read.
+    c_assert(j.state == JOB_RUNNING)
+    c_assert(j.worker == w)
+    held_unlink(&w.held, j)
 
 
 cdef inline void sleep_unlink(Function *f, Ability *a) noexcept nogil:
-    if a.s_prev != NULL:
-        a.s_prev.s_next = a.s_next
-    else:
-        f.sleep_head = a.s_next
-    if a.s_next != NULL:
-        a.s_next.s_prev = a.s_prev
-    else:
-        f.sleep_tail = a.s_prev
-    a.s_next = NULL
-    a.s_prev = NULL
+    sleepers_unlink(&f.sleep_head, &f.sleep_tail, a)
     a.in_sleep = 0
 
 
@@ -516,57 +446,27 @@ cdef inline void sleep_push(Function *f, Ability *a) noexcept nogil:
     if a.in_sleep:
         sleep_unlink(f, a)
     a.in_sleep = 1
-    a.s_next = NULL
-    a.s_prev = f.sleep_tail
-    if f.sleep_tail != NULL:
-        f.sleep_tail.s_next = a
-    else:
-        f.sleep_head = a
-    f.sleep_tail = a
+    sleepers_push_tail(&f.sleep_head, &f.sleep_tail, a)
 
 
 cdef void wide_remove(Engine *e, Conn *c) noexcept nogil:
     if not c.in_wide:
         return
     c.in_wide = 0
-    if c.ws_prev != NULL:
-        c.ws_prev.ws_next = c.ws_next
-    else:
-        e.wide_head = c.ws_next
-    if c.ws_next != NULL:
-        c.ws_next.ws_prev = c.ws_prev
-    else:
-        e.wide_tail = c.ws_prev
-    c.ws_next = NULL
-    c.ws_prev = NULL
+    wide_unlink(&e.wide_head, &e.wide_tail, c)
 
 
 cdef void wide_push(Engine *e, Conn *c) noexcept nogil:
     wide_remove(e, c)
     c.in_wide = 1
-    c.ws_next = NULL
-    c.ws_prev = e.wide_tail
-    if e.wide_tail != NULL:
-        e.wide_tail.ws_next = c
-    else:
-        e.wide_head = c
-    e.wide_tail = c
+    wide_push_tail(&e.wide_head, &e.wide_tail, c)
 
 
 cdef void woken_remove(Engine *e, Conn *c) noexcept nogil:
     if not c.in_woken:
         return
     c.in_woken = 0
-    if c.wk_prev != NULL:
-        c.wk_prev.wk_next = c.wk_next
-    else:
-        e.woken_head = c.wk_next
-    if c.wk_next != NULL:
-        c.wk_next.wk_prev = c.wk_prev
-    else:
-        e.woken_tail = c.wk_prev
-    c.wk_next = NULL
-    c.wk_prev = NULL
+    woken_unlink(&e.woken_head, &e.woken_tail, c)
     c.woke_for = NULL
 
 
@@ -579,13 +479,7 @@ cdef void woken_add(Engine *e, Conn *c, Function *f) noexcept nogil:
     c.in_woken = 1
     c.woken_ms = e.now_ms
     c.woke_for = f
-    c.wk_next = NULL
-    c.wk_prev = e.woken_tail
-    if e.woken_tail != NULL:
-        e.woken_tail.wk_next = c
-    else:
-        e.woken_head = c
-    e.woken_tail = c
+    woken_push_tail(&e.woken_head, &e.woken_tail, c)
     if e.wake_check.heap_idx < 0:
         # One timer in the heap stands for the whole list: all share one timeout, so
         # the oldest entry is always due first.
@@ -682,12 +576,7 @@ cdef void job_free(Engine *e, Job *j) noexcept nogil:
     a = j.clients
     while a != NULL:
         an = a.j_next
-        if a.c_prev != NULL:
-            a.c_prev.c_next = a.c_next
-        else:
-            a.conn.attached = a.c_next
-        if a.c_next != NULL:
-            a.c_next.c_prev = a.c_prev
+        attached_unlink(&a.conn.attached, a)
         free(a)
         a = an
     j.func.total -= 1
@@ -1031,16 +920,8 @@ cdef Job *engine_replay(Engine *e, const char *func, size_t fn, const char *uniq
 cdef inline void attach_client(Job *j, Conn *c, Attach *a) noexcept nogil:
     a.job = j
     a.conn = c
-    a.j_prev = NULL
-    a.j_next = j.clients
-    if j.clients != NULL:
-        j.clients.j_prev = a
-    j.clients = a
-    a.c_prev = NULL
-    a.c_next = c.attached
-    if c.attached != NULL:
-        c.attached.c_prev = a
-    c.attached = a
+    clients_link(&j.clients, a)
+    attached_link(&c.attached, a)
 
 
 # ---- workers --------------------------------------------------------------------------
@@ -1064,11 +945,7 @@ cdef int add_ability(Engine *e, Conn *c, const char *name, size_t n,
     if atab_insert(c, a) != 0:
         free(a)
         return E_NOMEM
-    a.c_prev = NULL
-    a.c_next = c.abilities
-    if c.abilities != NULL:
-        c.abilities.c_prev = a
-    c.abilities = a
+    abilities_link(&c.abilities, a)
     f.workers += 1
     if f.workers == 1:
         for p in range(NPRIO):
@@ -1140,12 +1017,7 @@ cdef void remove_ability(Engine *e, Conn *c, Ability *a) noexcept nogil:
     cdef Ability **pp
     cdef int p
     c_assert(a.conn == c and f.workers > 0)
-    if a.c_prev != NULL:
-        a.c_prev.c_next = a.c_next
-    else:
-        c.abilities = a.c_next
-    if a.c_next != NULL:
-        a.c_next.c_prev = a.c_prev
+    abilities_unlink(&c.abilities, a)
     if c.atab != NULL:
         pp = &c.atab[ptr_hash(f) & c.amask]
         while pp[0] != a:
@@ -1547,39 +1419,20 @@ cdef int grow_rtab(Engine *e) noexcept nogil:
 
 
 cdef inline void result_link(Engine *e, Result *r) noexcept nogil:
-    cdef Result **head = &e.rtab[r.handle_hash & e.rmask]
-    r.h_prev = NULL
-    r.h_next = head[0]
-    if head[0] != NULL:
-        head[0].h_prev = r
-    head[0] = r
+    rbyhandle_link(&e.rtab[r.handle_hash & e.rmask], r)
     r.u_prev = NULL
     r.u_next = NULL
     if r.unique_len:
         # Jobs without a unique key are never looked up by it; chaining them would make
         # one chain of every such result.
-        head = &e.rutab[r.unique_hash & e.rmask]
-        r.u_next = head[0]
-        if head[0] != NULL:
-            head[0].u_prev = r
-        head[0] = r
+        rbyunique_link(&e.rutab[r.unique_hash & e.rmask], r)
 
 
 cdef void result_drop_oldest(Engine *e) noexcept nogil:
     cdef Result *r = e.r_oldest
-    if r.h_prev != NULL:
-        r.h_prev.h_next = r.h_next
-    else:
-        e.rtab[r.handle_hash & e.rmask] = r.h_next
-    if r.h_next != NULL:
-        r.h_next.h_prev = r.h_prev
+    rbyhandle_unlink(&e.rtab[r.handle_hash & e.rmask], r)
     if r.unique_len:
-        if r.u_prev != NULL:
-            r.u_prev.u_next = r.u_next
-        else:
-            e.rutab[r.unique_hash & e.rmask] = r.u_next
-        if r.u_next != NULL:
-            r.u_next.u_prev = r.u_prev
+        rbyunique_unlink(&e.rutab[r.unique_hash & e.rmask], r)
     e.r_oldest = r.newer
     if e.r_oldest == NULL:
         e.r_newest = NULL
@@ -1771,12 +1624,7 @@ cdef void conn_detach(Engine *e, Conn *c) noexcept nogil:
     while a != NULL:
         an = a.c_next
         j = a.job
-        if a.j_prev != NULL:
-            a.j_prev.j_next = a.j_next
-        else:
-            j.clients = a.j_next
-        if a.j_next != NULL:
-            a.j_next.j_prev = a.j_prev
+        clients_unlink(&j.clients, a)
         free(a)
         # A foreground job nobody waits for any more is not worth running (gearmand
         # drops it when it reaches the head of the queue; we drop it now).
@@ -1784,12 +1632,7 @@ cdef void conn_detach(Engine *e, Conn *c) noexcept nogil:
             job_free(e, j)
         a = an
     c.attached = NULL
-    if c.all_prev != NULL:
-        c.all_prev.all_next = c.all_next
-    else:
-        e.conns = c.all_next
-    if c.all_next != NULL:
-        c.all_next.all_prev = c.all_prev
+    conns_unlink(&e.conns, c)
     e.nconns -= 1
 
 
@@ -1805,12 +1648,7 @@ cdef int engine_cancel(Engine *e, Job *j) noexcept nogil:
         a = j.clients
         while a != NULL:
             an = a.j_next
-            if a.c_prev != NULL:
-                a.c_prev.c_next = a.c_next
-            else:
-                a.conn.attached = a.c_next
-            if a.c_next != NULL:
-                a.c_next.c_prev = a.c_prev
+            attached_unlink(&a.conn.attached, a)
             free(a)
             a = an
         j.clients = NULL
