@@ -280,6 +280,7 @@ cdef struct Engine:
     uint64_t r_evicted
     Result *r_oldest
     Result *r_newest
+    int64_t live_allocs      # debug build: engine allocations not freed yet (fgalloc.h)
 
 # The engine's intrusive lists: each binds the macros of includes/dlist.h to one list's
 # link fields, so every link and unlink is the same inlined code (and checked in debug
@@ -354,10 +355,22 @@ cdef extern from * nogil:
     void rbyunique_link "FG_RBYUNIQUE_PUSH"(Result **h, Result *n)
     void rbyunique_unlink "FG_RBYUNIQUE_REMOVE"(Result **h, Result *n)
 
+# The engine allocates through these (includes/fgalloc.h): malloc and friends in release
+# builds, counted in Engine.live_allocs in the debug build.
+cdef extern from "includes/fgalloc.h" nogil:
+    enum:
+        FASTGEAR_DEBUG
+    void *fg_malloc "FG_MALLOC"(Engine *e, size_t n)
+    void *fg_calloc "FG_CALLOC"(Engine *e, size_t k, size_t n)
+    void *fg_realloc "FG_REALLOC"(Engine *e, void *p, size_t n)
+    void fg_free "FG_FREE"(Engine *e, void *p)
+
 cdef int engine_init(Engine *e, const char *prefix, size_t prefix_len,
                      uint32_t job_retries, uint32_t worker_wakeup,
                      int exceptions) noexcept nogil
 cdef void engine_free(Engine *e) noexcept nogil
+cdef void engine_release(Engine *e, void *p) noexcept nogil
+cdef int64_t engine_live_allocs(Engine *e) noexcept nogil
 cdef void engine_clock(Engine *e) noexcept nogil
 cdef void conn_attach(Engine *e, Conn *c) noexcept nogil
 cdef void conn_detach(Engine *e, Conn *c) noexcept nogil

@@ -10,12 +10,11 @@
 # within the wake-up timeout; requeued jobs go to the front;
 # epoch/sched jobs run at their time; CAN_DO_TIMEOUT expiry fails the job to its
 # clients; cancelled or abandoned jobs disappear at once.
-from libc.stdlib cimport malloc, calloc, realloc, free, strtoll
+from libc.stdlib cimport strtoll
 from libc.string cimport memcpy, memcmp, memset, strlen
 from libc.stdio cimport snprintf
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
-from fastgear.buffer cimport Buf, buf_init, buf_free
 from fastgear.protocol cimport *
 from fastgear.includes.sys cimport (now_us, wall_us, time_t, tm, localtime_r, mktime,
                                     c_assert, pthread_self)
@@ -75,7 +74,7 @@ cdef size_t fmt_u64(char *out, uint64_t v) noexcept nogil:
 
 cdef int grow_ftab(Engine *e) noexcept nogil:
     cdef uint64_t n = (e.fmask + 1) * 2, i
-    cdef Function **t = <Function **>calloc(n, sizeof(Function *))
+    cdef Function **t = <Function **>fg_calloc(e, n, sizeof(Function *))
     cdef Function *f
     cdef Function *nx
     if t == NULL:
@@ -87,15 +86,15 @@ cdef int grow_ftab(Engine *e) noexcept nogil:
             f.h_next = t[f.hash & (n - 1)]
             t[f.hash & (n - 1)] = f
             f = nx
-    free(e.ftab)
+    fg_free(e, e.ftab)
     e.ftab = t
     e.fmask = n - 1
     return 0
 
 
-cdef int grow_jtab(Job ***tab, uint64_t *mask, int by_unique) noexcept nogil:
+cdef int grow_jtab(Engine *e, Job ***tab, uint64_t *mask, int by_unique) noexcept nogil:
     cdef uint64_t n = (mask[0] + 1) * 2, i, h
-    cdef Job **t = <Job **>calloc(n, sizeof(Job *))
+    cdef Job **t = <Job **>fg_calloc(e, n, sizeof(Job *))
     cdef Job *j
     cdef Job *nx
     if t == NULL:
@@ -113,7 +112,7 @@ cdef int grow_jtab(Job ***tab, uint64_t *mask, int by_unique) noexcept nogil:
                 j.h_next = t[h]
             t[h] = j
             j = nx
-    free(tab[0])
+    fg_free(e, tab[0])
     tab[0] = t
     mask[0] = n - 1
     return 0
@@ -130,7 +129,7 @@ cdef Function *func_get(Engine *e, const char *name, size_t n, int create) noexc
         return NULL
     if e.fcount >= e.fmask + 1 and grow_ftab(e) != 0:
         return NULL
-    f = <Function *>calloc(1, sizeof(Function) + n + 1)
+    f = <Function *>fg_calloc(e, 1, sizeof(Function) + n + 1)
     if f == NULL:
         return NULL
     f.name = <char *>(f + 1)
@@ -152,7 +151,7 @@ cdef void func_remove(Engine *e, Function *f) noexcept nogil:
     pp[0] = f.h_next
     funcs_unlink(&e.f_first, &e.f_last, f)
     e.fcount -= 1
-    free(f)
+    fg_free(e, f)
 
 
 cdef Job *job_by_handle(Engine *e, const char *h, size_t n) noexcept nogil:
@@ -224,12 +223,12 @@ cdef void heap_down(Engine *e, uint64_t i) noexcept nogil:
 cdef int heap_push(Engine *e, Job *j) noexcept nogil:
     cdef Job **nh
     if e.heap_len == e.heap_cap:
-        nh = <Job **>malloc(sizeof(Job *) * (e.heap_cap * 2 if e.heap_cap else 64))
+        nh = <Job **>fg_malloc(e, sizeof(Job *) * (e.heap_cap * 2 if e.heap_cap else 64))
         if nh == NULL:
             return -1
         if e.heap_len:
             memcpy(nh, e.heap, sizeof(Job *) * e.heap_len)
-        free(e.heap)
+        fg_free(e, e.heap)
         e.heap = nh
         e.heap_cap = e.heap_cap * 2 if e.heap_cap else 64
     e.heap[e.heap_len] = j
@@ -301,9 +300,9 @@ cdef int engine_init(Engine *e, const char *prefix, size_t prefix_len,
     e.fmask = 63
     e.hmask = 1023
     e.umask = 1023
-    e.ftab = <Function **>calloc(e.fmask + 1, sizeof(Function *))
-    e.htab = <Job **>calloc(e.hmask + 1, sizeof(Job *))
-    e.utab = <Job **>calloc(e.umask + 1, sizeof(Job *))
+    e.ftab = <Function **>fg_calloc(e, e.fmask + 1, sizeof(Function *))
+    e.htab = <Job **>fg_calloc(e, e.hmask + 1, sizeof(Job *))
+    e.utab = <Job **>fg_calloc(e, e.umask + 1, sizeof(Job *))
     if e.ftab == NULL or e.htab == NULL or e.utab == NULL:
         return -1
     if prefix_len > sizeof(e.prefix) - 1:
@@ -332,11 +331,16 @@ cdef void engine_clock(Engine *e) noexcept nogil:
 
 
 cdef void engine_free(Engine *e) noexcept nogil:
+    """Free everything the engine owns. A connection's registrations are its own:
+    detach connections first. The debug build's allocation count survives the reset,
+    so engine_live_allocs() then says what leaked."""
     cdef uint64_t i
+    cdef int64_t leaked
     cdef Job *j
     cdef Job *nx
     cdef Attach *a
     cdef Attach *an
+    cdef Ack *k
     cdef Function *f
     cdef Function *fn
     for i in range(e.hmask + 1):
@@ -346,25 +350,43 @@ cdef void engine_free(Engine *e) noexcept nogil:
             a = j.clients
             while a != NULL:
                 an = a.j_next
-                free(a)
+                fg_free(e, a)
                 a = an
-            free(j)
+            while j.acks != NULL:
+                k = j.acks
+                j.acks = k.next
+                fg_free(e, k)
+            fg_free(e, j)
             j = nx
     f = e.f_first
     while f != NULL:
         fn = f.all_next
-        free(f)
+        fg_free(e, f)
         f = fn
-    free(e.ftab)
-    free(e.htab)
-    free(e.utab)
-    free(e.heap)
-    free(e.store_del)
+    fg_free(e, e.ftab)
+    fg_free(e, e.htab)
+    fg_free(e, e.utab)
+    fg_free(e, e.heap)
+    fg_free(e, e.store_del)
     e.keep_us = 0
     results_expire(e)
-    free(e.rtab)
-    free(e.rutab)
+    fg_free(e, e.rtab)
+    fg_free(e, e.rutab)
+    leaked = e.live_allocs
     memset(e, 0, sizeof(Engine))
+    e.live_allocs = leaked
+
+
+cdef void engine_release(Engine *e, void *p) noexcept nogil:
+    """Free memory the engine handed over (an Ack taken off a job, the store's array of
+    row ids), so that the debug build's allocation count stays exact."""
+    fg_free(e, p)
+
+
+cdef int64_t engine_live_allocs(Engine *e) noexcept nogil:
+    """The engine's allocations not freed yet (after engine_free: leaked ones). Counted
+    in the debug build only; release builds always answer 0."""
+    return e.live_allocs
 
 
 cdef void conn_attach(Engine *e, Conn *c) noexcept nogil:
@@ -577,7 +599,7 @@ cdef void job_free(Engine *e, Job *j) noexcept nogil:
     while a != NULL:
         an = a.j_next
         attached_unlink(&a.conn.attached, a)
-        free(a)
+        fg_free(e, a)
         a = an
     j.func.total -= 1
     e.queued_bytes -= job_size(j)
@@ -586,8 +608,8 @@ cdef void job_free(Engine *e, Job *j) noexcept nogil:
     while j.acks != NULL:
         k = j.acks
         j.acks = k.next
-        free(k)
-    free(j)
+        fg_free(e, k)
+    fg_free(e, j)
 
 
 cdef void store_delete(Engine *e, int64_t row_id) noexcept nogil:
@@ -595,7 +617,7 @@ cdef void store_delete(Engine *e, int64_t row_id) noexcept nogil:
     cdef uint64_t cap
     if e.store_del_len == e.store_del_cap:
         cap = e.store_del_cap * 2 if e.store_del_cap else 256
-        grown = <int64_t *>realloc(e.store_del, cap * sizeof(int64_t))
+        grown = <int64_t *>fg_realloc(e, e.store_del, cap * sizeof(int64_t))
         if grown == NULL:
             return      # the row stays; replay after a restart runs the job again
         e.store_del = grown
@@ -754,12 +776,12 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
             if c == NULL:
                 return E_OK
             if not bg:
-                a = <Attach *>calloc(1, sizeof(Attach))
+                a = <Attach *>fg_calloc(e, 1, sizeof(Attach))
                 if a == NULL:
                     return E_NOMEM
                 attach_client(j, c, a)
             if j.state == JOB_STORING:
-                return add_ack(j, c)
+                return add_ack(e, j, c)
             return out1(e, c, CMD_JOB_CREATED, j.handle, j.handle_len)
     if f.max_queue[prio] and f.total >= f.max_queue[prio]:
         return engine_error(e, c, b"QUEUE_ERROR", b"Job queue is full")
@@ -769,11 +791,11 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
         # are always taken back.
         e.n_budget_refused += 1
         return engine_error(e, c, b"QUEUE_ERROR", b"Job memory budget exhausted")
-    if e.jobs >= e.hmask + 1 and grow_jtab(&e.htab, &e.hmask, 0) != 0:
+    if e.jobs >= e.hmask + 1 and grow_jtab(e, &e.htab, &e.hmask, 0) != 0:
         return E_NOMEM
-    if ukind and e.ujobs >= e.umask + 1 and grow_jtab(&e.utab, &e.umask, 1) != 0:
+    if ukind and e.ujobs >= e.umask + 1 and grow_jtab(e, &e.utab, &e.umask, 1) != 0:
         return E_NOMEM
-    j = <Job *>malloc(n)
+    j = <Job *>fg_malloc(e, n)
     if j == NULL:
         return E_NOMEM
     memset(j, 0, sizeof(Job))
@@ -821,7 +843,7 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     f.n_submitted += 1
     e.queued_bytes += n
     if not bg:
-        a = <Attach *>calloc(1, sizeof(Attach))
+        a = <Attach *>fg_calloc(e, 1, sizeof(Attach))
         if a == NULL:
             job_free(e, j)
             return E_NOMEM
@@ -840,15 +862,15 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
         else:
             e.store_add = j
         e.store_add_tail = j
-        return add_ack(j, c)
+        return add_ack(e, j, c)
     if out1(e, c, CMD_JOB_CREATED, j.handle, j.handle_len) != 0:
         return E_NOMEM
     job_schedule(e, j)
     return E_OK
 
 
-cdef int add_ack(Job *j, Conn *c) noexcept nogil:
-    cdef Ack *k = <Ack *>malloc(sizeof(Ack))
+cdef int add_ack(Engine *e, Job *j, Conn *c) noexcept nogil:
+    cdef Ack *k = <Ack *>fg_malloc(e, sizeof(Ack))
     if k == NULL:
         return E_NOMEM
     k.fd = c.fd
@@ -936,14 +958,14 @@ cdef int add_ability(Engine *e, Conn *c, const char *name, size_t n,
     f = func_get(e, name, n, 1)
     if f == NULL:
         return E_NOMEM
-    a = <Ability *>calloc(1, sizeof(Ability))
+    a = <Ability *>fg_calloc(e, 1, sizeof(Ability))
     if a == NULL:
         return E_NOMEM
     a.conn = c
     a.func = f
     a.timeout_ms = timeout_ms
-    if atab_insert(c, a) != 0:
-        free(a)
+    if atab_insert(e, c, a) != 0:
+        fg_free(e, a)
         return E_NOMEM
     abilities_link(&c.abilities, a)
     f.workers += 1
@@ -965,7 +987,7 @@ cdef inline uint64_t ptr_hash(Function *f) noexcept nogil:
     return (<uint64_t><size_t>f * 11400714819323198485ULL) >> 24
 
 
-cdef int atab_insert(Conn *c, Ability *a) noexcept nogil:
+cdef int atab_insert(Engine *e, Conn *c, Ability *a) noexcept nogil:
     """Index a registration by function once a worker has many, so that "can this worker
     do f" costs O(1) (GRAB through the engine's ready lists, CANT_DO)."""
     cdef Ability **t
@@ -977,11 +999,11 @@ cdef int atab_insert(Conn *c, Ability *a) noexcept nogil:
         return 0
     if c.atab == NULL or c.nabil > c.amask + 1:
         n = (c.amask + 1) * 2 if c.atab != NULL else 4 * SMALL_ABILITIES
-        t = <Ability **>calloc(n, sizeof(Ability *))
+        t = <Ability **>fg_calloc(e, n, sizeof(Ability *))
         if t == NULL:
             c.nabil -= 1
             return -1
-        free(c.atab)
+        fg_free(e, c.atab)
         c.atab = t
         c.amask = n - 1
         x = c.abilities
@@ -1027,7 +1049,7 @@ cdef void remove_ability(Engine *e, Conn *c, Ability *a) noexcept nogil:
         f.wide_workers -= 1
     c.nabil -= 1
     if c.nabil == 0:
-        free(c.atab)
+        fg_free(e, c.atab)
         c.atab = NULL
         c.amask = 0
     if a.in_sleep:
@@ -1038,7 +1060,7 @@ cdef void remove_ability(Engine *e, Conn *c, Ability *a) noexcept nogil:
     if f.workers == 0:
         for p in range(NPRIO):
             ready_remove(e, f, p)
-    free(a)
+    fg_free(e, a)
 
 
 cdef void drop_abilities(Engine *e, Conn *c, Function *only) noexcept nogil:
@@ -1384,11 +1406,11 @@ cdef void results_configure(Engine *e, int64_t keep_us, uint64_t max_bytes) noex
     e.keep_max_bytes = max_bytes
     if keep_us > 0 and e.rtab == NULL:
         e.rmask = 1023
-        e.rtab = <Result **>calloc(e.rmask + 1, sizeof(Result *))
-        e.rutab = <Result **>calloc(e.rmask + 1, sizeof(Result *))
+        e.rtab = <Result **>fg_calloc(e, e.rmask + 1, sizeof(Result *))
+        e.rutab = <Result **>fg_calloc(e, e.rmask + 1, sizeof(Result *))
         if e.rtab == NULL or e.rutab == NULL:
-            free(e.rtab)
-            free(e.rutab)
+            fg_free(e, e.rtab)
+            fg_free(e, e.rutab)
             e.rtab = NULL
             e.rutab = NULL
             keep_us = 0
@@ -1398,15 +1420,15 @@ cdef void results_configure(Engine *e, int64_t keep_us, uint64_t max_bytes) noex
 
 cdef int grow_rtab(Engine *e) noexcept nogil:
     cdef uint64_t n = (e.rmask + 1) * 2
-    cdef Result **t = <Result **>calloc(n, sizeof(Result *))
-    cdef Result **u = <Result **>calloc(n, sizeof(Result *))
+    cdef Result **t = <Result **>fg_calloc(e, n, sizeof(Result *))
+    cdef Result **u = <Result **>fg_calloc(e, n, sizeof(Result *))
     cdef Result *r
     if t == NULL or u == NULL:
-        free(t)
-        free(u)
+        fg_free(e, t)
+        fg_free(e, u)
         return -1
-    free(e.rtab)
-    free(e.rutab)
+    fg_free(e, e.rtab)
+    fg_free(e, e.rutab)
     e.rtab = t
     e.rutab = u
     e.rmask = n - 1
@@ -1438,7 +1460,7 @@ cdef void result_drop_oldest(Engine *e) noexcept nogil:
         e.r_newest = NULL
     e.rcount -= 1
     e.rbytes -= r.size
-    free(r)
+    fg_free(e, r)
 
 
 cdef void results_expire(Engine *e) noexcept nogil:
@@ -1469,7 +1491,7 @@ cdef void keep_result(Engine *e, Job *j, uint8_t outcome, const char *d, size_t 
         return
     if e.rcount >= e.rmask + 1 and grow_rtab(e) != 0:
         return
-    r = <Result *>malloc(size)
+    r = <Result *>fg_malloc(e, size)
     if r == NULL:
         return
     p = <char *>(r + 1)
@@ -1625,7 +1647,7 @@ cdef void conn_detach(Engine *e, Conn *c) noexcept nogil:
         an = a.c_next
         j = a.job
         clients_unlink(&j.clients, a)
-        free(a)
+        fg_free(e, a)
         # A foreground job nobody waits for any more is not worth running (gearmand
         # drops it when it reaches the head of the queue; we drop it now).
         if j.clients == NULL and not j.background and j.state != JOB_RUNNING:
@@ -1649,7 +1671,7 @@ cdef int engine_cancel(Engine *e, Job *j) noexcept nogil:
         while a != NULL:
             an = a.j_next
             attached_unlink(&a.conn.attached, a)
-            free(a)
+            fg_free(e, a)
             a = an
         j.clients = NULL
         return 0
@@ -1666,144 +1688,3 @@ cdef int engine_drop_function(Engine *e, Function *f) noexcept nogil:
         return 2
     func_remove(e, f)
     return 0
-
-
-# ---- Python surface for unit tests and micro benchmarks (not used by the server) -----
-
-from fastgear.buffer cimport buf_len, buf_head, buf_consume, buf_append
-
-
-cdef class EngineHarness:
-    """Drives the engine without sockets: connections are numbered, `feed` parses and
-    applies request bytes, `output` returns (and clears) what the engine queued."""
-    cdef Engine e
-    cdef list conns_
-    cdef object alive
-
-    def __cinit__(self, bytes prefix=b"H:test", int job_retries=0, int worker_wakeup=0,
-                  bint exceptions=False):
-        if engine_init(&self.e, prefix, len(prefix), job_retries, worker_wakeup,
-                       exceptions) != 0:
-            raise MemoryError()
-        # The harness is single-threaded: it stands in for the engine lock's holder.
-        self.e.owner = pthread_self()
-        self.conns_ = []
-
-    def __dealloc__(self):
-        cdef Conn *c
-        for addr in self.conns_:
-            c = <Conn *><size_t>addr
-            conn_detach(&self.e, c)
-            buf_free(&c.inbuf)
-            buf_free(&c.outbuf)
-            free(c)
-        engine_free(&self.e)
-
-    def connect(self):
-        cdef Conn *c = <Conn *>calloc(1, sizeof(Conn))
-        if c == NULL:
-            raise MemoryError()
-        c.fd = len(self.conns_)
-        conn_attach(&self.e, c)
-        self.conns_.append(<size_t>c)
-        return c.fd
-
-    def disconnect(self, int n):
-        cdef Conn *c = <Conn *><size_t>self.conns_[n]
-        conn_detach(&self.e, c)
-
-    def advance(self, int64_t ms=0, int64_t wall=0):
-        """Move the engine's clocks forward and run due timers."""
-        self.e.now_ms += ms
-        self.e.now_wall_s += wall if wall else ms // 1000
-        return engine_timers(&self.e)
-
-    def feed(self, int n, bytes data):
-        cdef Conn *c = <Conn *><size_t>self.conns_[n]
-        cdef Packet pkt
-        cdef int st, r = 0
-        buf_append(&c.inbuf, data, len(data))
-        while True:
-            st = parse_packet(buf_head(&c.inbuf), buf_len(&c.inbuf), 0xffffffff, &pkt)
-            if st != P_PACKET:
-                break
-            r = engine_packet(&self.e, c, &pkt)
-            buf_consume(&c.inbuf, pkt.size)
-            if r != E_OK:
-                break
-        if st < 0:
-            return st
-        return r
-
-    def output(self, int n):
-        cdef Conn *c = <Conn *><size_t>self.conns_[n]
-        out = buf_head(&c.outbuf)[:buf_len(&c.outbuf)]
-        buf_consume(&c.outbuf, buf_len(&c.outbuf))
-        self.e.dirty = NULL
-        c.dirty = 0
-        return out
-
-    def function(self, bytes name):
-        """(total, running, workers, queued high/normal/low, future) of one function."""
-        cdef Function *f = func_get(&self.e, name, len(name), 0)
-        if f == NULL:
-            return None
-        return (f.total, f.running, f.workers, f.queued[0], f.queued[1], f.queued[2],
-                f.future)
-
-    def counts(self):
-        return {"jobs": self.e.jobs, "functions": self.e.fcount, "connections": self.e.nconns,
-                "queued_bytes": self.e.queued_bytes}
-
-    def run_cycle(self, bytes func, int jobs, int payload=16):
-        """Benchmark: `jobs` background submit + grab + complete cycles, no GIL, no
-        sockets. Returns the number completed."""
-        cdef Conn *cl
-        cdef Conn *wk
-        cdef Packet pkt
-        cdef int _i, done = 0
-        cdef bytes sub = _req(CMD_SUBMIT_JOB_BG, [func, b"", b"x" * payload])
-        cdef bytes cando = _req(CMD_CAN_DO, [func])
-        cdef bytes grab = _req(CMD_GRAB_JOB_UNIQ, [])
-        cdef const char *ps = sub
-        cdef const char *pg = grab
-        cdef size_t ls = len(sub), lg = len(grab)
-        cdef const char *fs[2]
-        cdef size_t fl[2]
-        cdef Buf done_pkt
-        ci = self.connect()
-        wi = self.connect()
-        cl = <Conn *><size_t>self.conns_[ci]
-        wk = <Conn *><size_t>self.conns_[wi]
-        self.feed(wi, cando)
-        buf_init(&done_pkt)
-        with nogil:
-            for _i in range(jobs):
-                parse_packet(ps, ls, 0xffffffff, &pkt)
-                engine_packet(&self.e, cl, &pkt)
-                parse_packet(pg, lg, 0xffffffff, &pkt)
-                engine_packet(&self.e, wk, &pkt)
-                # JOB_ASSIGN_UNIQ: the handle is the first field of the reply.
-                parse_packet(buf_head(&wk.outbuf), buf_len(&wk.outbuf), 0xffffffff, &pkt)
-                fs[0] = pkt.f[0]
-                fl[0] = pkt.flen[0]
-                fs[1] = b""
-                fl[1] = 0
-                done_pkt.start = 0
-                done_pkt.end = 0
-                encode_packet(&done_pkt, 0, CMD_WORK_COMPLETE, 2, fs, fl)
-                buf_consume(&wk.outbuf, buf_len(&wk.outbuf))
-                buf_consume(&cl.outbuf, buf_len(&cl.outbuf))
-                parse_packet(buf_head(&done_pkt), buf_len(&done_pkt), 0xffffffff, &pkt)
-                if engine_packet(&self.e, wk, &pkt) == E_OK:
-                    done += 1
-            self.e.dirty = NULL
-            cl.dirty = 0
-            wk.dirty = 0
-        buf_free(&done_pkt)
-        return done
-
-
-def _req(uint32_t t, fields):
-    from fastgear.protocol import encode
-    return encode(t, fields, request=True)
