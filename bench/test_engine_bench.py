@@ -8,7 +8,7 @@ from collections import deque
 
 import pycodec
 import pytest
-from fastgear.engine import EngineHarness
+from fastgear.engine_harness import EngineHarness
 
 CYCLES = 20_000
 

@@ -23,10 +23,11 @@ cdef enum:
     OUT_FAIL = 1
     OUT_EXCEPTION = 2
 
-# engine_packet results
+# Results of engine_packet and the other entry points that answer a peer. Anything but
+# E_OK makes the I/O loop answer MEMORY_ALLOCATION_FAILURE and close the connection.
+# Encoder failures (ENC_NOMEM) are mapped to E_NOMEM where the engine encodes.
 cdef enum:
     E_OK = 0
-    E_CLOSE = -1             # queue flushed, then close the connection
     E_NOMEM = -2
 
 cdef struct Function
@@ -279,11 +280,97 @@ cdef struct Engine:
     uint64_t r_evicted
     Result *r_oldest
     Result *r_newest
+    int64_t live_allocs      # debug build: engine allocations not freed yet (fgalloc.h)
+
+# The engine's intrusive lists: each binds the macros of includes/dlist.h to one list's
+# link fields, so every link and unlink is the same inlined code (and checked in debug
+# builds). head and tail are the addresses of the list's end pointers.
+cdef extern from * nogil:
+    """
+    #include "includes/dlist.h"
+    #define FG_FUNCS_PUSH_TAIL(h, t, n) DLQ_PUSH_TAIL(h, t, n, all_prev, all_next)
+    #define FG_FUNCS_REMOVE(h, t, n) DLQ_REMOVE(h, t, n, all_prev, all_next)
+    #define FG_READY_PUSH_TAIL(h, t, n, p) DLQ_PUSH_TAIL(h, t, n, r_prev[p], r_next[p])
+    #define FG_READY_REMOVE(h, t, n, p) DLQ_REMOVE(h, t, n, r_prev[p], r_next[p])
+    #define FG_QUEUE_PUSH_TAIL(h, t, n) DLQ_PUSH_TAIL(h, t, n, q_prev, q_next)
+    #define FG_QUEUE_PUSH_HEAD(h, t, n) DLQ_PUSH_HEAD(h, t, n, q_prev, q_next)
+    #define FG_QUEUE_REMOVE(h, t, n) DLQ_REMOVE(h, t, n, q_prev, q_next)
+    #define FG_HELD_PUSH(h, n) DL_PUSH(h, n, q_prev, q_next)
+    #define FG_HELD_REMOVE(h, n) DL_REMOVE(h, n, q_prev, q_next)
+    #define FG_SLEEPERS_PUSH_TAIL(h, t, n) DLQ_PUSH_TAIL(h, t, n, s_prev, s_next)
+    #define FG_SLEEPERS_REMOVE(h, t, n) DLQ_REMOVE(h, t, n, s_prev, s_next)
+    #define FG_ABILITIES_PUSH(h, n) DL_PUSH(h, n, c_prev, c_next)
+    #define FG_ABILITIES_REMOVE(h, n) DL_REMOVE(h, n, c_prev, c_next)
+    #define FG_CLIENTS_PUSH(h, n) DL_PUSH(h, n, j_prev, j_next)
+    #define FG_CLIENTS_REMOVE(h, n) DL_REMOVE(h, n, j_prev, j_next)
+    #define FG_ATTACHED_PUSH(h, n) DL_PUSH(h, n, c_prev, c_next)
+    #define FG_ATTACHED_REMOVE(h, n) DL_REMOVE(h, n, c_prev, c_next)
+    #define FG_CONNS_PUSH(h, n) DL_PUSH(h, n, all_prev, all_next)
+    #define FG_CONNS_REMOVE(h, n) DL_REMOVE(h, n, all_prev, all_next)
+    #define FG_WIDE_PUSH_TAIL(h, t, n) DLQ_PUSH_TAIL(h, t, n, ws_prev, ws_next)
+    #define FG_WIDE_REMOVE(h, t, n) DLQ_REMOVE(h, t, n, ws_prev, ws_next)
+    #define FG_WOKEN_PUSH_TAIL(h, t, n) DLQ_PUSH_TAIL(h, t, n, wk_prev, wk_next)
+    #define FG_WOKEN_REMOVE(h, t, n) DLQ_REMOVE(h, t, n, wk_prev, wk_next)
+    #define FG_RBYHANDLE_PUSH(h, n) DL_PUSH(h, n, h_prev, h_next)
+    #define FG_RBYHANDLE_REMOVE(h, n) DL_REMOVE(h, n, h_prev, h_next)
+    #define FG_RBYUNIQUE_PUSH(h, n) DL_PUSH(h, n, u_prev, u_next)
+    #define FG_RBYUNIQUE_REMOVE(h, n) DL_REMOVE(h, n, u_prev, u_next)
+    """
+    # Every function, in creation order (Engine.f_first/f_last).
+    void funcs_push_tail "FG_FUNCS_PUSH_TAIL"(Function **h, Function **t, Function *n)
+    void funcs_unlink "FG_FUNCS_REMOVE"(Function **h, Function **t, Function *n)
+    # Functions with work at priority p and a worker (Engine.ready_head/tail[p]).
+    void ready_push_tail "FG_READY_PUSH_TAIL"(Function **h, Function **t, Function *n,
+                                              int p)
+    void ready_unlink "FG_READY_REMOVE"(Function **h, Function **t, Function *n, int p)
+    # A function's runnable jobs at one priority (Function.q_head/q_tail[p]).
+    void queue_push_tail "FG_QUEUE_PUSH_TAIL"(Job **h, Job **t, Job *n)
+    void queue_push_head "FG_QUEUE_PUSH_HEAD"(Job **h, Job **t, Job *n)
+    void queue_unlink "FG_QUEUE_REMOVE"(Job **h, Job **t, Job *n)
+    # The jobs a worker holds (Conn.held), through the same links as the queues.
+    void held_link "FG_HELD_PUSH"(Job **h, Job *n)
+    void held_unlink "FG_HELD_REMOVE"(Job **h, Job *n)
+    # A function's sleeping registrations (Function.sleep_head/tail).
+    void sleepers_push_tail "FG_SLEEPERS_PUSH_TAIL"(Ability **h, Ability **t, Ability *n)
+    void sleepers_unlink "FG_SLEEPERS_REMOVE"(Ability **h, Ability **t, Ability *n)
+    # A connection's registrations (Conn.abilities).
+    void abilities_link "FG_ABILITIES_PUSH"(Ability **h, Ability *n)
+    void abilities_unlink "FG_ABILITIES_REMOVE"(Ability **h, Ability *n)
+    # A job's listening clients (Job.clients) and a client's jobs (Conn.attached).
+    void clients_link "FG_CLIENTS_PUSH"(Attach **h, Attach *n)
+    void clients_unlink "FG_CLIENTS_REMOVE"(Attach **h, Attach *n)
+    void attached_link "FG_ATTACHED_PUSH"(Attach **h, Attach *n)
+    void attached_unlink "FG_ATTACHED_REMOVE"(Attach **h, Attach *n)
+    # Every connection (Engine.conns).
+    void conns_link "FG_CONNS_PUSH"(Conn **h, Conn *n)
+    void conns_unlink "FG_CONNS_REMOVE"(Conn **h, Conn *n)
+    # Sleepers with a function index, and NOOPed workers that have not grabbed yet.
+    void wide_push_tail "FG_WIDE_PUSH_TAIL"(Conn **h, Conn **t, Conn *n)
+    void wide_unlink "FG_WIDE_REMOVE"(Conn **h, Conn **t, Conn *n)
+    void woken_push_tail "FG_WOKEN_PUSH_TAIL"(Conn **h, Conn **t, Conn *n)
+    void woken_unlink "FG_WOKEN_REMOVE"(Conn **h, Conn **t, Conn *n)
+    # Kept results' hash chains, by handle and by unique key.
+    void rbyhandle_link "FG_RBYHANDLE_PUSH"(Result **h, Result *n)
+    void rbyhandle_unlink "FG_RBYHANDLE_REMOVE"(Result **h, Result *n)
+    void rbyunique_link "FG_RBYUNIQUE_PUSH"(Result **h, Result *n)
+    void rbyunique_unlink "FG_RBYUNIQUE_REMOVE"(Result **h, Result *n)
+
+# The engine allocates through these (includes/fgalloc.h): malloc and friends in release
+# builds, counted in Engine.live_allocs in the debug build.
+cdef extern from "includes/fgalloc.h" nogil:
+    enum:
+        FASTGEAR_DEBUG
+    void *fg_malloc "FG_MALLOC"(Engine *e, size_t n)
+    void *fg_calloc "FG_CALLOC"(Engine *e, size_t k, size_t n)
+    void *fg_realloc "FG_REALLOC"(Engine *e, void *p, size_t n)
+    void fg_free "FG_FREE"(Engine *e, void *p)
 
 cdef int engine_init(Engine *e, const char *prefix, size_t prefix_len,
                      uint32_t job_retries, uint32_t worker_wakeup,
                      int exceptions) noexcept nogil
 cdef void engine_free(Engine *e) noexcept nogil
+cdef void engine_release(Engine *e, void *p) noexcept nogil
+cdef int64_t engine_live_allocs(Engine *e) noexcept nogil
 cdef void engine_clock(Engine *e) noexcept nogil
 cdef void conn_attach(Engine *e, Conn *c) noexcept nogil
 cdef void conn_detach(Engine *e, Conn *c) noexcept nogil

@@ -176,17 +176,13 @@ cdef int drain_gate(Shared *S, Conn *c, uint32_t t) noexcept nogil:
     GRAB gets NO_JOB, PRE_SLEEP is not recorded (so the worker is not woken into a
     NOOP/GRAB/NO_JOB cycle), and submissions are refused so a client can go to another
     server. Returns 1 when the packet was answered here."""
-    if t == CMD_GRAB_JOB or t == CMD_GRAB_JOB_UNIQ or t == CMD_GRAB_JOB_ALL:
+    if cmd_kind(t) == KIND_GRAB:
         conn_dirty(&S.eng, c)
         encode0(&c.outbuf, CMD_NO_JOB)
         return 1
     if t == CMD_PRE_SLEEP:
         return 1
-    if (t == CMD_SUBMIT_JOB or t == CMD_SUBMIT_JOB_BG or t == CMD_SUBMIT_JOB_HIGH
-            or t == CMD_SUBMIT_JOB_HIGH_BG or t == CMD_SUBMIT_JOB_LOW
-            or t == CMD_SUBMIT_JOB_LOW_BG or t == CMD_SUBMIT_JOB_SCHED
-            or t == CMD_SUBMIT_JOB_EPOCH or t == CMD_SUBMIT_REDUCE_JOB
-            or t == CMD_SUBMIT_REDUCE_JOB_BACKGROUND):
+    if cmd_kind(t) == KIND_SUBMIT:
         engine_error(&S.eng, c, b"SHUTTING_DOWN",
                      b"Server is shutting down; submit the job to another server")
         return 1

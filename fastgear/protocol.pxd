@@ -62,11 +62,26 @@ cdef enum ParseStatus:
     P_TOO_LARGE = -4
     P_LINE_TOO_LONG = -5
 
+# Encoder results. Callers map ENC_NOMEM to their own status codes (the engine to
+# E_NOMEM) instead of passing it on, so no code relies on two enums sharing a number.
+cdef enum:
+    ENC_OK = 0
+    ENC_NOMEM = -1        # out of memory, or a body longer than the 32-bit length field
+
+# What a request does, for code that treats a family of commands alike (the engine's
+# dispatch, the shutdown gate): one column instead of lists of types in each place.
+cdef enum CmdKind:
+    KIND_OTHER = 0
+    KIND_SUBMIT = 1       # SUBMIT_JOB and its priority, background, epoch, sched, reduce forms
+    KIND_GRAB = 2         # GRAB_JOB, GRAB_JOB_UNIQ, GRAB_JOB_ALL
+    KIND_WORK = 3         # a worker's WORK_* packet about a job it holds
+
 cdef struct CmdInfo:
     const char *name
     uint8_t argc          # arguments as libgearman's command table counts them
     uint8_t has_data      # a trailing opaque blob follows the arguments
     uint8_t request       # a client or worker may send it to a server
+    uint8_t kind          # CmdKind
 
 cdef struct Packet:
     uint32_t type
@@ -78,6 +93,11 @@ cdef struct Packet:
     size_t need           # for P_NEED_MORE: total bytes the packet needs, when known
 
 cdef CmdInfo COMMANDS[CMD_MAX]
+
+
+cdef inline uint8_t cmd_kind(uint32_t t) noexcept nogil:
+    # t < CMD_MAX: the parser refuses other types before anyone dispatches on them.
+    return COMMANDS[t].kind
 
 cdef int parse_packet(const char *p, size_t avail, size_t max_size,
                       Packet *pkt) noexcept nogil

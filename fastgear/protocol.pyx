@@ -11,11 +11,13 @@ from fastgear.buffer cimport Buf, buf_reserve, buf_init, buf_free, buf_len, buf_
 from fastgear.buffer cimport get_be32, put_be32
 
 
-cdef void _cmd(int t, const char *name, int argc, int has_data, int request) noexcept:
+cdef void _cmd(int t, const char *name, int argc, int has_data, int request,
+               int kind=KIND_OTHER) noexcept:
     COMMANDS[t].name = name
     COMMANDS[t].argc = argc
     COMMANDS[t].has_data = has_data
     COMMANDS[t].request = request
+    COMMANDS[t].kind = kind
 
 
 _cmd(0, b"TEXT", 0, 0, 0)
@@ -25,39 +27,39 @@ _cmd(CMD_RESET_ABILITIES, b"RESET_ABILITIES", 0, 0, 1)
 _cmd(CMD_PRE_SLEEP, b"PRE_SLEEP", 0, 0, 1)
 _cmd(CMD_UNUSED, b"UNUSED", 0, 0, 0)
 _cmd(CMD_NOOP, b"NOOP", 0, 0, 0)
-_cmd(CMD_SUBMIT_JOB, b"SUBMIT_JOB", 2, 1, 1)
+_cmd(CMD_SUBMIT_JOB, b"SUBMIT_JOB", 2, 1, 1, KIND_SUBMIT)
 _cmd(CMD_JOB_CREATED, b"JOB_CREATED", 1, 0, 0)
-_cmd(CMD_GRAB_JOB, b"GRAB_JOB", 0, 0, 1)
+_cmd(CMD_GRAB_JOB, b"GRAB_JOB", 0, 0, 1, KIND_GRAB)
 _cmd(CMD_NO_JOB, b"NO_JOB", 0, 0, 0)
 _cmd(CMD_JOB_ASSIGN, b"JOB_ASSIGN", 2, 1, 0)
-_cmd(CMD_WORK_STATUS, b"WORK_STATUS", 3, 0, 1)
-_cmd(CMD_WORK_COMPLETE, b"WORK_COMPLETE", 1, 1, 1)
-_cmd(CMD_WORK_FAIL, b"WORK_FAIL", 1, 0, 1)
+_cmd(CMD_WORK_STATUS, b"WORK_STATUS", 3, 0, 1, KIND_WORK)
+_cmd(CMD_WORK_COMPLETE, b"WORK_COMPLETE", 1, 1, 1, KIND_WORK)
+_cmd(CMD_WORK_FAIL, b"WORK_FAIL", 1, 0, 1, KIND_WORK)
 _cmd(CMD_GET_STATUS, b"GET_STATUS", 1, 0, 1)
 _cmd(CMD_ECHO_REQ, b"ECHO_REQ", 0, 1, 1)
 _cmd(CMD_ECHO_RES, b"ECHO_RES", 0, 1, 0)
-_cmd(CMD_SUBMIT_JOB_BG, b"SUBMIT_JOB_BG", 2, 1, 1)
+_cmd(CMD_SUBMIT_JOB_BG, b"SUBMIT_JOB_BG", 2, 1, 1, KIND_SUBMIT)
 _cmd(CMD_ERROR, b"ERROR", 2, 0, 0)
 _cmd(CMD_STATUS_RES, b"STATUS_RES", 5, 0, 0)
-_cmd(CMD_SUBMIT_JOB_HIGH, b"SUBMIT_JOB_HIGH", 2, 1, 1)
+_cmd(CMD_SUBMIT_JOB_HIGH, b"SUBMIT_JOB_HIGH", 2, 1, 1, KIND_SUBMIT)
 _cmd(CMD_SET_CLIENT_ID, b"SET_CLIENT_ID", 1, 0, 1)
 _cmd(CMD_CAN_DO_TIMEOUT, b"CAN_DO_TIMEOUT", 2, 0, 1)
 _cmd(CMD_ALL_YOURS, b"ALL_YOURS", 0, 0, 1)
-_cmd(CMD_WORK_EXCEPTION, b"WORK_EXCEPTION", 1, 1, 1)
+_cmd(CMD_WORK_EXCEPTION, b"WORK_EXCEPTION", 1, 1, 1, KIND_WORK)
 _cmd(CMD_OPTION_REQ, b"OPTION_REQ", 1, 0, 1)
 _cmd(CMD_OPTION_RES, b"OPTION_RES", 1, 0, 0)
-_cmd(CMD_WORK_DATA, b"WORK_DATA", 1, 1, 1)
-_cmd(CMD_WORK_WARNING, b"WORK_WARNING", 1, 1, 1)
-_cmd(CMD_GRAB_JOB_UNIQ, b"GRAB_JOB_UNIQ", 0, 0, 1)
+_cmd(CMD_WORK_DATA, b"WORK_DATA", 1, 1, 1, KIND_WORK)
+_cmd(CMD_WORK_WARNING, b"WORK_WARNING", 1, 1, 1, KIND_WORK)
+_cmd(CMD_GRAB_JOB_UNIQ, b"GRAB_JOB_UNIQ", 0, 0, 1, KIND_GRAB)
 _cmd(CMD_JOB_ASSIGN_UNIQ, b"JOB_ASSIGN_UNIQ", 3, 1, 0)
-_cmd(CMD_SUBMIT_JOB_HIGH_BG, b"SUBMIT_JOB_HIGH_BG", 2, 1, 1)
-_cmd(CMD_SUBMIT_JOB_LOW, b"SUBMIT_JOB_LOW", 2, 1, 1)
-_cmd(CMD_SUBMIT_JOB_LOW_BG, b"SUBMIT_JOB_LOW_BG", 2, 1, 1)
-_cmd(CMD_SUBMIT_JOB_SCHED, b"SUBMIT_JOB_SCHED", 7, 1, 1)
-_cmd(CMD_SUBMIT_JOB_EPOCH, b"SUBMIT_JOB_EPOCH", 3, 1, 1)
-_cmd(CMD_SUBMIT_REDUCE_JOB, b"SUBMIT_REDUCE_JOB", 4, 1, 1)
-_cmd(CMD_SUBMIT_REDUCE_JOB_BACKGROUND, b"SUBMIT_REDUCE_JOB_BACKGROUND", 4, 1, 1)
-_cmd(CMD_GRAB_JOB_ALL, b"GRAB_JOB_ALL", 0, 0, 1)
+_cmd(CMD_SUBMIT_JOB_HIGH_BG, b"SUBMIT_JOB_HIGH_BG", 2, 1, 1, KIND_SUBMIT)
+_cmd(CMD_SUBMIT_JOB_LOW, b"SUBMIT_JOB_LOW", 2, 1, 1, KIND_SUBMIT)
+_cmd(CMD_SUBMIT_JOB_LOW_BG, b"SUBMIT_JOB_LOW_BG", 2, 1, 1, KIND_SUBMIT)
+_cmd(CMD_SUBMIT_JOB_SCHED, b"SUBMIT_JOB_SCHED", 7, 1, 1, KIND_SUBMIT)
+_cmd(CMD_SUBMIT_JOB_EPOCH, b"SUBMIT_JOB_EPOCH", 3, 1, 1, KIND_SUBMIT)
+_cmd(CMD_SUBMIT_REDUCE_JOB, b"SUBMIT_REDUCE_JOB", 4, 1, 1, KIND_SUBMIT)
+_cmd(CMD_SUBMIT_REDUCE_JOB_BACKGROUND, b"SUBMIT_REDUCE_JOB_BACKGROUND", 4, 1, 1, KIND_SUBMIT)
+_cmd(CMD_GRAB_JOB_ALL, b"GRAB_JOB_ALL", 0, 0, 1, KIND_GRAB)
 _cmd(CMD_JOB_ASSIGN_ALL, b"JOB_ASSIGN_ALL", 4, 1, 0)
 _cmd(CMD_GET_STATUS_UNIQUE, b"GET_STATUS_UNIQUE", 1, 0, 1)
 _cmd(CMD_STATUS_RES_UNIQUE, b"STATUS_RES_UNIQUE", 6, 0, 0)
@@ -137,7 +139,7 @@ cdef int parse_packet(const char *p, size_t avail, size_t max_size,
 
 cdef int encode_packet(Buf *out, uint32_t magic_res, uint32_t type, int n,
                        const char **fields, const size_t *lens) noexcept nogil:
-    """Append one packet; fields are joined by NULs. 0 on success, -1 out of memory."""
+    """Append one packet; fields are joined by NULs. ENC_OK, or ENC_NOMEM."""
     cdef size_t total = 0
     cdef int i
     cdef char *w
@@ -146,9 +148,9 @@ cdef int encode_packet(Buf *out, uint32_t magic_res, uint32_t type, int n,
     if n > 1:
         total += <size_t>(n - 1)
     if total > 0xffffffffu:
-        return -1
+        return ENC_NOMEM
     if buf_reserve(out, HEADER_SIZE + total) != 0:
-        return -1
+        return ENC_NOMEM
     w = out.data + out.end
     memcpy(w, b"\0RES" if magic_res else b"\0REQ", 4)
     put_be32(w + 4, type)
@@ -162,7 +164,7 @@ cdef int encode_packet(Buf *out, uint32_t magic_res, uint32_t type, int n,
             memcpy(w, fields[i], lens[i])
             w += lens[i]
     out.end += HEADER_SIZE + total
-    return 0
+    return ENC_OK
 
 
 cdef int encode2(Buf *out, uint32_t type, const char *a, size_t alen,
@@ -229,7 +231,7 @@ def encode(uint32_t type, fields=(), bint request=False):
         l[i] = len(keep[i])
     buf_init(&b)
     try:
-        if encode_packet(&b, 0 if request else 1, type, n, f, l) != 0:
+        if encode_packet(&b, 0 if request else 1, type, n, f, l) != ENC_OK:
             raise MemoryError()
         return buf_head(&b)[:buf_len(&b)]
     finally:

@@ -1,7 +1,11 @@
-"""Unit tests of the compiled job engine without sockets (fastgear.engine.EngineHarness):
-queues, priorities, coalescing, wake-ups, retries, timers and disconnects."""
+"""Unit tests of the compiled job engine without sockets (fastgear.engine_harness):
+queues, priorities, coalescing, wake-ups, retries, timers and disconnects. In the debug
+build (FASTGEAR_DEBUG=1, ci/debug-tests.sh) every test's engine is torn down at the end
+and must have freed every allocation it made."""
+import time
+
 import pytest
-from fastgear.engine import EngineHarness
+from fastgear.engine_harness import ALLOC_COUNTING, EngineHarness
 
 from fastgear import protocol as P
 
@@ -18,9 +22,19 @@ def replies(h, conn):
     return [(P.NAMES[t], f) for _, t, f in pkts]
 
 
+def assert_nothing_leaked(h):
+    """Free the engine; the debug build counts its allocations, and none may be left
+    (release builds do not count, so there is nothing to check there)."""
+    leaked = h.close()
+    if ALLOC_COUNTING:
+        assert leaked == 0, f"{leaked} engine allocations were never freed"
+
+
 @pytest.fixture
 def eng():
-    return EngineHarness(b"H:t")
+    h = EngineHarness(b"H:t")
+    yield h
+    assert_nothing_leaked(h)
 
 
 def submit(h, c, func, data=b"", unique=b"", kind="SUBMIT_JOB_BG"):
@@ -137,6 +151,7 @@ def test_job_retries_fail_the_job_after_that_many_attempts():
     assert replies(eng, c) == [("WORK_FAIL", [h])]
     assert eng.counts()["jobs"] == 0
     assert eng.function(b"f") == (0, 0, 0, 0, 0, 0, 0)
+    assert_nothing_leaked(eng)
 
 
 def test_foreground_job_is_dropped_when_its_only_client_leaves(eng):
@@ -149,7 +164,6 @@ def test_foreground_job_is_dropped_when_its_only_client_leaves(eng):
 def test_epoch_job_waits_for_its_time_and_wakes_a_sleeper(eng):
     c, w = eng.connect(), eng.connect()
     eng.feed(w, req("CAN_DO", b"f") + req("PRE_SLEEP"))
-    import time
     when = str(int(time.time()) + 3600).encode()
     eng.feed(c, req("SUBMIT_JOB_EPOCH", b"f", b"", when, b"later"))
     assert replies(eng, c)[0][0] == "JOB_CREATED"
@@ -197,3 +211,34 @@ def test_exception_goes_as_work_fail_unless_client_asked_for_exceptions(eng):
 def test_engine_cycle_completes_every_job_and_frees_them(eng):
     assert eng.run_cycle(b"f", 10000) == 10000
     assert eng.counts()["jobs"] == 0 and eng.counts()["queued_bytes"] == 0
+
+
+def test_teardown_frees_everything_the_engine_allocated_with_work_in_flight(eng):
+    """Teardown with every kind of engine allocation still live: grown tables, queued,
+    running, future and unacknowledged jobs, coalesced clients, many registrations and
+    kept results. The fixture asserts (debug build) that engine_free gave all back."""
+    eng.keep_results(60_000)
+    clients = [eng.connect() for _ in range(3)]
+    wide, narrow, sleeper = eng.connect(), eng.connect(), eng.connect()
+    for i in range(100):                         # > 64 functions: the table grows
+        eng.feed(wide, req("CAN_DO", b"f%d" % i))  # > 16 registrations: a function index
+    eng.feed(narrow, req("CAN_DO_TIMEOUT", b"g", b"60"))
+    eng.feed(sleeper, req("CAN_DO", b"idle") + req("PRE_SLEEP"))
+    eng.feed(wide, req("PRE_SLEEP"))
+    for i in range(1100):                        # > 1,024 jobs and unique keys: both grow
+        submit(eng, clients[0], b"f%d" % (i % 100), data=b"x", unique=b"u%d" % i)
+    for c in clients[1:]:                        # two more listeners of one job
+        submit(eng, c, b"g", unique=b"same", kind="SUBMIT_JOB")
+    submit(eng, clients[0], b"g", unique=b"same", kind="SUBMIT_JOB")
+    when = str(int(time.time()) + 3600).encode()
+    eng.feed(clients[0], req("SUBMIT_JOB_EPOCH", b"g", b"", when, b"later"))
+    assert replies(eng, clients[0])[0][0] == "JOB_CREATED"
+    for _ in range(3):                           # held by a worker at teardown
+        grab(eng, narrow)
+    assert eng.run_cycle(b"done", 1100) == 1100  # > 1,024 kept results
+    eng.set_durable(True)
+    eng.feed(clients[0], req("SUBMIT_JOB_BG", b"g", b"", b"never stored"))
+    assert replies(eng, clients[0]) == []        # waits for a commit that never comes
+    replies(eng, wide)
+    if ALLOC_COUNTING:
+        assert eng.live_allocs() > 2000

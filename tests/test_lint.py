@@ -25,6 +25,6 @@ def test_cython_sources_pass_cython_lint():
     if shutil.which("cython-lint") is None:
         missing("cython-lint", pip="cython-lint")
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "fastgear").rglob("*")
-                     if p.suffix in (".pyx", ".pxd"))
+                     if p.suffix in (".pyx", ".pxd", ".pxi"))
     res = run(["cython-lint", "--max-line-length", "100"] + sources)
     assert res.returncode == 0, res.stdout + res.stderr
