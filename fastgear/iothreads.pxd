@@ -21,45 +21,6 @@ cdef enum:
     EV_REFUSED = 3           # value: how many peers were refused in one batch
     EV_ACCEPT_FAILED = 4     # value: errno of accept4()
 
-cdef extern from "<netinet/tcp.h>" nogil:
-    enum:
-        TCP_KEEPIDLE
-        TCP_KEEPINTVL
-        TCP_KEEPCNT
-
-cdef extern from "<sys/socket.h>" nogil:
-    enum:
-        SHUT_WR
-
-cdef extern from "<errno.h>" nogil:
-    enum:
-        ECONNABORTED
-        EBADF
-        ENOTSOCK
-        EINVAL
-
-cdef extern from "<arpa/inet.h>" nogil:
-    uint16_t ntohs(uint16_t v)
-
-cdef extern from "<fcntl.h>" nogil:
-    enum:
-        O_RDONLY
-        O_CLOEXEC
-    int c_open "open"(const char *path, int flags)
-
-# Relaxed atomics for the few values one thread writes and others read without the lock.
-cdef extern from *:
-    """
-    #define fg_load_size(p) __atomic_load_n((p), __ATOMIC_RELAXED)
-    #define fg_store_size(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
-    #define fg_add_i64(p, v) __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
-    #define fg_load_i64(p) __atomic_load_n((p), __ATOMIC_RELAXED)
-    """
-    size_t fg_load_size(size_t *p) noexcept nogil
-    void fg_store_size(size_t *p, size_t v) noexcept nogil
-    int64_t fg_add_i64(int64_t *p, int64_t v) noexcept nogil
-    int64_t fg_load_i64(int64_t *p) noexcept nogil
-
 cdef struct Shared
 
 cdef struct AdminReq:
