@@ -131,38 +131,22 @@ cdef struct Job:
     Job *store_next          # the engine's list of jobs waiting for the store
 
 cdef struct Conn:
+    # The engine's part of a connection. The I/O layer allocates a larger struct that
+    # begins with this one (IOConn in iothreads.pxd) for its sockets and lists; the
+    # engine never sees those fields, so the test harness can allocate a bare Conn.
     int fd
     uint64_t id
-    int thread
-    Buf inbuf
+    Buf inbuf                # input not parsed yet (the I/O loop's, or the harness's)
     Buf outbuf               # written by the engine, under the engine lock
-    Buf wbuf                 # being sent by the owning I/O thread, no lock needed
     char ip[48]
-    uint8_t loopback
     char client_id[MAX_CLIENT_ID]
     uint32_t client_id_len
     uint8_t sleeping
     uint8_t noop_sent
     uint8_t exceptions
-    uint8_t closing          # flush what is queued, then close
-    uint8_t dead             # socket gone: drop output
-    uint8_t admin_pending    # a text line is with the control thread: hold input
-    uint8_t want_out         # EPOLLOUT registered
     uint8_t dirty
-    uint8_t eof              # peer closed its side: close once replies are out
     uint8_t detached         # engine state released
-    uint8_t in_close
-    uint8_t in_resume
-    uint8_t in_remote
-    uint8_t admin_close      # the admin reply asked for the connection to close
-    uint8_t in_flush
-    uint8_t in_check
     Conn *dirty_next
-    Conn *remote_next        # owner's list of connections made dirty by other threads
-    Conn *flush_next
-    Conn *check_next         # owner's list of flushed connections to maybe close
-    Conn *close_next
-    Conn *resume_next
     Conn *all_prev
     Conn *all_next
     Ability *abilities

@@ -3,6 +3,7 @@
 # events to log, since the loops cannot call Python logging), and the per-connection
 # I/O limits (--max-output, --max-connections, keepalive).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from fastgear.buffer cimport Buf
 from fastgear.engine cimport Engine, Conn, Job
 from fastgear.includes.sys cimport (pthread_mutex_t, pthread_mutex_lock, pthread_mutex_unlock,
                                     pthread_self)
@@ -20,45 +21,6 @@ cdef enum:
     EV_OUTPUT_HARD = 2       # value: bytes waiting to be sent when it was disconnected
     EV_REFUSED = 3           # value: how many peers were refused in one batch
     EV_ACCEPT_FAILED = 4     # value: errno of accept4()
-
-cdef extern from "<netinet/tcp.h>" nogil:
-    enum:
-        TCP_KEEPIDLE
-        TCP_KEEPINTVL
-        TCP_KEEPCNT
-
-cdef extern from "<sys/socket.h>" nogil:
-    enum:
-        SHUT_WR
-
-cdef extern from "<errno.h>" nogil:
-    enum:
-        ECONNABORTED
-        EBADF
-        ENOTSOCK
-        EINVAL
-
-cdef extern from "<arpa/inet.h>" nogil:
-    uint16_t ntohs(uint16_t v)
-
-cdef extern from "<fcntl.h>" nogil:
-    enum:
-        O_RDONLY
-        O_CLOEXEC
-    int c_open "open"(const char *path, int flags)
-
-# Relaxed atomics for the few values one thread writes and others read without the lock.
-cdef extern from *:
-    """
-    #define fg_load_size(p) __atomic_load_n((p), __ATOMIC_RELAXED)
-    #define fg_store_size(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
-    #define fg_add_i64(p, v) __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
-    #define fg_load_i64(p) __atomic_load_n((p), __ATOMIC_RELAXED)
-    """
-    size_t fg_load_size(size_t *p) noexcept nogil
-    void fg_store_size(size_t *p, size_t v) noexcept nogil
-    int64_t fg_add_i64(int64_t *p, int64_t v) noexcept nogil
-    int64_t fg_load_i64(int64_t *p) noexcept nogil
 
 cdef struct Shared
 
@@ -81,13 +43,33 @@ cdef struct LogEvent:
 
 cdef struct IOConn:
     # The I/O layer's view of a connection: the engine's Conn first (the engine sees
-    # only that part), then what only the I/O layer needs.
+    # only that part, and a Conn * it hands back casts to IOConn *), then what only
+    # the I/O layer needs.
     Conn c
+    int thread               # the loop that owns it
+    Buf wbuf                 # being sent by the owning I/O thread, no lock needed
+    size_t wlen              # bytes in wbuf, published for other loops (atomic)
     uint16_t port
-    size_t wlen              # bytes in c.wbuf, published for other loops (atomic)
+    uint8_t loopback
+    uint8_t closing          # flush what is queued, then close
+    uint8_t dead             # socket gone: drop output
+    uint8_t eof              # peer closed its side: close once replies are out
+    uint8_t admin_pending    # a text line is with the control thread: hold input
+    uint8_t admin_close      # the admin reply asked for the connection to close
+    uint8_t want_out         # EPOLLOUT registered
     uint8_t paused           # input not read: too much output is waiting
     uint8_t over             # past --max-output-hard: being disconnected
+    uint8_t in_close
+    uint8_t in_resume
+    uint8_t in_remote
+    uint8_t in_flush
+    uint8_t in_check
     uint8_t in_unpause
+    IOConn *remote_next      # owner's list of connections made dirty by other threads
+    IOConn *flush_next
+    IOConn *check_next       # owner's list of flushed connections to maybe close
+    IOConn *close_next
+    IOConn *resume_next
     IOConn *unpause_next     # owner's list of connections to resume reading
 
 cdef struct Loop:
@@ -97,11 +79,11 @@ cdef struct Loop:
     int epfd
     int wakefd               # poked by other threads: remote output, admin replies, stop
     int spare_fd             # given up to accept (and refuse) a peer when out of fds
-    Conn *closing            # to close after the next locked section
-    Conn *flush              # staged output to send outside the lock
-    Conn *check              # flushed connections that were closing or dead
-    Conn *remote             # (lock) own connections made dirty by other threads
-    Conn *resume             # (lock) own connections whose admin reply arrived
+    IOConn *closing          # to close after the next locked section
+    IOConn *flush            # staged output to send outside the lock
+    IOConn *check            # flushed connections that were closing or dead
+    IOConn *remote           # (lock) own connections made dirty by other threads
+    IOConn *resume           # (lock) own connections whose admin reply arrived
     IOConn *unpause          # own connections whose output drained: read them again
     uint8_t poke_pending     # (lock) a wake-up is already on its way
     uint64_t accepted        # per-thread counters, summed on read
@@ -122,7 +104,7 @@ cdef struct Shared:
     uint8_t store_poked
     int listen_fds[MAX_LISTENERS]
     int nlisten
-    Conn **conns             # indexed by fd
+    IOConn **conns           # indexed by fd
     size_t conns_cap
     AdminReq *admin_head
     AdminReq *admin_tail
@@ -142,6 +124,11 @@ cdef struct Shared:
     int draining             # SIGTERM grace period: no new jobs start or are accepted
     int64_t timer_wake_ms    # when loop 0, which runs the timers, will wake next
     int stopping
+
+
+cdef inline IOConn *io_of(Conn *c) noexcept nogil:
+    # Every Conn the engine hands back was allocated by the I/O layer as an IOConn.
+    return <IOConn *>c
 
 
 cdef inline void lock(Shared *S) noexcept nogil:

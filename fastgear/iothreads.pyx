@@ -40,7 +40,7 @@ from fastgear.protocol cimport *
 from fastgear.engine cimport *
 from fastgear.includes.sys cimport *
 
-# epoll tags: a connection's tag is its Conn pointer (16-byte aligned, low bits 0);
+# epoll tags: a connection's tag is its IOConn pointer (16-byte aligned, low bits 0);
 # the eventfd and listening sockets are told apart by their low bits.
 cdef uint64_t TAG_WAKE = 1
 cdef uint64_t TAG_LISTEN = 2
@@ -68,27 +68,23 @@ cdef inline void drain_fd(int fd) noexcept nogil:
     read(fd, &v, 8)
 
 
-cdef inline IOConn *io_of(Conn *c) noexcept nogil:
-    return <IOConn *>c
-
-
-cdef void set_events(Loop *L, Conn *c) noexcept nogil:
+cdef void set_events(Loop *L, IOConn *io) noexcept nogil:
     cdef epoll_event ev
-    ev.data.ptr = c
-    ev.events = EPOLLOUT if c.want_out else 0
-    if not c.eof and not c.closing and not c.dead and not io_of(c).paused:
+    ev.data.ptr = io
+    ev.events = EPOLLOUT if io.want_out else 0
+    if not io.eof and not io.closing and not io.dead and not io.paused:
         ev.events |= EPOLLIN
-    epoll_ctl(L.epfd, EPOLL_CTL_MOD, c.fd, &ev)
+    epoll_ctl(L.epfd, EPOLL_CTL_MOD, io.c.fd, &ev)
 
 
-cdef void mark_close(Loop *L, Conn *c) noexcept nogil:
-    if not c.in_close:
-        c.in_close = 1
-        c.close_next = L.closing
-        L.closing = c
+cdef void mark_close(Loop *L, IOConn *io) noexcept nogil:
+    if not io.in_close:
+        io.in_close = 1
+        io.close_next = L.closing
+        L.closing = io
 
 
-cdef void post_event(Shared *S, int kind, Conn *c, const char *code,
+cdef void post_event(Shared *S, int kind, IOConn *io, const char *code,
                      uint64_t value) noexcept nogil:
     """(lock) Queue a line for the control thread's log; bounded, then only counted."""
     cdef LogEvent *ev
@@ -100,11 +96,11 @@ cdef void post_event(Shared *S, int kind, Conn *c, const char *code,
         S.ev_dropped += 1
         return
     ev.kind = kind
-    if c != NULL:
-        memcpy(ev.ip, c.ip, sizeof(ev.ip))
+    if io != NULL:
+        memcpy(ev.ip, io.c.ip, sizeof(ev.ip))
         ev.ip[sizeof(ev.ip) - 1] = 0
-        ev.port = io_of(c).port
-        ev.conn_id = c.id
+        ev.port = io.port
+        ev.conn_id = io.c.id
     ev.code = code
     ev.value = value
     if S.ev_tail != NULL:
@@ -116,46 +112,44 @@ cdef void post_event(Shared *S, int kind, Conn *c, const char *code,
     poke_fd(S.adminfd)
 
 
-cdef void protocol_error(Loop *L, Conn *c, const char *code, const char *text) noexcept nogil:
+cdef void protocol_error(Loop *L, IOConn *io, const char *code, const char *text) noexcept nogil:
     """Replies already due stay queued; the ERROR goes after them; then we close."""
     L.protocol_errors += 1
-    post_event(L.S, EV_PROTOCOL_ERROR, c, code, 0)
-    engine_error(&L.S.eng, c, code, text)
-    c.closing = 1
+    post_event(L.S, EV_PROTOCOL_ERROR, io, code, 0)
+    engine_error(&L.S.eng, &io.c, code, text)
+    io.closing = 1
 
 
-cdef void overflow(Shared *S, Conn *c, size_t pending) noexcept nogil:
-    """(lock, any thread) c's unsent output passed --max-output-hard: it is treated as
+cdef void overflow(Shared *S, IOConn *io, size_t pending) noexcept nogil:
+    """(lock, any thread) io's unsent output passed --max-output-hard: it is treated as
     lost now (its jobs requeued or detached), so nothing more is produced for it; the
-    owner closes the socket the next time it stages c."""
-    cdef IOConn *io = io_of(c)
+    owner closes the socket the next time it stages io."""
     io.over = 1
-    post_event(S, EV_OUTPUT_HARD, c, NULL, pending)
-    conn_detach(&S.eng, c)
-    buf_free(&c.outbuf)
+    post_event(S, EV_OUTPUT_HARD, io, NULL, pending)
+    conn_detach(&S.eng, &io.c)
+    buf_free(&io.c.outbuf)
 
 
-cdef inline int output_over(Shared *S, Conn *c) noexcept nogil:
-    """(owner) More is waiting to be sent to c than --max-output allows."""
-    return S.max_output != 0 and buf_len(&c.outbuf) + buf_len(&c.wbuf) > S.max_output
+cdef inline int output_over(Shared *S, IOConn *io) noexcept nogil:
+    """(owner) More is waiting to be sent to io than --max-output allows."""
+    return S.max_output != 0 and buf_len(&io.c.outbuf) + buf_len(&io.wbuf) > S.max_output
 
 
-cdef void pause_input(Loop *L, Conn *c) noexcept nogil:
-    """(owner) Stop reading and parsing c's input until its output drains."""
-    cdef IOConn *io = io_of(c)
+cdef void pause_input(Loop *L, IOConn *io) noexcept nogil:
+    """(owner) Stop reading and parsing io's input until its output drains."""
     if not io.paused:
         io.paused = 1
         L.paused += 1
-        set_events(L, c)
+        set_events(L, io)
 
 
-cdef int queue_admin(Shared *S, Conn *c, const char *line, size_t n) noexcept nogil:
+cdef int queue_admin(Shared *S, IOConn *io, const char *line, size_t n) noexcept nogil:
     cdef AdminReq *r = <AdminReq *>malloc(sizeof(AdminReq) + n + 1)
     if r == NULL:
         return -1
-    r.fd = c.fd
-    r.conn_id = c.id
-    r.loopback = c.loopback
+    r.fd = io.c.fd
+    r.conn_id = io.c.id
+    r.loopback = io.loopback
     r.line = <char *>(r + 1)
     memcpy(r.line, line, n)
     r.line[n] = 0
@@ -166,7 +160,7 @@ cdef int queue_admin(Shared *S, Conn *c, const char *line, size_t n) noexcept no
     else:
         S.admin_head = r
     S.admin_tail = r
-    c.admin_pending = 1
+    io.admin_pending = 1
     poke_fd(S.adminfd)
     return 0
 
@@ -189,17 +183,17 @@ cdef int drain_gate(Shared *S, Conn *c, uint32_t t) noexcept nogil:
     return 0
 
 
-cdef void process_input(Loop *L, Conn *c) noexcept nogil:
-    """(lock) Parse and apply every complete packet in c's input buffer, until its
+cdef void process_input(Loop *L, IOConn *io) noexcept nogil:
+    """(lock) Parse and apply every complete packet in io's input buffer, until its
     output backlog passes --max-output."""
     cdef Packet pkt
     cdef int st, r
     cdef size_t have, grow
     cdef Shared *S = L.S
-    cdef IOConn *io = io_of(c)
-    while not c.closing and not c.admin_pending and not c.dead and not io.over:
-        if output_over(S, c):
-            pause_input(L, c)
+    cdef Conn *c = &io.c
+    while not io.closing and not io.admin_pending and not io.dead and not io.over:
+        if output_over(S, io):
+            pause_input(L, io)
             break
         st = parse_packet(buf_head(&c.inbuf), buf_len(&c.inbuf), S.max_packet, &pkt)
         if st == P_PACKET:
@@ -209,10 +203,10 @@ cdef void process_input(Loop *L, Conn *c) noexcept nogil:
                 r = engine_packet(&S.eng, c, &pkt)
             buf_consume(&c.inbuf, pkt.size)
             if r != E_OK:
-                protocol_error(L, c, b"MEMORY_ALLOCATION_FAILURE", b"Out of memory")
+                protocol_error(L, io, b"MEMORY_ALLOCATION_FAILURE", b"Out of memory")
         elif st == P_TEXT:
-            if queue_admin(S, c, pkt.f[0], pkt.flen[0]) != 0:
-                c.closing = 1
+            if queue_admin(S, io, pkt.f[0], pkt.flen[0]) != 0:
+                io.closing = 1
             buf_consume(&c.inbuf, pkt.size)
         elif st == P_NEED_MORE:
             # Room for the rest of the packet, but never more than doubling what has
@@ -224,28 +218,28 @@ cdef void process_input(Loop *L, Conn *c) noexcept nogil:
                 if grow > have and grow > READ_CHUNK:
                     grow = have if have > READ_CHUNK else READ_CHUNK
                 if buf_reserve(&c.inbuf, grow) != 0:
-                    protocol_error(L, c, b"MEMORY_ALLOCATION_FAILURE", b"Out of memory")
+                    protocol_error(L, io, b"MEMORY_ALLOCATION_FAILURE", b"Out of memory")
             break
         elif st == P_BAD_MAGIC:
-            protocol_error(L, c, b"INVALID_MAGIC", b"Request magic expected")
+            protocol_error(L, io, b"INVALID_MAGIC", b"Request magic expected")
         elif st == P_BAD_TYPE:
-            protocol_error(L, c, b"INVALID_COMMAND", b"Unknown packet type")
+            protocol_error(L, io, b"INVALID_COMMAND", b"Unknown packet type")
         elif st == P_BAD_ARGS:
-            protocol_error(L, c, b"INVALID_PACKET",
+            protocol_error(L, io, b"INVALID_PACKET",
                            b"Packet arguments missing within the declared length")
         elif st == P_TOO_LARGE:
-            protocol_error(L, c, b"ARGUMENT_TOO_LARGE",
+            protocol_error(L, io, b"ARGUMENT_TOO_LARGE",
                            b"Packet larger than the server allows (--max-packet)")
         else:
             L.protocol_errors += 1
-            post_event(S, EV_PROTOCOL_ERROR, c, b"LINE_TOO_LONG", 0)
+            post_event(S, EV_PROTOCOL_ERROR, io, b"LINE_TOO_LONG", 0)
             buf_append(&c.outbuf, LINE_TOO_LONG, strlen(LINE_TOO_LONG))
             conn_dirty(&S.eng, c)
-            c.closing = 1
+            io.closing = 1
     # A paused connection's unread input waits, even after its peer's EOF.
-    if c.eof and not c.admin_pending and not io.paused:
-        c.closing = 1
-    if c.closing or c.dead or io.over:
+    if io.eof and not io.admin_pending and not io.paused:
+        io.closing = 1
+    if io.closing or io.dead or io.over:
         buf_consume(&c.inbuf, buf_len(&c.inbuf))
         if not c.detached:
             # Let the peer's jobs go now; what is queued for it is still flushed. Only
@@ -253,17 +247,18 @@ cdef void process_input(Loop *L, Conn *c) noexcept nogil:
             # and so never closed (a peer gone while we answered reports HUP forever).
             conn_detach(&S.eng, c)
             conn_dirty(&S.eng, c)
-        if c.dead:
-            mark_close(L, c)
+        if io.dead:
+            mark_close(L, io)
 
 
-cdef int read_conn(Loop *L, Conn *c) noexcept nogil:
+cdef int read_conn(Loop *L, IOConn *io) noexcept nogil:
     """(no lock) recv() what the socket has; 1 if there is input or news to process."""
     cdef ssize_t n
     cdef size_t total = 0, space
+    cdef Conn *c = &io.c
     while total < READ_BUDGET:
         if buf_reserve(&c.inbuf, READ_CHUNK) != 0:
-            c.dead = 1
+            io.dead = 1
             break
         space = c.inbuf.cap - c.inbuf.end
         n = recv(c.fd, c.inbuf.data + c.inbuf.end, space, 0)
@@ -274,52 +269,52 @@ cdef int read_conn(Loop *L, Conn *c) noexcept nogil:
                 break       # short read: the socket is drained
             continue
         if n == 0:
-            c.eof = 1
+            io.eof = 1
             break
         if errno == EINTR:
             continue
         if errno != EAGAIN:
-            c.dead = 1      # reset by the peer: nothing can be flushed to it any more
-            c.eof = 1
+            io.dead = 1     # reset by the peer: nothing can be flushed to it any more
+            io.eof = 1
         break
-    if c.eof or c.dead:
-        set_events(L, c)
-    return total > 0 or c.eof or c.dead
+    if io.eof or io.dead:
+        set_events(L, io)
+    return total > 0 or io.eof or io.dead
 
 
-cdef void stage(Loop *L, Conn *c) noexcept nogil:
-    """(lock) Move what the engine queued for c into c's send buffer, and enforce the
-    output bounds: past --max-output stop reading c, past --max-output-hard drop it."""
+cdef void stage(Loop *L, IOConn *io) noexcept nogil:
+    """(lock) Move what the engine queued for io into its send buffer, and enforce the
+    output bounds: past --max-output stop reading io, past --max-output-hard drop it."""
     cdef Shared *S = L.S
-    cdef IOConn *io = io_of(c)
+    cdef Conn *c = &io.c
     cdef size_t pending
     if buf_len(&c.outbuf):
-        if buf_len(&c.wbuf) == 0:
-            buf_free(&c.wbuf)
-            c.wbuf = c.outbuf
+        if buf_len(&io.wbuf) == 0:
+            buf_free(&io.wbuf)
+            io.wbuf = c.outbuf
             buf_init(&c.outbuf)
-        elif buf_append(&c.wbuf, buf_head(&c.outbuf), buf_len(&c.outbuf)) == 0:
+        elif buf_append(&io.wbuf, buf_head(&c.outbuf), buf_len(&c.outbuf)) == 0:
             buf_consume(&c.outbuf, buf_len(&c.outbuf))
         else:
-            c.dead = 1
-    pending = buf_len(&c.wbuf)
-    if not io.over and S.max_output_hard and pending > S.max_output_hard and not c.dead:
-        overflow(S, c, pending)
+            io.dead = 1
+    pending = buf_len(&io.wbuf)
+    if not io.over and S.max_output_hard and pending > S.max_output_hard and not io.dead:
+        overflow(S, io, pending)
     if io.over:
-        if not c.in_close:
+        if not io.in_close:
             L.hard_closed += 1
-            c.dead = 1
-            buf_free(&c.wbuf)
+            io.dead = 1
+            buf_free(&io.wbuf)
             fg_store_size(&io.wlen, 0)
-            mark_close(L, c)
+            mark_close(L, io)
         return
     fg_store_size(&io.wlen, pending)
-    if S.max_output and pending > S.max_output and not c.dead:
-        pause_input(L, c)
-    if not c.in_flush:
-        c.in_flush = 1
-        c.flush_next = L.flush
-        L.flush = c
+    if S.max_output and pending > S.max_output and not io.dead:
+        pause_input(L, io)
+    if not io.in_flush:
+        io.in_flush = 1
+        io.flush_next = L.flush
+        L.flush = io
 
 
 cdef void route(Shared *S, Loop *me) noexcept nogil:
@@ -328,6 +323,7 @@ cdef void route(Shared *S, Loop *me) noexcept nogil:
     another loop's connection is bounded here, as it is made: the owner may be slow to
     come round, and a foreground client's results are produced by its workers' loops."""
     cdef Conn *c
+    cdef IOConn *io
     cdef Loop *o
     cdef size_t pending
     while S.eng.dirty != NULL:
@@ -335,20 +331,21 @@ cdef void route(Shared *S, Loop *me) noexcept nogil:
         S.eng.dirty = c.dirty_next
         c.dirty = 0
         c.dirty_next = NULL
-        if c.in_close:
+        io = io_of(c)
+        if io.in_close:
             continue
-        if me != NULL and c.thread == me.idx:
-            stage(me, c)
+        if me != NULL and io.thread == me.idx:
+            stage(me, io)
             continue
-        if S.max_output_hard and not io_of(c).over:
-            pending = buf_len(&c.outbuf) + fg_load_size(&io_of(c).wlen)
+        if S.max_output_hard and not io.over:
+            pending = buf_len(&c.outbuf) + fg_load_size(&io.wlen)
             if pending > S.max_output_hard:
-                overflow(S, c, pending)
-        o = &S.loops[c.thread]
-        if not c.in_remote:
-            c.in_remote = 1
-            c.remote_next = o.remote
-            o.remote = c
+                overflow(S, io, pending)
+        o = &S.loops[io.thread]
+        if not io.in_remote:
+            io.in_remote = 1
+            io.remote_next = o.remote
+            o.remote = io
         if not o.poke_pending:
             o.poke_pending = 1
             poke_fd(o.wakefd)
@@ -357,63 +354,60 @@ cdef void route(Shared *S, Loop *me) noexcept nogil:
 cdef void collect(Loop *L) noexcept nogil:
     """(lock) Everything this loop must act on after a batch."""
     cdef Shared *S = L.S
-    cdef Conn *c
     cdef IOConn *io
     L.poke_pending = 0
     while L.resume != NULL:
-        c = L.resume
-        L.resume = c.resume_next
-        c.in_resume = 0
-        if c.admin_close:
-            c.closing = 1
-        if not c.dead and not c.in_close:
-            process_input(L, c)
+        io = L.resume
+        L.resume = io.resume_next
+        io.in_resume = 0
+        if io.admin_close:
+            io.closing = 1
+        if not io.dead and not io.in_close:
+            process_input(L, io)
     while L.unpause != NULL:
         io = L.unpause
         L.unpause = io.unpause_next
         io.in_unpause = 0
-        c = &io.c
-        if not c.dead and not c.in_close and not io.paused:
-            process_input(L, c)
+        if not io.dead and not io.in_close and not io.paused:
+            process_input(L, io)
     while L.remote != NULL:
-        c = L.remote
-        L.remote = c.remote_next
-        c.in_remote = 0
-        if not c.in_close:
-            stage(L, c)
+        io = L.remote
+        L.remote = io.remote_next
+        io.in_remote = 0
+        if not io.in_close:
+            stage(L, io)
     route(S, L)
     # Closing connections whose last bytes went out (or that died) are closed now.
     while L.check != NULL:
-        c = L.check
-        L.check = c.check_next
-        c.check_next = NULL
-        c.in_check = 0
-        if c.dead or (c.closing and not c.admin_pending and buf_len(&c.outbuf) == 0
-                      and buf_len(&c.wbuf) == 0 and not c.in_flush):
-            mark_close(L, c)
+        io = L.check
+        L.check = io.check_next
+        io.check_next = NULL
+        io.in_check = 0
+        if io.dead or (io.closing and not io.admin_pending and buf_len(&io.c.outbuf) == 0
+                       and buf_len(&io.wbuf) == 0 and not io.in_flush):
+            mark_close(L, io)
 
 
-cdef void flush_conn(Loop *L, Conn *c) noexcept nogil:
-    """(no lock) send() c's staged bytes; register for EPOLLOUT if the socket is full;
+cdef void flush_conn(Loop *L, IOConn *io) noexcept nogil:
+    """(no lock) send() io's staged bytes; register for EPOLLOUT if the socket is full;
     resume reading a paused connection once its backlog has halved."""
     cdef ssize_t n
-    cdef IOConn *io = io_of(c)
     cdef int resume = 0
-    while buf_len(&c.wbuf) and not c.dead:
-        n = send(c.fd, buf_head(&c.wbuf), buf_len(&c.wbuf), MSG_NOSIGNAL)
+    while buf_len(&io.wbuf) and not io.dead:
+        n = send(io.c.fd, buf_head(&io.wbuf), buf_len(&io.wbuf), MSG_NOSIGNAL)
         if n > 0:
-            buf_consume(&c.wbuf, <size_t>n)
+            buf_consume(&io.wbuf, <size_t>n)
             continue
         if n < 0 and errno == EINTR:
             continue
         if n < 0 and errno == EAGAIN:
             break
-        c.dead = 1
-    if c.dead:
-        buf_consume(&c.wbuf, buf_len(&c.wbuf))
-    fg_store_size(&io.wlen, buf_len(&c.wbuf))
-    if (io.paused and not c.dead and not c.in_close
-            and buf_len(&c.wbuf) <= L.S.max_output // 2):
+        io.dead = 1
+    if io.dead:
+        buf_consume(&io.wbuf, buf_len(&io.wbuf))
+    fg_store_size(&io.wlen, buf_len(&io.wbuf))
+    if (io.paused and not io.dead and not io.in_close
+            and buf_len(&io.wbuf) <= L.S.max_output // 2):
         io.paused = 0
         resume = 1
         # Input already buffered is parsed in the next locked section.
@@ -421,68 +415,68 @@ cdef void flush_conn(Loop *L, Conn *c) noexcept nogil:
             io.in_unpause = 1
             io.unpause_next = L.unpause
             L.unpause = io
-    if buf_len(&c.wbuf):
-        if not c.want_out:
-            c.want_out = 1
+    if buf_len(&io.wbuf):
+        if not io.want_out:
+            io.want_out = 1
             resume = 1
         if resume:
-            set_events(L, c)
+            set_events(L, io)
         return
-    buf_shrink(&c.wbuf, KEEP_BUFFER)
-    buf_shrink(&c.inbuf, KEEP_BUFFER)
-    if c.want_out:
-        c.want_out = 0
+    buf_shrink(&io.wbuf, KEEP_BUFFER)
+    buf_shrink(&io.c.inbuf, KEEP_BUFFER)
+    if io.want_out:
+        io.want_out = 0
         resume = 1
     if resume:
-        set_events(L, c)
+        set_events(L, io)
 
 
 cdef void flush_all(Loop *L) noexcept nogil:
-    cdef Conn *c
+    cdef IOConn *io
     while L.flush != NULL:
-        c = L.flush
-        L.flush = c.flush_next
-        c.in_flush = 0
-        c.flush_next = NULL
-        flush_conn(L, c)
+        io = L.flush
+        L.flush = io.flush_next
+        io.in_flush = 0
+        io.flush_next = NULL
+        flush_conn(L, io)
         # Its own link: a connection on this list may be staged for flushing again
         # before the list is processed.
-        if (c.dead or c.closing) and not c.in_check and not c.in_close:
-            c.in_check = 1
-            c.check_next = L.check
-            L.check = c
+        if (io.dead or io.closing) and not io.in_check and not io.in_close:
+            io.in_check = 1
+            io.check_next = L.check
+            L.check = io
 
 
-cdef Conn *reap(Loop *L) noexcept nogil:
+cdef IOConn *reap(Loop *L) noexcept nogil:
     """(lock) Take closing connections out of the engine and the fd table; returns
     them for the caller to close and free once the lock is released."""
-    cdef Conn *c
-    cdef Conn *gone = NULL
+    cdef IOConn *io
+    cdef IOConn *gone = NULL
     cdef Shared *S = L.S
     while L.closing != NULL:
-        c = L.closing
-        L.closing = c.close_next
-        conn_detach(&S.eng, c)
-        if <size_t>c.fd < S.conns_cap and S.conns[c.fd] == c:
-            S.conns[c.fd] = NULL
-        c.close_next = gone
-        gone = c
+        io = L.closing
+        L.closing = io.close_next
+        conn_detach(&S.eng, &io.c)
+        if <size_t>io.c.fd < S.conns_cap and S.conns[io.c.fd] == io:
+            S.conns[io.c.fd] = NULL
+        io.close_next = gone
+        gone = io
     return gone
 
 
-cdef void free_conns(Loop *L, Conn *gone) noexcept nogil:
-    cdef Conn *c
+cdef void free_conns(Loop *L, IOConn *gone) noexcept nogil:
+    cdef IOConn *io
     while gone != NULL:
-        c = gone
-        gone = c.close_next
-        epoll_ctl(L.epfd, EPOLL_CTL_DEL, c.fd, NULL)
+        io = gone
+        gone = io.close_next
+        epoll_ctl(L.epfd, EPOLL_CTL_DEL, io.c.fd, NULL)
         # Counted out before the peer can see the close and connect again.
         fg_add_i64(&L.S.open_conns, -1)
-        close(c.fd)
-        buf_free(&c.inbuf)
-        buf_free(&c.outbuf)
-        buf_free(&c.wbuf)
-        free(c)
+        close(io.c.fd)
+        buf_free(&io.c.inbuf)
+        buf_free(&io.c.outbuf)
+        buf_free(&io.wbuf)
+        free(io)
 
 
 cdef int is_loopback(sockaddr_storage *ss) noexcept nogil:
@@ -588,14 +582,14 @@ cdef int accept_some(Loop *L, int lfd, IOConn **out, int room, uint64_t *refused
         io.c.fd = fd
         buf_init(&io.c.inbuf)
         buf_init(&io.c.outbuf)
-        buf_init(&io.c.wbuf)
+        buf_init(&io.wbuf)
         if ss.ss_family == AF_INET:
             inet_ntop(AF_INET, &(<sockaddr_in *>&ss).sin_addr, io.c.ip, sizeof(io.c.ip))
             io.port = ntohs((<sockaddr_in *>&ss).sin_port)
         elif ss.ss_family == AF_INET6:
             inet_ntop(AF_INET6, &(<sockaddr_in6 *>&ss).sin6_addr, io.c.ip, sizeof(io.c.ip))
             io.port = ntohs((<sockaddr_in6 *>&ss).sin6_port)
-        io.c.loopback = <uint8_t>is_loopback(&ss)
+        io.loopback = <uint8_t>is_loopback(&ss)
         out[n] = io
         n += 1
     return n
@@ -604,45 +598,44 @@ cdef int accept_some(Loop *L, int lfd, IOConn **out, int room, uint64_t *refused
 cdef void attach_conn(Loop *L, IOConn *io) noexcept nogil:
     """(lock) Register an accepted connection and hand it to a loop in turn."""
     cdef Shared *S = L.S
-    cdef Conn *c = &io.c
-    cdef Conn **nt
+    cdef IOConn **nt
     cdef size_t ncap
     cdef epoll_event ev
-    cdef int fd = c.fd
+    cdef int fd = io.c.fd
     if <size_t>fd >= S.conns_cap:
         ncap = S.conns_cap * 2 if S.conns_cap else 1024
         while ncap <= <size_t>fd:
             ncap *= 2
-        nt = <Conn **>realloc(S.conns, ncap * sizeof(Conn *))
+        nt = <IOConn **>realloc(S.conns, ncap * sizeof(IOConn *))
         if nt == NULL:
             close(fd)
             fg_add_i64(&S.open_conns, -1)
             free(io)
             return
-        memset(nt + S.conns_cap, 0, (ncap - S.conns_cap) * sizeof(Conn *))
+        memset(nt + S.conns_cap, 0, (ncap - S.conns_cap) * sizeof(IOConn *))
         S.conns = nt
         S.conns_cap = ncap
-    c.thread = S.next_loop
+    io.thread = S.next_loop
     S.next_loop = (S.next_loop + 1) % S.nloops
-    conn_attach(&S.eng, c)
-    S.conns[fd] = c
+    conn_attach(&S.eng, &io.c)
+    S.conns[fd] = io
     L.accepted += 1
     ev.events = EPOLLIN
-    ev.data.ptr = c
-    epoll_ctl(S.loops[c.thread].epfd, EPOLL_CTL_ADD, fd, &ev)
+    ev.data.ptr = io
+    epoll_ctl(S.loops[io.thread].epfd, EPOLL_CTL_ADD, fd, &ev)
 
 
 cdef void loop_run(Loop *L) noexcept nogil:
     cdef Shared *S = L.S
     cdef epoll_event events[MAX_EVENTS]
-    cdef Conn *ready[MAX_EVENTS]
+    cdef IOConn *ready[MAX_EVENTS]
     cdef IOConn *accepted[ACCEPT_BUDGET]
     cdef int n, i, nready, naccepted, accept_failed
     cdef uint64_t refused
     cdef int64_t timeout
     cdef uint64_t tag
-    cdef Conn *c
-    cdef Conn *gone
+    cdef IOConn *io
+    cdef IOConn *gone
     cdef sigset_t all_signals
     # Signals belong to the Python control thread.
     sigfillset(&all_signals)
@@ -688,27 +681,27 @@ cdef void loop_run(Loop *L) noexcept nogil:
             else:
                 # Only this loop frees its connections, after the batch: the pointer
                 # is valid, and in_close is only written by this thread.
-                c = <Conn *>events[i].data.ptr
-                if c.in_close:
+                io = <IOConn *>events[i].data.ptr
+                if io.in_close:
                     continue
                 if events[i].events & EPOLLOUT:
-                    if not c.in_flush:
-                        c.in_flush = 1
-                        c.flush_next = L.flush
-                        L.flush = c
+                    if not io.in_flush:
+                        io.in_flush = 1
+                        io.flush_next = L.flush
+                        L.flush = io
                 if events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP):
-                    if c.eof and events[i].events & (EPOLLERR | EPOLLHUP):
+                    if io.eof and events[i].events & (EPOLLERR | EPOLLHUP):
                         # Both directions are gone: nothing left can be delivered.
-                        c.dead = 1
-                    if io_of(c).paused:
+                        io.dead = 1
+                    if io.paused:
                         # Not reading it, but a reset peer can no longer take output.
                         if events[i].events & (EPOLLERR | EPOLLHUP):
-                            c.dead = 1
-                            c.eof = 1
-                            ready[nready] = c
+                            io.dead = 1
+                            io.eof = 1
+                            ready[nready] = io
                             nready += 1
-                    elif read_conn(L, c):
-                        ready[nready] = c
+                    elif read_conn(L, io):
+                        ready[nready] = io
                         nready += 1
         lock(S)
         engine_clock(&S.eng)
@@ -720,9 +713,9 @@ cdef void loop_run(Loop *L) noexcept nogil:
         for i in range(naccepted):
             attach_conn(L, accepted[i])
         for i in range(nready):
-            c = ready[i]
-            if not c.in_close:
-                process_input(L, c)
+            io = ready[i]
+            if not io.in_close:
+                process_input(L, io)
         if (S.eng.store_add != NULL or S.eng.store_del_len) and not S.store_poked:
             S.store_poked = 1
             poke_fd(S.storefd)
@@ -790,7 +783,7 @@ cdef class IOLoop:
             epoll_ctl(L.epfd, EPOLL_CTL_ADD, L.wakefd, &ev)
 
     def __dealloc__(self):
-        cdef Conn *c
+        cdef IOConn *io
         cdef AdminReq *r
         cdef LogEvent *ev
         cdef size_t i
@@ -798,13 +791,13 @@ cdef class IOLoop:
         if self.S == NULL:
             return
         for i in range(self.S.conns_cap):
-            c = self.S.conns[i]
-            if c != NULL:
-                close(c.fd)
-                buf_free(&c.inbuf)
-                buf_free(&c.outbuf)
-                buf_free(&c.wbuf)
-                free(c)
+            io = self.S.conns[i]
+            if io != NULL:
+                close(io.c.fd)
+                buf_free(&io.c.inbuf)
+                buf_free(&io.c.outbuf)
+                buf_free(&io.wbuf)
+                free(io)
         free(self.S.conns)
         while self.S.admin_head != NULL:
             r = self.S.admin_head
@@ -970,26 +963,26 @@ cdef class IOLoop:
 
     def admin_reply(self, int fd, uint64_t conn_id, bytes reply, bint close_after=False):
         """Queue reply on the connection that sent the line and let its input go on."""
-        cdef Conn *c
+        cdef IOConn *io
         cdef Loop *o
         cdef int owner = -1
         cdef const char *p = reply
         cdef size_t n = len(reply)
         with nogil:
             lock(self.S)
-            c = self.S.conns[fd] if <size_t>fd < self.S.conns_cap else NULL
-            if c != NULL and c.id == conn_id and not c.in_close:
-                buf_append(&c.outbuf, p, n)
-                c.admin_pending = 0
+            io = self.S.conns[fd] if <size_t>fd < self.S.conns_cap else NULL
+            if io != NULL and io.c.id == conn_id and not io.in_close:
+                buf_append(&io.c.outbuf, p, n)
+                io.admin_pending = 0
                 if close_after:
-                    c.admin_close = 1
-                conn_dirty(&self.S.eng, c)
-                o = &self.S.loops[c.thread]
-                if not c.in_resume:
-                    c.in_resume = 1
-                    c.resume_next = o.resume
-                    o.resume = c
-                owner = c.thread
+                    io.admin_close = 1
+                conn_dirty(&self.S.eng, &io.c)
+                o = &self.S.loops[io.thread]
+                if not io.in_resume:
+                    io.in_resume = 1
+                    io.resume_next = o.resume
+                    o.resume = io
+                owner = io.thread
             route(self.S, NULL)
             unlock(self.S)
             if owner >= 0:
@@ -1082,15 +1075,15 @@ cdef class IOLoop:
 
     cdef void _ack(self, Job *j, int failed, const char *etext) noexcept:
         cdef Ack *k = j.acks
-        cdef Conn *c
+        cdef IOConn *io
         while k != NULL:
-            c = self.S.conns[k.fd] if <size_t>k.fd < self.S.conns_cap else NULL
-            if c != NULL and c.id == k.conn_id and not c.in_close:
+            io = self.S.conns[k.fd] if <size_t>k.fd < self.S.conns_cap else NULL
+            if io != NULL and io.c.id == k.conn_id and not io.in_close:
                 if failed:
-                    engine_error(&self.S.eng, c, b"QUEUE_ERROR", etext)
+                    engine_error(&self.S.eng, &io.c, b"QUEUE_ERROR", etext)
                 else:
-                    conn_dirty(&self.S.eng, c)
-                    encode1(&c.outbuf, CMD_JOB_CREATED, j.handle, j.handle_len)
+                    conn_dirty(&self.S.eng, &io.c)
+                    encode1(&io.c.outbuf, CMD_JOB_CREATED, j.handle, j.handle_len)
             j.acks = k.next
             free(k)
             k = j.acks

@@ -1,7 +1,8 @@
 # Extern declarations of the Linux system calls the I/O loop uses (epoll, eventfd,
-# accept4, sockets, pthreads, clocks). Kept apart so compiled modules cimport one
-# contract instead of scattering `cdef extern` blocks.
-from libc.stdint cimport uint32_t, uint64_t, int64_t
+# accept4, sockets, pthreads, clocks), and the relaxed atomics its threads share
+# counters with. Kept apart so compiled modules cimport one contract instead of
+# scattering `cdef extern` blocks.
+from libc.stdint cimport uint16_t, uint32_t, uint64_t, int64_t
 
 
 cdef extern from "<sys/epoll.h>" nogil:
@@ -61,6 +62,7 @@ cdef extern from "<sys/socket.h>" nogil:
         SO_KEEPALIVE
         MSG_NOSIGNAL
         MSG_DONTWAIT
+        SHUT_WR
         SHUT_RDWR
     int accept4(int sockfd, sockaddr *addr, socklen_t *addrlen, int flags)
     ssize_t recv(int sockfd, void *buf, size_t len, int flags)
@@ -89,10 +91,14 @@ cdef extern from "<netinet/in.h>" nogil:
 cdef extern from "<netinet/tcp.h>" nogil:
     enum:
         TCP_NODELAY
+        TCP_KEEPIDLE
+        TCP_KEEPINTVL
+        TCP_KEEPCNT
 
 
 cdef extern from "<arpa/inet.h>" nogil:
     const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
+    uint16_t ntohs(uint16_t v)
 
 
 cdef extern from "<time.h>" nogil:
@@ -146,6 +152,13 @@ cdef extern from "<unistd.h>" nogil:
     int close(int fd)
 
 
+cdef extern from "<fcntl.h>" nogil:
+    enum:
+        O_RDONLY
+        O_CLOEXEC
+    int c_open "open"(const char *path, int flags)
+
+
 cdef extern from "<errno.h>" nogil:
     int errno
     enum:
@@ -154,6 +167,24 @@ cdef extern from "<errno.h>" nogil:
         EINTR
         EMFILE
         ENFILE
+        ECONNABORTED
+        EBADF
+        ENOTSOCK
+        EINVAL
+
+
+# Relaxed atomics for the few values one thread writes and others read without the lock.
+cdef extern from *:
+    """
+    #define fg_load_size(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+    #define fg_store_size(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+    #define fg_add_i64(p, v) __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
+    #define fg_load_i64(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+    """
+    size_t fg_load_size(size_t *p) noexcept nogil
+    void fg_store_size(size_t *p, size_t v) noexcept nogil
+    int64_t fg_add_i64(int64_t *p, int64_t v) noexcept nogil
+    int64_t fg_load_i64(int64_t *p) noexcept nogil
 
 
 cdef inline int64_t now_ms() noexcept nogil:
