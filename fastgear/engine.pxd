@@ -5,6 +5,7 @@
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from fastgear.buffer cimport Buf
 from fastgear.protocol cimport Packet
+from fastgear.coreconfig cimport CoreConfig
 
 cdef enum:
     PRIO_HIGH = 0
@@ -280,9 +281,7 @@ cdef struct Engine:
     Result *r_oldest
     Result *r_newest
 
-cdef int engine_init(Engine *e, const char *prefix, size_t prefix_len,
-                     uint32_t job_retries, uint32_t worker_wakeup,
-                     int exceptions) noexcept nogil
+cdef int engine_init(Engine *e, const CoreConfig *cfg) noexcept nogil
 cdef void engine_free(Engine *e) noexcept nogil
 cdef void engine_clock(Engine *e) noexcept nogil
 cdef void conn_attach(Engine *e, Conn *c) noexcept nogil

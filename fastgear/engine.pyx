@@ -302,9 +302,8 @@ cdef int engine_error(Engine *e, Conn *c, const char *code, const char *text) no
 
 # ---- lifecycle ------------------------------------------------------------------------
 
-cdef int engine_init(Engine *e, const char *prefix, size_t prefix_len,
-                     uint32_t job_retries, uint32_t worker_wakeup,
-                     int exceptions) noexcept nogil:
+cdef int engine_init(Engine *e, const CoreConfig *cfg) noexcept nogil:
+    cdef size_t prefix_len = cfg.prefix_len
     memset(e, 0, sizeof(Engine))
     e.fmask = 63
     e.hmask = 1023
@@ -316,19 +315,23 @@ cdef int engine_init(Engine *e, const char *prefix, size_t prefix_len,
         return -1
     if prefix_len > sizeof(e.prefix) - 1:
         prefix_len = sizeof(e.prefix) - 1
-    memcpy(e.prefix, prefix, prefix_len)
+    memcpy(e.prefix, cfg.prefix, prefix_len)
     e.prefix_len = <uint32_t>prefix_len
     e.next_handle = 1
     e.next_seq = 1
     e.next_conn_id = 1
-    e.job_retries = job_retries
-    e.worker_wakeup = worker_wakeup
-    e.exceptions_default = <uint8_t>exceptions
+    e.job_retries = cfg.job_retries
+    e.worker_wakeup = cfg.worker_wakeup
+    e.exceptions_default = cfg.exceptions
+    e.durable = cfg.durable
     e.wake_check.heap_idx = -1
     e.wake_check.state = JOB_UNLINKED
-    e.max_unique = MAX_UNIQUE
-    e.max_function_name = 0xFFFFFFFF
+    e.max_unique = cfg.max_unique
+    e.max_function_name = cfg.max_function_name
+    e.max_queued_bytes = cfg.max_queued_bytes
+    e.wakeup_timeout_ms = cfg.wakeup_timeout_ms
     engine_clock(e)
+    results_configure(e, cfg.keep_results_us, cfg.keep_results_bytes)
     return 0
 
 
@@ -1832,6 +1835,7 @@ cdef int engine_drop_function(Engine *e, Function *f) noexcept nogil:
 # ---- Python surface for unit tests and micro benchmarks (not used by the server) -----
 
 from fastgear.buffer cimport buf_len, buf_head, buf_consume, buf_append
+from fastgear.coreconfig cimport core_config_defaults
 
 
 cdef class EngineHarness:
@@ -1843,8 +1847,12 @@ cdef class EngineHarness:
 
     def __cinit__(self, bytes prefix=b"H:test", int job_retries=0, int worker_wakeup=0,
                   bint exceptions=False):
-        if engine_init(&self.e, prefix, len(prefix), job_retries, worker_wakeup,
-                       exceptions) != 0:
+        cdef CoreConfig cfg
+        core_config_defaults(&cfg, prefix, len(prefix))
+        cfg.job_retries = job_retries
+        cfg.worker_wakeup = worker_wakeup
+        cfg.exceptions = exceptions
+        if engine_init(&self.e, &cfg) != 0:
             raise MemoryError()
         # The harness is single-threaded: it stands in for the engine lock's holder.
         self.e.owner = pthread_self()

@@ -38,6 +38,7 @@ from fastgear.buffer cimport (buf_init, buf_free, buf_len, buf_head, buf_reserve
                               buf_append, buf_consume, buf_shrink)
 from fastgear.protocol cimport *
 from fastgear.engine cimport *
+from fastgear.coreconfig cimport CoreConfig, CoreSettings
 from fastgear.includes.sys cimport *
 
 # epoll tags: a connection's tag is its Conn pointer (16-byte aligned, low bits 0);
@@ -757,27 +758,36 @@ cdef class IOLoop:
     / `admin_reply()`. Every method that reads engine state takes the engine lock with
     the GIL released; the read-only views for admin and monitoring are in snapshot.pyx."""
 
-    def __cinit__(self, bytes prefix, int threads=1, int job_retries=0,
-                  int worker_wakeup=0, bint exceptions=False,
-                  size_t max_packet=0xffffffff):
-        cdef int i
+    def __cinit__(self, CoreSettings settings not None):
+        """Everything configured at start-up comes in `settings` (coreconfig.pyx)."""
+        cdef const CoreConfig *cfg = &settings.c
+        cdef int i, threads = cfg.threads
         cdef epoll_event ev
         cdef Loop *L
         if threads < 1:
             threads = 1
         if threads > MAX_LOOPS:
             raise ValueError(f"at most {MAX_LOOPS} I/O threads")
+        if cfg.max_output_hard and cfg.max_output and cfg.max_output_hard < cfg.max_output:
+            raise ValueError("max_output_hard must not be less than max_output")
         self.S = <Shared *>calloc(1, sizeof(Shared))
         if self.S == NULL:
             raise MemoryError()
         self.S.loops = <Loop *>calloc(threads, sizeof(Loop))
         if self.S.loops == NULL:
             raise MemoryError()
-        if engine_init(&self.S.eng, prefix, len(prefix), <uint32_t>job_retries,
-                       <uint32_t>worker_wakeup, exceptions) != 0:
+        if engine_init(&self.S.eng, cfg) != 0:
             raise MemoryError()
         pthread_mutex_init(&self.S.lock, NULL)
-        self.S.max_packet = max_packet
+        self.S.max_packet = cfg.max_packet
+        # Per-connection I/O limits (0: none) and the keepalive tuning of accepted sockets.
+        self.S.max_output = cfg.max_output
+        self.S.max_output_hard = cfg.max_output_hard
+        self.S.max_connections = cfg.max_connections if cfg.max_connections > 0 else 0
+        self.S.keepalive = cfg.keepalive
+        self.S.keep_idle = cfg.keep_idle
+        self.S.keep_intvl = cfg.keep_intvl
+        self.S.keep_cnt = cfg.keep_cnt
         self.S.timer_wake_ms = -1
         self.S.adminfd = _check(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd")
         self.S.storefd = _check(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd")
@@ -834,25 +844,6 @@ cdef class IOLoop:
     @property
     def threads(self):
         return self.S.nloops
-
-    def set_limits(self, size_t max_output=0, size_t max_output_hard=0,
-                   long long max_connections=0, bint keepalive=False,
-                   int keepalive_idle=-1, int keepalive_interval=-1,
-                   int keepalive_count=-1):
-        """Per-connection I/O limits (0: none) and the keepalive tuning of accepted
-        sockets; set before serving (server.py, once -f has been applied)."""
-        if max_output_hard and max_output and max_output_hard < max_output:
-            raise ValueError("max_output_hard must not be less than max_output")
-        with nogil:
-            lock(self.S)
-            self.S.max_output = max_output
-            self.S.max_output_hard = max_output_hard
-            self.S.max_connections = max_connections if max_connections > 0 else 0
-            self.S.keepalive = keepalive
-            self.S.keep_idle = keepalive_idle
-            self.S.keep_intvl = keepalive_interval
-            self.S.keep_cnt = keepalive_count
-            unlock(self.S)
 
     def set_draining(self, bint draining):
         """SIGTERM grace period: running jobs finish, no job starts, submissions get
@@ -1000,10 +991,6 @@ cdef class IOLoop:
                 poke_fd(self.S.loops[owner].wakefd)
 
     # ---- persistent store hand-over (called from the store thread) -------------------
-
-    def set_durable(self, bint durable):
-        """Background jobs are acknowledged only after store_done() reports their row."""
-        self.S.eng.durable = durable
 
     @property
     def store_fd(self):

@@ -1,11 +1,10 @@
 # Read-only views of the engine for the text admin protocol and the monitoring
 # listener, plus the few admin actions (cancel, create/drop function, max queue).
+# Start-up settings reach the engine through coreconfig.pyx.
 # Each call takes the engine lock once, with the GIL released while waiting for it, and
 # copies what it needs into Python objects before unlocking, so the I/O loops are held
 # up for the length of one copy and never wait on Python. Counters the loops keep per
 # thread are summed here, on read, so counting costs the hot path nothing.
-import os
-
 from libc.stdint cimport uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
@@ -161,31 +160,6 @@ def stats(IOLoop io):
     # The I/O layer's own counters and limits (refused, paused, hard-closed, ...).
     out.update(io.io_stats())
     return out
-
-
-def configure(IOLoop io, cfg):
-    """Hand the engine its limits and policies from a Config (server start-up)."""
-    cdef uint64_t budget = cfg.max_queued_bytes
-    if budget == 0:
-        budget = _half_of_memory()
-    with nogil:
-        lock(io.S)
-    try:
-        io.S.eng.max_unique = cfg.max_unique
-        io.S.eng.max_function_name = cfg.max_function_name
-        io.S.eng.max_queued_bytes = budget
-        io.S.eng.wakeup_timeout_ms = cfg.wakeup_timeout
-        results_configure(&io.S.eng, <int64_t>cfg.keep_results * 1000000,
-                          cfg.keep_results_bytes)
-    finally:
-        unlock(io.S)
-
-
-def _half_of_memory():
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-    except (ValueError, OSError):
-        return 0
 
 
 HIST_BOUNDS_S = tuple(hist_bound_us(i) / 1e6 for i in range(NHIST - 1))
