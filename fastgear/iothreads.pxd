@@ -159,4 +159,4 @@ cdef void route(Shared *S, Loop *me) noexcept nogil
 
 cdef class IOLoop:
     cdef Shared *S
-    cdef void _ack(self, Job *j, int failed, const char *etext) noexcept
+    cdef void _ack(self, Job *j, int failed, const char *etext) noexcept nogil

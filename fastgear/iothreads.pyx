@@ -970,11 +970,21 @@ cdef class IOLoop:
         cdef int owner = -1
         cdef const char *p = reply
         cdef size_t n = len(reply)
+        cdef Buf staged
+        buf_init(&staged)
         with nogil:
+            # A long listing is copied with the lock released; under the lock it is
+            # only handed over, a pointer swap when no other output is waiting.
+            buf_append(&staged, p, n)
             lock(self.S)
             c = self.S.conns[fd] if <size_t>fd < self.S.conns_cap else NULL
             if c != NULL and c.id == conn_id and not c.in_close:
-                buf_append(&c.outbuf, p, n)
+                if buf_len(&c.outbuf) == 0 and buf_len(&staged) == n:
+                    buf_free(&c.outbuf)
+                    c.outbuf = staged
+                    buf_init(&staged)
+                else:
+                    buf_append(&c.outbuf, p, n)
                 c.admin_pending = 0
                 if close_after:
                     c.admin_close = 1
@@ -987,6 +997,7 @@ cdef class IOLoop:
                 owner = c.thread
             route(self.S, NULL)
             unlock(self.S)
+            buf_free(&staged)
             if owner >= 0:
                 poke_fd(self.S.loops[owner].wakefd)
 
@@ -1053,25 +1064,36 @@ cdef class IOLoop:
     def store_done(self, committed, failed, bytes error=b"QUEUE_ERROR"):
         """Answer the submitters: JOB_CREATED for committed (token, row_id) pairs, then
         the jobs may run; ERROR QUEUE_ERROR for failed tokens, whose jobs are dropped."""
-        cdef Job *j
-        cdef int64_t rid
+        cdef size_t nc = len(committed), nf = len(failed), i = 0
         cdef const char *etext = error
-        with nogil:
-            lock(self.S)
+        # Unpacked before the lock, so the loops never wait on Python objects.
+        cdef Job **jobs = <Job **>malloc((nc + nf + 1) * sizeof(Job *))
+        cdef int64_t *rows = <int64_t *>malloc((nc + 1) * sizeof(int64_t))
         try:
+            if jobs == NULL or rows == NULL:
+                raise MemoryError()
             for token, rid in committed:
-                j = <Job *><size_t>token
-                self._ack(j, 0, NULL)
-                engine_job_stored(&self.S.eng, j, rid)
+                jobs[i] = <Job *><size_t>token
+                rows[i] = rid
+                i += 1
             for token in failed:
-                j = <Job *><size_t>token
-                self._ack(j, 1, etext)
-                engine_job_store_failed(&self.S.eng, j)
-            route(self.S, NULL)
+                jobs[i] = <Job *><size_t>token
+                i += 1
+            with nogil:
+                lock(self.S)
+                for i in range(nc):
+                    self._ack(jobs[i], 0, NULL)
+                    engine_job_stored(&self.S.eng, jobs[i], rows[i])
+                for i in range(nc, nc + nf):
+                    self._ack(jobs[i], 1, etext)
+                    engine_job_store_failed(&self.S.eng, jobs[i])
+                route(self.S, NULL)
+                unlock(self.S)
         finally:
-            unlock(self.S)
+            free(jobs)
+            free(rows)
 
-    cdef void _ack(self, Job *j, int failed, const char *etext) noexcept:
+    cdef void _ack(self, Job *j, int failed, const char *etext) noexcept nogil:
         cdef Ack *k = j.acks
         cdef Conn *c
         while k != NULL:

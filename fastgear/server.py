@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 
-from fastgear import __version__, admin, monitor, snapshot
+from fastgear import __version__, admin, control, monitor, snapshot
 from fastgear.persist import StoreThread
 from fastgear.persist.sqlite import SQLiteStore, StoreError
 
@@ -239,16 +239,16 @@ class Control:
         return snapshot.jobs(self.loop)
 
     def cancel_job(self, handle):
-        return snapshot.cancel_job(self.loop, handle)
+        return control.cancel_job(self.loop, handle)
 
     def create_function(self, name):
-        snapshot.create_function(self.loop, name)
+        control.create_function(self.loop, name)
 
     def drop_function(self, name):
-        return snapshot.drop_function(self.loop, name)
+        return control.drop_function(self.loop, name)
 
     def set_maxqueue(self, name, high, normal, low):
-        snapshot.set_maxqueue(self.loop, name, high, normal, low)
+        control.set_maxqueue(self.loop, name, high, normal, low)
 
     def keep_results(self):
         return self.cfg.keep_results
