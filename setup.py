@@ -22,7 +22,8 @@ else:
 directives["language_level"] = 3
 
 # Dotted names live in subpackages: "bench._loop" is fastgear/bench/_loop.pyx.
-MODULES = ["protocol", "engine", "engine_harness", "iothreads", "snapshot", "bench._loop"]
+MODULES = ["protocol", "coreconfig", "engine", "engine_harness", "iothreads", "snapshot",
+           "control", "bench._loop"]
 
 extensions = [
     Extension(

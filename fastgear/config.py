@@ -11,9 +11,9 @@ line gearmand accepts parses here and means the same: numbers are plain decimal,
 "unsigned" options take "-N" (`-j -1` is 255 retries, as in gearmand), and `-j`/`-w` keep
 only their low 8 bits. Where gearmand accepts nonsense that only fails later or silently
 (negative thread counts, port 70000, an unknown queue or protocol module), `validate()`
-refuses it up front, naming the flag. Features fastgear does not have yet (persistent
-queues, TLS, the HTTP protocol, syslog) are refused the same way rather than ignored, so
-nobody believes background jobs are durable when they are not.
+refuses it up front, naming the flag. Features fastgear does not have yet (the queue
+modules other than SQLite, TLS, the HTTP protocol, syslog) are refused the same way rather
+than ignored, so nobody believes background jobs are durable when they are not.
 
 Deliberate differences from gearmand 1.1.20, all more lenient or earlier:
 * `--verbose`, `-q` and `-r` are case-insensitive (gearmand: `--verbose` upper case only,
@@ -185,9 +185,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("coredump", None, "coredump", None, False,
            "Whether to create a core dump for uncaught signals."),
     Option("threads", "t", "threads", uint32, 4,
-           "Number of I/O threads to use, 0 means that the server will try to guess the "
-           "maximum number it can use (fastgear: N epoll loops sharing one engine; "
-           "0 and 1 run a single loop)."),
+           "Number of I/O threads to use (fastgear: N epoll loops sharing one engine; 0 "
+           "runs a single loop, as 1 does, where gearmand guesses from the CPUs)."),
     Option("user", "u", "user", optional_text, None, "Switch to given user after startup."),
     Option("verbose", None, "verbose", upper, "ERROR",
            "Set verbose level (" + ", ".join(VERBOSE_LEVELS) + ")."),
@@ -308,10 +307,10 @@ class Config:
     queue_type: str = "builtin"
     syslog: bool = False
     coredump: bool = False
-    threads: int = 4                     # 0: guess from the number of CPUs
+    threads: int = 4                     # 0: one loop, as 1 (gearmand: guess from the CPUs)
     user: str | None = None
     verbose: str = "ERROR"
-    worker_wakeup: int = 0               # 0: wake every sleeping worker
+    worker_wakeup: int = 0               # 0: one sleeper per queued job (gearmand: all)
     ssl: bool = False
     ssl_ca_file: str | None = None       # None: gearmand's build path or env variable
     ssl_certificate: str | None = None
@@ -358,7 +357,7 @@ class Config:
             object.__setattr__(self, name, value)
 
         # gearmand reads -j and -w as uint32 and hands them on as uint8_t: 256 is 0
-        # (unlimited / wake all) and -1 is 255.
+        # (unlimited retries / the default wake-up) and -1 is 255.
         if isinstance(self.job_retries, int):
             put("job_retries", self.job_retries & 0xFF)
         if isinstance(self.worker_wakeup, int):
@@ -431,7 +430,7 @@ def validate(cfg: Config) -> Config:
         if not isinstance(value, int) or not 1 <= value <= 65535:
             fail(name, "must be between 1 and 65535")
     if not isinstance(cfg.threads, int) or not 0 <= cfg.threads <= MAX_THREADS:
-        fail("threads", f"must be between 0 (guess from the CPUs) and {MAX_THREADS}")
+        fail("threads", f"must be between 0 (a single loop) and {MAX_THREADS}")
     if not isinstance(cfg.backlog, int):
         fail("backlog", "must be a number")
     if not isinstance(cfg.hashtable_buckets, int) or not 0 < cfg.hashtable_buckets <= UINT32_MAX:
@@ -451,7 +450,8 @@ def validate(cfg: Config) -> Config:
         fail("queue_type", f"unknown queue type (gearmand 1.1.20 knows "
                            f"{', '.join(QUEUE_TYPES)})")
     if cfg.queue_type not in SUPPORTED_QUEUE_TYPES:
-        fail("queue_type", "persistent queues are not supported by this fastgear version yet")
+        fail("queue_type", f"this queue type is not supported by this fastgear version yet "
+                           f"(only {' and '.join(sorted(SUPPORTED_QUEUE_TYPES))})")
     for name in REQUIRED_QUEUE_OPTIONS.get(cfg.queue_type, ()):
         if not getattr(cfg, name):
             fail(name, f"is required with --queue-type {cfg.queue_type}", False)

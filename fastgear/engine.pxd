@@ -5,6 +5,7 @@
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from fastgear.buffer cimport Buf
 from fastgear.protocol cimport Packet
+from fastgear.coreconfig cimport CoreConfig
 
 cdef enum:
     PRIO_HIGH = 0
@@ -136,7 +137,6 @@ cdef struct Conn:
     # engine never sees those fields, so the test harness can allocate a bare Conn.
     int fd
     uint64_t id
-    Buf inbuf                # input not parsed yet (the I/O loop's, or the harness's)
     Buf outbuf               # written by the engine, under the engine lock
     char ip[48]
     char client_id[MAX_CLIENT_ID]
@@ -349,9 +349,7 @@ cdef extern from "includes/fgalloc.h" nogil:
     void *fg_realloc "FG_REALLOC"(Engine *e, void *p, size_t n)
     void fg_free "FG_FREE"(Engine *e, void *p)
 
-cdef int engine_init(Engine *e, const char *prefix, size_t prefix_len,
-                     uint32_t job_retries, uint32_t worker_wakeup,
-                     int exceptions) noexcept nogil
+cdef int engine_init(Engine *e, const CoreConfig *cfg) noexcept nogil
 cdef void engine_free(Engine *e) noexcept nogil
 cdef void engine_release(Engine *e, void *p) noexcept nogil
 cdef int64_t engine_live_allocs(Engine *e) noexcept nogil

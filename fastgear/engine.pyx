@@ -116,9 +116,8 @@ cdef int engine_error(Engine *e, Conn *c, const char *code, const char *text) no
 
 # ---- lifecycle ------------------------------------------------------------------------
 
-cdef int engine_init(Engine *e, const char *prefix, size_t prefix_len,
-                     uint32_t job_retries, uint32_t worker_wakeup,
-                     int exceptions) noexcept nogil:
+cdef int engine_init(Engine *e, const CoreConfig *cfg) noexcept nogil:
+    cdef size_t prefix_len = cfg.prefix_len
     memset(e, 0, sizeof(Engine))
     e.fmask = 63
     e.hmask = 1023
@@ -130,19 +129,23 @@ cdef int engine_init(Engine *e, const char *prefix, size_t prefix_len,
         return -1
     if prefix_len > sizeof(e.prefix) - 1:
         prefix_len = sizeof(e.prefix) - 1
-    memcpy(e.prefix, prefix, prefix_len)
+    memcpy(e.prefix, cfg.prefix, prefix_len)
     e.prefix_len = <uint32_t>prefix_len
     e.next_handle = 1
     e.next_seq = 1
     e.next_conn_id = 1
-    e.job_retries = job_retries
-    e.worker_wakeup = worker_wakeup
-    e.exceptions_default = <uint8_t>exceptions
+    e.job_retries = cfg.job_retries
+    e.worker_wakeup = cfg.worker_wakeup
+    e.exceptions_default = cfg.exceptions
+    e.durable = cfg.durable
     e.wake_check.heap_idx = -1
     e.wake_check.state = JOB_UNLINKED
-    e.max_unique = MAX_UNIQUE
-    e.max_function_name = 0xFFFFFFFF
+    e.max_unique = cfg.max_unique
+    e.max_function_name = cfg.max_function_name
+    e.max_queued_bytes = cfg.max_queued_bytes
+    e.wakeup_timeout_ms = cfg.wakeup_timeout_ms
     engine_clock(e)
+    results_configure(e, cfg.keep_results_us, cfg.keep_results_bytes)
     return 0
 
 

@@ -15,10 +15,18 @@ from fastgear.protocol cimport (Packet, parse_packet, encode_packet, P_PACKET,
 from fastgear.engine cimport (Engine, Conn, Function, E_OK, FASTGEAR_DEBUG, engine_init,
                               engine_free, engine_live_allocs, engine_timers, engine_packet,
                               conn_attach, conn_detach, func_get, results_configure)
+from fastgear.coreconfig cimport CoreConfig, core_config_defaults
 from fastgear.includes.sys cimport pthread_self
 
 # True where the build counts the engine's allocations (FASTGEAR_DEBUG=1).
 ALLOC_COUNTING = bool(FASTGEAR_DEBUG)
+
+
+cdef struct HConn:
+    # What the I/O loop's IOConn is to a socket: the engine's Conn first, then the
+    # unparsed input, which the engine never sees.
+    Conn c
+    Buf inbuf
 
 
 cdef class EngineHarness:
@@ -30,9 +38,13 @@ cdef class EngineHarness:
 
     def __cinit__(self, bytes prefix=b"H:test", int job_retries=0, int worker_wakeup=0,
                   bint exceptions=False):
+        cdef CoreConfig cfg
         self.conns_ = []
-        if engine_init(&self.e, prefix, len(prefix), job_retries, worker_wakeup,
-                       exceptions) != 0:
+        core_config_defaults(&cfg, prefix, len(prefix))
+        cfg.job_retries = job_retries
+        cfg.worker_wakeup = worker_wakeup
+        cfg.exceptions = exceptions
+        if engine_init(&self.e, &cfg) != 0:
             self.closed = True      # nothing for engine_free to walk
             raise MemoryError()
         # The harness is single-threaded: it stands in for the engine lock's holder.
@@ -42,15 +54,15 @@ cdef class EngineHarness:
         self._close()
 
     cdef int64_t _close(self):
-        cdef Conn *c
+        cdef HConn *c
         if self.closed:
             return engine_live_allocs(&self.e)
         self.closed = True
         for addr in self.conns_:
-            c = <Conn *><size_t>addr
-            conn_detach(&self.e, c)
+            c = <HConn *><size_t>addr
+            conn_detach(&self.e, &c.c)
             buf_free(&c.inbuf)
-            buf_free(&c.outbuf)
+            buf_free(&c.c.outbuf)
             free(c)
         self.conns_ = []
         engine_free(&self.e)
@@ -70,7 +82,7 @@ cdef class EngineHarness:
         cdef Conn *c
         if self.closed:
             raise ValueError("harness closed")
-        c = <Conn *>calloc(1, sizeof(Conn))
+        c = <Conn *>calloc(1, sizeof(HConn))
         if c == NULL:
             raise MemoryError()
         c.fd = len(self.conns_)
@@ -97,15 +109,16 @@ cdef class EngineHarness:
 
     def feed(self, int n, bytes data):
         cdef Conn *c = self.conn(n)
+        cdef Buf *inbuf = &(<HConn *>c).inbuf
         cdef Packet pkt
         cdef int st, r = 0
-        buf_append(&c.inbuf, data, len(data))
+        buf_append(inbuf, data, len(data))
         while True:
-            st = parse_packet(buf_head(&c.inbuf), buf_len(&c.inbuf), 0xffffffff, &pkt)
+            st = parse_packet(buf_head(inbuf), buf_len(inbuf), 0xffffffff, &pkt)
             if st != P_PACKET:
                 break
             r = engine_packet(&self.e, c, &pkt)
-            buf_consume(&c.inbuf, pkt.size)
+            buf_consume(inbuf, pkt.size)
             if r != E_OK:
                 break
         if st < 0:

@@ -47,6 +47,7 @@ cdef struct IOConn:
     # the I/O layer needs.
     Conn c
     int thread               # the loop that owns it
+    Buf inbuf                # input not parsed yet
     Buf wbuf                 # being sent by the owning I/O thread, no lock needed
     size_t wlen              # bytes in wbuf, published for other loops (atomic)
     uint16_t port
@@ -146,4 +147,4 @@ cdef void route(Shared *S, Loop *me) noexcept nogil
 
 cdef class IOLoop:
     cdef Shared *S
-    cdef void _ack(self, Job *j, int failed, const char *etext) noexcept
+    cdef void _ack(self, Job *j, int failed, const char *etext) noexcept nogil

@@ -38,6 +38,7 @@ from fastgear.buffer cimport (buf_init, buf_free, buf_len, buf_head, buf_reserve
                               buf_append, buf_consume, buf_shrink)
 from fastgear.protocol cimport *
 from fastgear.engine cimport *
+from fastgear.coreconfig cimport CoreConfig, CoreSettings
 from fastgear.includes.sys cimport *
 
 # epoll tags: a connection's tag is its IOConn pointer (16-byte aligned, low bits 0);
@@ -195,29 +196,29 @@ cdef void process_input(Loop *L, IOConn *io) noexcept nogil:
         if output_over(S, io):
             pause_input(L, io)
             break
-        st = parse_packet(buf_head(&c.inbuf), buf_len(&c.inbuf), S.max_packet, &pkt)
+        st = parse_packet(buf_head(&io.inbuf), buf_len(&io.inbuf), S.max_packet, &pkt)
         if st == P_PACKET:
             if S.draining and drain_gate(S, c, pkt.type):
                 r = E_OK
             else:
                 r = engine_packet(&S.eng, c, &pkt)
-            buf_consume(&c.inbuf, pkt.size)
+            buf_consume(&io.inbuf, pkt.size)
             if r != E_OK:
                 protocol_error(L, io, b"MEMORY_ALLOCATION_FAILURE", b"Out of memory")
         elif st == P_TEXT:
             if queue_admin(S, io, pkt.f[0], pkt.flen[0]) != 0:
                 io.closing = 1
-            buf_consume(&c.inbuf, pkt.size)
+            buf_consume(&io.inbuf, pkt.size)
         elif st == P_NEED_MORE:
             # Room for the rest of the packet, but never more than doubling what has
             # arrived: a header announcing a large body costs nothing until the body
             # comes (10,000 peers announcing --max-packet each must not reserve it).
-            have = buf_len(&c.inbuf)
+            have = buf_len(&io.inbuf)
             if pkt.need > have:
                 grow = pkt.need - have
                 if grow > have and grow > READ_CHUNK:
                     grow = have if have > READ_CHUNK else READ_CHUNK
-                if buf_reserve(&c.inbuf, grow) != 0:
+                if buf_reserve(&io.inbuf, grow) != 0:
                     protocol_error(L, io, b"MEMORY_ALLOCATION_FAILURE", b"Out of memory")
             break
         elif st == P_BAD_MAGIC:
@@ -240,7 +241,7 @@ cdef void process_input(Loop *L, IOConn *io) noexcept nogil:
     if io.eof and not io.admin_pending and not io.paused:
         io.closing = 1
     if io.closing or io.dead or io.over:
-        buf_consume(&c.inbuf, buf_len(&c.inbuf))
+        buf_consume(&io.inbuf, buf_len(&io.inbuf))
         if not c.detached:
             # Let the peer's jobs go now; what is queued for it is still flushed. Only
             # once: re-staging it on every later event would keep it "being flushed"
@@ -257,13 +258,13 @@ cdef int read_conn(Loop *L, IOConn *io) noexcept nogil:
     cdef size_t total = 0, space
     cdef Conn *c = &io.c
     while total < READ_BUDGET:
-        if buf_reserve(&c.inbuf, READ_CHUNK) != 0:
+        if buf_reserve(&io.inbuf, READ_CHUNK) != 0:
             io.dead = 1
             break
-        space = c.inbuf.cap - c.inbuf.end
-        n = recv(c.fd, c.inbuf.data + c.inbuf.end, space, 0)
+        space = io.inbuf.cap - io.inbuf.end
+        n = recv(c.fd, io.inbuf.data + io.inbuf.end, space, 0)
         if n > 0:
-            c.inbuf.end += <size_t>n
+            io.inbuf.end += <size_t>n
             total += <size_t>n
             if <size_t>n < space:
                 break       # short read: the socket is drained
@@ -423,7 +424,7 @@ cdef void flush_conn(Loop *L, IOConn *io) noexcept nogil:
             set_events(L, io)
         return
     buf_shrink(&io.wbuf, KEEP_BUFFER)
-    buf_shrink(&io.c.inbuf, KEEP_BUFFER)
+    buf_shrink(&io.inbuf, KEEP_BUFFER)
     if io.want_out:
         io.want_out = 0
         resume = 1
@@ -473,7 +474,7 @@ cdef void free_conns(Loop *L, IOConn *gone) noexcept nogil:
         # Counted out before the peer can see the close and connect again.
         fg_add_i64(&L.S.open_conns, -1)
         close(io.c.fd)
-        buf_free(&io.c.inbuf)
+        buf_free(&io.inbuf)
         buf_free(&io.c.outbuf)
         buf_free(&io.wbuf)
         free(io)
@@ -580,7 +581,7 @@ cdef int accept_some(Loop *L, int lfd, IOConn **out, int room, uint64_t *refused
             continue
         tune_socket(S, fd)
         io.c.fd = fd
-        buf_init(&io.c.inbuf)
+        buf_init(&io.inbuf)
         buf_init(&io.c.outbuf)
         buf_init(&io.wbuf)
         if ss.ss_family == AF_INET:
@@ -746,27 +747,36 @@ cdef class IOLoop:
     / `admin_reply()`. Every method that reads engine state takes the engine lock with
     the GIL released; the read-only views for admin and monitoring are in snapshot.pyx."""
 
-    def __cinit__(self, bytes prefix, int threads=1, int job_retries=0,
-                  int worker_wakeup=0, bint exceptions=False,
-                  size_t max_packet=0xffffffff):
-        cdef int i
+    def __cinit__(self, CoreSettings settings not None):
+        """Everything configured at start-up comes in `settings` (coreconfig.pyx)."""
+        cdef const CoreConfig *cfg = &settings.c
+        cdef int i, threads = cfg.threads
         cdef epoll_event ev
         cdef Loop *L
         if threads < 1:
             threads = 1
         if threads > MAX_LOOPS:
             raise ValueError(f"at most {MAX_LOOPS} I/O threads")
+        if cfg.max_output_hard and cfg.max_output and cfg.max_output_hard < cfg.max_output:
+            raise ValueError("max_output_hard must not be less than max_output")
         self.S = <Shared *>calloc(1, sizeof(Shared))
         if self.S == NULL:
             raise MemoryError()
         self.S.loops = <Loop *>calloc(threads, sizeof(Loop))
         if self.S.loops == NULL:
             raise MemoryError()
-        if engine_init(&self.S.eng, prefix, len(prefix), <uint32_t>job_retries,
-                       <uint32_t>worker_wakeup, exceptions) != 0:
+        if engine_init(&self.S.eng, cfg) != 0:
             raise MemoryError()
         pthread_mutex_init(&self.S.lock, NULL)
-        self.S.max_packet = max_packet
+        self.S.max_packet = cfg.max_packet
+        # Per-connection I/O limits (0: none) and the keepalive tuning of accepted sockets.
+        self.S.max_output = cfg.max_output
+        self.S.max_output_hard = cfg.max_output_hard
+        self.S.max_connections = cfg.max_connections if cfg.max_connections > 0 else 0
+        self.S.keepalive = cfg.keepalive
+        self.S.keep_idle = cfg.keep_idle
+        self.S.keep_intvl = cfg.keep_intvl
+        self.S.keep_cnt = cfg.keep_cnt
         self.S.timer_wake_ms = -1
         self.S.adminfd = _check(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd")
         self.S.storefd = _check(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd")
@@ -794,7 +804,7 @@ cdef class IOLoop:
             io = self.S.conns[i]
             if io != NULL:
                 close(io.c.fd)
-                buf_free(&io.c.inbuf)
+                buf_free(&io.inbuf)
                 buf_free(&io.c.outbuf)
                 buf_free(&io.wbuf)
                 free(io)
@@ -823,25 +833,6 @@ cdef class IOLoop:
     @property
     def threads(self):
         return self.S.nloops
-
-    def set_limits(self, size_t max_output=0, size_t max_output_hard=0,
-                   long long max_connections=0, bint keepalive=False,
-                   int keepalive_idle=-1, int keepalive_interval=-1,
-                   int keepalive_count=-1):
-        """Per-connection I/O limits (0: none) and the keepalive tuning of accepted
-        sockets; set before serving (server.py, once -f has been applied)."""
-        if max_output_hard and max_output and max_output_hard < max_output:
-            raise ValueError("max_output_hard must not be less than max_output")
-        with nogil:
-            lock(self.S)
-            self.S.max_output = max_output
-            self.S.max_output_hard = max_output_hard
-            self.S.max_connections = max_connections if max_connections > 0 else 0
-            self.S.keepalive = keepalive
-            self.S.keep_idle = keepalive_idle
-            self.S.keep_intvl = keepalive_interval
-            self.S.keep_cnt = keepalive_count
-            unlock(self.S)
 
     def set_draining(self, bint draining):
         """SIGTERM grace period: running jobs finish, no job starts, submissions get
@@ -968,11 +959,21 @@ cdef class IOLoop:
         cdef int owner = -1
         cdef const char *p = reply
         cdef size_t n = len(reply)
+        cdef Buf staged
+        buf_init(&staged)
         with nogil:
+            # A long listing is copied with the lock released; under the lock it is
+            # only handed over, a pointer swap when no other output is waiting.
+            buf_append(&staged, p, n)
             lock(self.S)
             io = self.S.conns[fd] if <size_t>fd < self.S.conns_cap else NULL
             if io != NULL and io.c.id == conn_id and not io.in_close:
-                buf_append(&io.c.outbuf, p, n)
+                if buf_len(&io.c.outbuf) == 0 and buf_len(&staged) == n:
+                    buf_free(&io.c.outbuf)
+                    io.c.outbuf = staged
+                    buf_init(&staged)
+                else:
+                    buf_append(&io.c.outbuf, p, n)
                 io.admin_pending = 0
                 if close_after:
                     io.admin_close = 1
@@ -985,14 +986,11 @@ cdef class IOLoop:
                 owner = io.thread
             route(self.S, NULL)
             unlock(self.S)
+            buf_free(&staged)
             if owner >= 0:
                 poke_fd(self.S.loops[owner].wakefd)
 
     # ---- persistent store hand-over (called from the store thread) -------------------
-
-    def set_durable(self, bint durable):
-        """Background jobs are acknowledged only after store_done() reports their row."""
-        self.S.eng.durable = durable
 
     @property
     def store_fd(self):
@@ -1055,25 +1053,36 @@ cdef class IOLoop:
     def store_done(self, committed, failed, bytes error=b"QUEUE_ERROR"):
         """Answer the submitters: JOB_CREATED for committed (token, row_id) pairs, then
         the jobs may run; ERROR QUEUE_ERROR for failed tokens, whose jobs are dropped."""
-        cdef Job *j
-        cdef int64_t rid
+        cdef size_t nc = len(committed), nf = len(failed), i = 0
         cdef const char *etext = error
-        with nogil:
-            lock(self.S)
+        # Unpacked before the lock, so the loops never wait on Python objects.
+        cdef Job **jobs = <Job **>malloc((nc + nf + 1) * sizeof(Job *))
+        cdef int64_t *rows = <int64_t *>malloc((nc + 1) * sizeof(int64_t))
         try:
+            if jobs == NULL or rows == NULL:
+                raise MemoryError()
             for token, rid in committed:
-                j = <Job *><size_t>token
-                self._ack(j, 0, NULL)
-                engine_job_stored(&self.S.eng, j, rid)
+                jobs[i] = <Job *><size_t>token
+                rows[i] = rid
+                i += 1
             for token in failed:
-                j = <Job *><size_t>token
-                self._ack(j, 1, etext)
-                engine_job_store_failed(&self.S.eng, j)
-            route(self.S, NULL)
+                jobs[i] = <Job *><size_t>token
+                i += 1
+            with nogil:
+                lock(self.S)
+                for i in range(nc):
+                    self._ack(jobs[i], 0, NULL)
+                    engine_job_stored(&self.S.eng, jobs[i], rows[i])
+                for i in range(nc, nc + nf):
+                    self._ack(jobs[i], 1, etext)
+                    engine_job_store_failed(&self.S.eng, jobs[i])
+                route(self.S, NULL)
+                unlock(self.S)
         finally:
-            unlock(self.S)
+            free(jobs)
+            free(rows)
 
-    cdef void _ack(self, Job *j, int failed, const char *etext) noexcept:
+    cdef void _ack(self, Job *j, int failed, const char *etext) noexcept nogil:
         cdef Ack *k = j.acks
         cdef IOConn *io
         while k != NULL:

@@ -2,11 +2,12 @@
 
 `start(cfg, server)` binds `--monitor HOST:PORT` and serves HTTP/1.1 from a standard
 library server in daemon threads, so none of it runs on the I/O loops. Everything it shows
-comes from `fastgear.snapshot`, whose calls take the engine lock once each to copy what they
-need. A sampler thread takes one sample per second (server counters and per-function
-figures), keeps the last ten minutes of totals for the dashboard's chart and computes
-rates from the deltas between samples; requests reuse a sample younger than 250 ms, so a
-busy scraper or many open dashboards cost the engine at most a few lock acquisitions per
+comes from `fastgear.snapshot`, whose calls copy what they need under the engine lock (the
+large listings in short slices) and build Python objects only after releasing it. A
+sampler thread takes one sample per second (server counters and per-function figures),
+keeps the last ten minutes of totals for the dashboard's chart and computes rates from
+the deltas between samples; requests reuse a sample younger than 250 ms, so a busy
+scraper or many open dashboards cost the engine at most a few lock acquisitions per
 second, never one per request. Endpoints: `/status` (JSON), `/metrics` (Prometheus text
 0.0.4), `/jobs/<handle>` and `/jobs?unique=<key>` (kept results), `/healthz`, `/` (the
 page in dashboard.html). Names, handles and data are bytes in the engine; JSON gives them

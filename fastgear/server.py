@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 
-from fastgear import __version__, admin, monitor, snapshot
+from fastgear import __version__, admin, control, monitor, snapshot
 from fastgear.persist import StoreThread
 from fastgear.persist.sqlite import SQLiteStore, StoreError
 
@@ -216,7 +216,6 @@ def open_store(cfg, loop):
         raise StoreError(f"cannot replay queue file {cfg.libsqlite3_db}: {exc}") from exc
     replayed = len(rows) - len(duplicates)
     log.info("replayed %d background jobs from %s", replayed, cfg.libsqlite3_db)
-    loop.set_durable(True)
     return store, replayed
 
 
@@ -240,16 +239,16 @@ class Control:
         return snapshot.jobs(self.loop)
 
     def cancel_job(self, handle):
-        return snapshot.cancel_job(self.loop, handle)
+        return control.cancel_job(self.loop, handle)
 
     def create_function(self, name):
-        snapshot.create_function(self.loop, name)
+        control.create_function(self.loop, name)
 
     def drop_function(self, name):
-        return snapshot.drop_function(self.loop, name)
+        return control.drop_function(self.loop, name)
 
     def set_maxqueue(self, name, high, normal, low):
-        snapshot.set_maxqueue(self.loop, name, high, normal, low)
+        control.set_maxqueue(self.loop, name, high, normal, low)
 
     def keep_results(self):
         return self.cfg.keep_results
@@ -275,36 +274,20 @@ class Control:
 
 class Server:
     def __init__(self, cfg):
+        from fastgear.coreconfig import core_settings
         from fastgear.iothreads import IOLoop
 
         self.cfg = cfg
-        prefix = cfg.job_handle_prefix or f"H:{os.uname().nodename}"
-        # -t 0 is gearmand's "single-threaded"; N >= 1 runs N loops sharing the engine.
-        self.loop = IOLoop(prefix.encode(), threads=max(1, cfg.threads),
-                           job_retries=cfg.job_retries & 0xff,
-                           worker_wakeup=cfg.worker_wakeup & 0xff,
-                           exceptions=cfg.exceptions,
-                           max_packet=cfg.max_packet)
-        snapshot.configure(self.loop, cfg)
+        # After -f (apply_process_options), which --max-connections 0 follows.
+        self.max_connections = connection_limit(cfg)
+        self.loop = IOLoop(core_settings(cfg, self.max_connections))
         self.control = Control(self.loop, cfg, self)
         self.sockets = []
         self.threads = []
         self._stop = False
         self._graceful = False
         self._term = False          # SIGTERM with --shutdown-timeout: the grace period
-        self.max_connections = 0
         self._reopen_log = False
-
-    def apply_limits(self):
-        """The I/O limits; after -f, which --max-connections 0 depends on."""
-        limit = connection_limit(self.cfg)
-        self.loop.set_limits(max_output=self.cfg.max_output,
-                             max_output_hard=self.cfg.max_output_hard,
-                             max_connections=limit, keepalive=self.cfg.keepalive,
-                             keepalive_idle=self.cfg.keepalive_idle,
-                             keepalive_interval=self.cfg.keepalive_interval,
-                             keepalive_count=self.cfg.keepalive_count)
-        return limit
 
     def request_stop(self, graceful=False):
         if graceful:
@@ -466,11 +449,17 @@ class Server:
 def run(cfg):
     """Serve until told to stop; returns the process exit code."""
     setup_logging(cfg)
+    try:
+        # -f first: the connection limit handed to the core follows it.
+        apply_process_options(cfg)
+    except StartupError as exc:
+        log.error("%s", exc)
+        print(f"fastgear: {exc}", file=sys.stderr)
+        return 1
     srv = Server(cfg)
     srv.install_signal_handlers()
     sockets, store, pid_path, replayed = [], None, None, 0
     try:
-        apply_process_options(cfg)
         sockets = bind_listeners(cfg)
         # Opened and replayed before detaching, so a bad queue file is reported on the
         # terminal; its thread starts after the fork (threads do not survive fork()).
@@ -480,7 +469,6 @@ def run(cfg):
             daemonize()
         pid_path = write_pid_file(cfg)
         drop_privileges(cfg)
-        srv.max_connections = srv.apply_limits()
     except (StartupError, StoreError) as exc:
         log.error("%s", exc)
         print(f"fastgear: {exc}", file=sys.stderr)

@@ -1,145 +1,505 @@
 # Read-only views of the engine for the text admin protocol and the monitoring
-# listener, plus the few admin actions (cancel, create/drop function, max queue).
-# Each call takes the engine lock once, with the GIL released while waiting for it, and
-# copies what it needs into Python objects before unlocking, so the I/O loops are held
-# up for the length of one copy and never wait on Python. Counters the loops keep per
-# thread are summed here, on read, so counting costs the hot path nothing.
-import os
-
-from libc.stdint cimport uint32_t, uint64_t, int64_t
-from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy
+# listener. Under the engine lock a view copies what it needs into C memory (strings
+# included), with the GIL released; Python objects are built only after the lock is
+# released, so the I/O loops wait for memcpy-sized copies and never for Python. The
+# large views (every job, every connection) copy in slices of about SLICE rows and
+# release the lock between slices. Counters the loops keep per thread are summed here,
+# on read, so counting costs the hot path nothing. Actions that change the engine are
+# in control.pyx, start-up settings in coreconfig.pyx.
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdlib cimport malloc, realloc, free, qsort
+from libc.string cimport memcpy, memcmp, memset
 
 from fastgear.engine cimport *
-from fastgear.iothreads cimport IOLoop, lock, unlock, route
+from fastgear.iothreads cimport IOLoop, Shared, lock, unlock
+from fastgear.includes.sys cimport sched_yield
+
+
+cdef enum:
+    # Rows (jobs, connections, registrations, held jobs) copied per lock hold: a few
+    # hundred microseconds (a cache miss or two per job); a million jobs take about a
+    # thousand slices. Measured with 4096, a slice took up to 5 ms on a busy server.
+    SLICE = 1024
+    # String bytes reserved per row before a slice (more when a slice needed more).
+    TEXT_PER_ROW = 128
+
+
+# ---- C-side copies ---------------------------------------------------------------------
+
+cdef struct Grow:
+    # A growing byte array: rows of one struct type, or the strings they point into.
+    # Room is reserved with the lock released, so the copy under the lock never waits
+    # for realloc to move megabytes; rows refer to strings by offset, not by pointer.
+    char *p
+    size_t len
+    size_t cap
+    int failed
+
+
+cdef int grow_reserve(Grow *g, size_t n) noexcept nogil:
+    """Room for n more bytes; -1 (and g.failed) when out of memory."""
+    cdef size_t cap
+    cdef char *np
+    if g.len + n <= g.cap:
+        return 0
+    cap = g.cap * 2 if g.cap else 4096
+    while cap < g.len + n:
+        cap *= 2
+    np = <char *>realloc(g.p, cap)
+    if np == NULL:
+        g.failed = 1
+        return -1
+    g.p = np
+    g.cap = cap
+    return 0
+
+
+cdef int grow_prepare(Grow *g, size_t n) noexcept nogil:
+    """(no lock) Reserve room for n more bytes and touch it, so that the copy under the
+    lock does not take page faults either."""
+    if grow_reserve(g, n) != 0:
+        return -1
+    memset(g.p + g.len, 0, n)
+    return 0
+
+
+cdef inline void between_slices() noexcept nogil:
+    """Before taking the lock for the next slice: let a waiting loop have the lock it
+    was woken for, and start the slice at the beginning of a scheduler time slice, so
+    that on a busy machine the scheduler rarely preempts this thread while it holds
+    the lock and the loops wait."""
+    sched_yield()
+
+
+cdef inline size_t grow_room(Grow *g) noexcept nogil:
+    return g.cap - g.len
+
+
+cdef inline void *grow_add(Grow *g, size_t n) noexcept nogil:
+    """n bytes of room reserved before (grow_reserve)."""
+    cdef char *p = g.p + g.len
+    g.len += n
+    return p
+
+
+cdef struct Str:
+    size_t off
+    size_t len
+
+
+cdef inline void put_str(Grow *text, Str *s, const char *p, size_t n) noexcept nogil:
+    s.off = text.len
+    s.len = n
+    if n:
+        memcpy(grow_add(text, n), p, n)
+
+
+cdef inline bytes take(Grow *text, Str s):
+    if s.len == 0:
+        return b""
+    return text.p[s.off:s.off + s.len]
+
+
+cdef inline void grow_init(Grow *g) noexcept nogil:
+    g.p = NULL
+    g.len = g.cap = 0
+    g.failed = 0
+
+
+cdef inline void grow_free(Grow *g) noexcept nogil:
+    free(g.p)
+    grow_init(g)
+
+
+cdef inline int fits(Grow *g, size_t n, int first) noexcept nogil:
+    """(lock) Whether n more bytes fit in the room reserved before the slice. The first
+    item of a slice always goes in, growing under the lock if it must (an item larger
+    than a whole reserve); later ones wait for the next slice."""
+    if n <= grow_room(g):
+        return 1
+    return first and grow_reserve(g, n) == 0
+
+
+# ---- functions ---------------------------------------------------------------------------
+
+cdef struct FuncRow:
+    Str name
+    uint32_t total
+    uint32_t running
+    uint32_t workers
+    uint32_t queued[NPRIO]
+    uint32_t future
 
 
 def functions(IOLoop io):
-    """[(name, total, running, workers, high, normal, low, future)] in creation order."""
+    """[(name, total, running, workers, high, normal, low, future)] in creation order.
+    One lock hold: a dropped function is freed, so a cursor into the creation-order list
+    could not be kept across holds. The functions are counted first, so the copy is one
+    malloc and a few dozen bytes per function."""
     cdef Function *f
-    out = []
+    cdef FuncRow *row
+    cdef Grow rows
+    cdef Grow text
+    cdef size_t i, n = 0, name_bytes = 0
+    grow_init(&rows)
+    grow_init(&text)
     with nogil:
         lock(io.S)
-    try:
         f = io.S.eng.f_first
         while f != NULL:
-            out.append((f.name[:f.name_len], f.total, f.running, f.workers,
-                        f.queued[0], f.queued[1], f.queued[2], f.future))
+            n += 1
+            name_bytes += f.name_len
             f = f.all_next
-    finally:
+        if grow_reserve(&rows, n * sizeof(FuncRow)) == 0 and \
+                grow_reserve(&text, name_bytes) == 0:
+            f = io.S.eng.f_first
+            while f != NULL:
+                row = <FuncRow *>grow_add(&rows, sizeof(FuncRow))
+                put_str(&text, &row.name, f.name, f.name_len)
+                row.total = f.total
+                row.running = f.running
+                row.workers = f.workers
+                row.queued[0] = f.queued[0]
+                row.queued[1] = f.queued[1]
+                row.queued[2] = f.queued[2]
+                row.future = f.future
+                f = f.all_next
         unlock(io.S)
+    try:
+        if rows.failed or text.failed:
+            raise MemoryError()
+        out = []
+        for i in range(n):
+            row = &(<FuncRow *>rows.p)[i]
+            out.append((take(&text, row.name), row.total, row.running, row.workers,
+                        row.queued[0], row.queued[1], row.queued[2], row.future))
+        return out
+    finally:
+        grow_free(&rows)
+        grow_free(&text)
+
+
+# ---- jobs --------------------------------------------------------------------------------
+
+cdef struct JobRow:
+    uint64_t seq
+    uint32_t retries
+    uint8_t persisted
+    Str handle
+    Str unique
+
+
+cdef uint64_t jobs_slice(Engine *e, uint64_t mask0, uint64_t cls, Grow *rows,
+                         Grow *text, size_t *want) noexcept nogil:
+    """(lock) Copy the jobs of handle classes cls, cls + 1, ... while they fit in the
+    room reserved and until about SLICE rows are copied; returns the next class to copy
+    (mask0 + 1: done, or out of memory). A job's class is handle_hash & mask0, mask0
+    being the handle table's mask when the listing began: the class never changes while
+    the job lives, so each job is copied at most once even if the table grows between
+    slices (it only doubles: class c is then in buckets c, c + mask0 + 1, ...).
+    Slices are not one atomic view: a job created or freed between two slices may be
+    listed or not. Nothing is kept across slices but the class number, so nothing
+    freed meanwhile is ever read. `want` gets the string bytes a class did not find."""
+    cdef uint64_t n = 0, b, step = mask0 + 1
+    cdef size_t nrows, nbytes
+    cdef int pass_
+    cdef Job *j
+    cdef JobRow *row
+    while cls <= mask0 and n < SLICE:
+        # Pass 0 measures the class, pass 1 copies it.
+        nrows = nbytes = 0
+        for pass_ in range(2):
+            if pass_ == 1:
+                if not (fits(rows, nrows * sizeof(JobRow), n == 0)
+                        and fits(text, nbytes, n == 0)):
+                    want[0] = nbytes
+                    return mask0 + 1 if (rows.failed or text.failed) else cls
+            # The table never shrinks; were the mask smaller, the class's jobs would
+            # share bucket cls & hmask with others, which the class test leaves out.
+            b = cls if e.hmask >= mask0 else cls & e.hmask
+            while b <= e.hmask:
+                j = e.htab[b]
+                while j != NULL:
+                    if (j.handle_hash & mask0) != cls:
+                        pass
+                    elif pass_ == 0:
+                        nrows += 1
+                        nbytes += j.handle_len + j.unique_len
+                    else:
+                        row = <JobRow *>grow_add(rows, sizeof(JobRow))
+                        row.seq = j.seq
+                        row.retries = j.retries
+                        # gearmand's "persisted" column is set for every background job.
+                        row.persisted = 1 if (j.background or j.persisted) else 0
+                        put_str(text, &row.handle, j.handle, j.handle_len)
+                        put_str(text, &row.unique, j.unique, j.unique_len)
+                    j = j.h_next
+                if e.hmask < mask0:
+                    break
+                b += step
+        n += nrows
+        cls += 1
+    return cls
+
+
+cdef int by_seq(const void *a, const void *b) noexcept nogil:
+    cdef uint64_t x = (<const JobRow *>a).seq, y = (<const JobRow *>b).seq
+    return -1 if x < y else (1 if x > y else 0)
+
+
+def jobs(IOLoop io):
+    """[(handle, retries, ignored, persisted, unique)] for every job in memory, in
+    submission order; copied in slices (see jobs_slice)."""
+    cdef Grow rows
+    cdef Grow text
+    cdef uint64_t mask0, cls = 0
+    cdef size_t i, n, want = 0
+    cdef JobRow *row
+    grow_init(&rows)
+    grow_init(&text)
+    with nogil:
+        lock(io.S)
+        mask0 = io.S.eng.hmask
+        unlock(io.S)
+        while cls <= mask0:
+            if grow_prepare(&rows, (SLICE + 64) * sizeof(JobRow)) != 0 or \
+                    grow_prepare(&text, SLICE * TEXT_PER_ROW + want) != 0:
+                break
+            want = 0
+            between_slices()
+            lock(io.S)
+            cls = jobs_slice(&io.S.eng, mask0, cls, &rows, &text, &want)
+            unlock(io.S)
+        n = rows.len // sizeof(JobRow)
+        if not (rows.failed or text.failed):
+            qsort(rows.p, n, sizeof(JobRow), by_seq)
+    try:
+        if rows.failed or text.failed:
+            raise MemoryError()
+        out = []
+        for i in range(n):
+            row = &(<JobRow *>rows.p)[i]
+            out.append((take(&text, row.handle), row.retries, 0, row.persisted,
+                        take(&text, row.unique)))
+        return out
+    finally:
+        grow_free(&rows)
+        grow_free(&text)
+
+
+# ---- connections and workers -----------------------------------------------------------
+
+cdef struct ConnRow:
+    uint64_t id
+    int fd
+    uint8_t sleeping
+    uint64_t jobs_done
+    Str ip
+    Str client_id
+    size_t abil_first        # its registrations: Str rows in `names`, newest first
+    size_t nabil
+    size_t held_first        # its jobs: HeldRow rows in `held`
+    size_t nheld
+
+
+cdef struct HeldRow:
+    Str handle
+    Str func
+    double started_at        # Unix time
+
+
+cdef struct ConnCopy:
+    Grow rows
+    Grow names
+    Grow held
+    Grow text
+    size_t want_names        # what a connection did not find room for, in bytes
+    size_t want_held
+    size_t want_text
+
+
+cdef inline int copy_failed(ConnCopy *k) noexcept nogil:
+    return k.rows.failed or k.names.failed or k.held.failed or k.text.failed
+
+
+cdef inline size_t ip_len(Conn *c) noexcept nogil:
+    cdef size_t n = 0
+    while n < sizeof(c.ip) and c.ip[n] != 0:
+        n += 1
+    return n
+
+
+cdef size_t conns_slice(Shared *S, size_t fd, int workers_only, ConnCopy *k) noexcept nogil:
+    """(lock) Copy the connections from fd up (the I/O layer's table by fd) while they
+    fit in the room reserved and until about SLICE rows (connections, registrations and
+    held jobs) are copied; returns the next fd to look at (conns_cap: done, or out of
+    memory). Only the fd is kept across slices, and every connection is looked up
+    again in the table, so one closed meanwhile is never read; one accepted meanwhile
+    may be listed or not. A connection's own lists are copied in one hold."""
+    cdef Engine *e = &S.eng
+    cdef size_t n = 0, nabil, nheld, nbytes
+    cdef Conn *c
+    cdef Ability *a
+    cdef Job *j
+    cdef ConnRow *row
+    cdef HeldRow *h
+    cdef int first
+    engine_clock(e)
+    while fd < S.conns_cap and n < SLICE:
+        c = &S.conns[fd].c if S.conns[fd] != NULL else NULL
+        # Detached connections have left the engine and wait to be closed.
+        if c == NULL or c.detached or (workers_only and c.abilities == NULL
+                                       and c.held == NULL):
+            fd += 1
+            continue
+        nabil = nheld = 0
+        nbytes = ip_len(c) + c.client_id_len
+        a = c.abilities
+        while a != NULL:
+            nabil += 1
+            nbytes += a.func.name_len
+            a = a.c_next
+        j = c.held if workers_only else NULL
+        while j != NULL:
+            nheld += 1
+            nbytes += j.handle_len + j.func.name_len
+            j = j.q_next
+        first = n == 0
+        if not (fits(&k.rows, sizeof(ConnRow), first)
+                and fits(&k.names, nabil * sizeof(Str), first)
+                and fits(&k.held, nheld * sizeof(HeldRow), first)
+                and fits(&k.text, nbytes, first)):
+            k.want_names = nabil * sizeof(Str)
+            k.want_held = nheld * sizeof(HeldRow)
+            k.want_text = nbytes
+            return S.conns_cap if copy_failed(k) else fd
+        row = <ConnRow *>grow_add(&k.rows, sizeof(ConnRow))
+        row.id = c.id
+        row.fd = c.fd
+        row.sleeping = c.sleeping
+        row.jobs_done = c.jobs_done
+        put_str(&k.text, &row.ip, c.ip, ip_len(c))
+        put_str(&k.text, &row.client_id, c.client_id, c.client_id_len)
+        row.abil_first = k.names.len // sizeof(Str)
+        row.nabil = nabil
+        a = c.abilities
+        while a != NULL:
+            put_str(&k.text, <Str *>grow_add(&k.names, sizeof(Str)), a.func.name,
+                    a.func.name_len)
+            a = a.c_next
+        row.held_first = k.held.len // sizeof(HeldRow)
+        row.nheld = nheld
+        j = c.held if workers_only else NULL
+        while j != NULL:
+            h = <HeldRow *>grow_add(&k.held, sizeof(HeldRow))
+            put_str(&k.text, &h.handle, j.handle, j.handle_len)
+            put_str(&k.text, &h.func, j.func.name, j.func.name_len)
+            h.started_at = _wall(e, j.started_us)
+            j = j.q_next
+        n += 1 + nabil + nheld
+        fd += 1
+    return fd
+
+
+cdef int copy_conns(IOLoop io, int workers_only, ConnCopy *k) except -1:
+    cdef size_t fd = 0, cap = 1
+    grow_init(&k.rows)
+    grow_init(&k.names)
+    grow_init(&k.held)
+    grow_init(&k.text)
+    k.want_names = k.want_held = k.want_text = 0
+    with nogil:
+        while fd < cap:
+            if grow_prepare(&k.rows, SLICE * sizeof(ConnRow)) != 0 or \
+                    grow_prepare(&k.names, SLICE * sizeof(Str) + k.want_names) != 0 or \
+                    grow_prepare(&k.held, SLICE * sizeof(HeldRow) + k.want_held) != 0 or \
+                    grow_prepare(&k.text, SLICE * TEXT_PER_ROW + k.want_text) != 0:
+                break
+            k.want_names = k.want_held = k.want_text = 0
+            between_slices()
+            lock(io.S)
+            fd = conns_slice(io.S, fd, workers_only, k)
+            cap = io.S.conns_cap
+            unlock(io.S)
+    if copy_failed(k):
+        conns_free(k)
+        raise MemoryError()
+    return 0
+
+
+cdef void conns_free(ConnCopy *k) noexcept nogil:
+    grow_free(&k.rows)
+    grow_free(&k.names)
+    grow_free(&k.held)
+    grow_free(&k.text)
+
+
+cdef list _names(ConnCopy *k, ConnRow *row):
+    cdef Str *names = <Str *>k.names.p
+    cdef size_t i
+    out = []
+    for i in range(row.abil_first, row.abil_first + row.nabil):
+        out.append(take(&k.text, names[i]))
     return out
 
 
 def connections(IOLoop io):
-    """[(fd, ip, client_id, [functions newest first])] for every connection."""
-    cdef Conn *c
-    cdef Ability *a
-    out = []
-    with nogil:
-        lock(io.S)
+    """[(fd, ip, client_id, [functions newest first])] for every connection, by fd."""
+    cdef ConnCopy k
+    cdef ConnRow *row
+    cdef size_t i
+    copy_conns(io, 0, &k)
     try:
-        c = io.S.eng.conns
-        while c != NULL:
-            funcs = []
-            a = c.abilities
-            while a != NULL:
-                funcs.append(a.func.name[:a.func.name_len])
-                a = a.c_next
-            out.append((c.fd, c.ip.decode("ascii", "replace"),
-                        c.client_id[:c.client_id_len], funcs))
-            c = c.all_next
+        out = []
+        for i in range(k.rows.len // sizeof(ConnRow)):
+            row = &(<ConnRow *>k.rows.p)[i]
+            out.append((row.fd, take(&k.text, row.ip).decode("ascii", "replace"),
+                        take(&k.text, row.client_id), _names(&k, row)))
     finally:
-        unlock(io.S)
+        conns_free(&k)
     out.sort()
     return out
 
 
-def jobs(IOLoop io):
-    """[(handle, retries, ignored, persisted, unique)] for every job in memory."""
-    cdef uint64_t i
-    cdef Job *j
-    out = []
-    with nogil:
-        lock(io.S)
+def workers(IOLoop io):
+    """Every connection that registered a function or holds a job."""
+    cdef ConnCopy k
+    cdef ConnRow *row
+    cdef HeldRow *h
+    cdef size_t i, m
+    copy_conns(io, 1, &k)
     try:
-        for i in range(io.S.eng.hmask + 1):
-            j = io.S.eng.htab[i]
-            while j != NULL:
-                # gearmand's "persisted" column is set for every background job.
-                out.append((j.seq, j.handle[:j.handle_len], j.retries, 0,
-                            1 if (j.background or j.persisted) else 0,
-                            j.unique[:j.unique_len]))
-                j = j.h_next
+        out = []
+        for i in range(k.rows.len // sizeof(ConnRow)):
+            row = &(<ConnRow *>k.rows.p)[i]
+            current = []
+            for m in range(row.held_first, row.held_first + row.nheld):
+                h = &(<HeldRow *>k.held.p)[m]
+                current.append({"handle": take(&k.text, h.handle),
+                                "function": take(&k.text, h.func),
+                                "started_at": h.started_at})
+            peer = take(&k.text, row.ip).decode("ascii", "replace")
+            out.append({"id": row.id, "fd": row.fd, "peer": peer,
+                        "client_id": take(&k.text, row.client_id),
+                        "functions": _names(&k, row)[::-1],
+                        "sleeping": bool(row.sleeping),
+                        "jobs_done": row.jobs_done, "current": current})
     finally:
-        unlock(io.S)
-    out.sort()
-    return [row[1:] for row in out]
+        conns_free(&k)
+    out.sort(key=lambda w: w["id"])
+    return out
 
 
-def cancel_job(IOLoop io, bytes handle):
-    cdef Job *j
-    cdef int found = 0
-    cdef const char *h = handle
-    cdef size_t n = len(handle)
-    with nogil:
-        lock(io.S)
-        j = job_by_handle(&io.S.eng, h, n)
-        if j != NULL and engine_cancel(&io.S.eng, j) == 0:
-            found = 1
-            # The WORK_FAIL packets go to their connections' loops.
-            route(io.S, NULL)
-        unlock(io.S)
-    return bool(found)
-
-
-def create_function(IOLoop io, bytes name):
-    cdef const char *p = name
-    cdef size_t n = len(name)
-    with nogil:
-        lock(io.S)
-        func_get(&io.S.eng, p, n, 1)
-        unlock(io.S)
-
-
-def drop_function(IOLoop io, bytes name):
-    """'ok', 'busy' (workers or running jobs), 'queued', or 'notfound'. Names are
-    compared case-insensitively, as gearmand does."""
-    cdef Function *f
-    cdef int r = 3
-    lname = name.lower()
-    with nogil:
-        lock(io.S)
-    try:
-        f = io.S.eng.f_first
-        while f != NULL:
-            if f.name[:f.name_len].lower() == lname:
-                r = engine_drop_function(&io.S.eng, f)
-                break
-            f = f.all_next
-    finally:
-        unlock(io.S)
-    return ("ok", "busy", "queued", "notfound")[r]
-
-
-def set_maxqueue(IOLoop io, bytes name, long high, long normal, long low):
-    cdef Function *f
-    cdef const char *p = name
-    cdef size_t n = len(name)
-    with nogil:
-        lock(io.S)
-        f = func_get(&io.S.eng, p, n, 0)
-        if f != NULL:
-            f.max_queue[0] = <uint32_t>(high if high > 0 else 0)
-            f.max_queue[1] = <uint32_t>(normal if normal > 0 else 0)
-            f.max_queue[2] = <uint32_t>(low if low > 0 else 0)
-        unlock(io.S)
-
+# ---- counters ----------------------------------------------------------------------------
 
 def stats(IOLoop io):
     """Server-wide counters for monitoring and graceful shutdown."""
     cdef int k
+    cdef Engine *e = &io.S.eng
     cdef uint64_t accepted = 0, errors = 0, batches = 0
+    cdef uint64_t jobs, nconns, fcount, queued_bytes, packets, next_handle
+    cdef uint64_t max_queued_bytes, budget_refused, noops, rewakes
+    cdef int nloops
     with nogil:
         lock(io.S)
         # Per-loop counters are summed here so counting costs the loops nothing.
@@ -147,51 +507,32 @@ def stats(IOLoop io):
             accepted += io.S.loops[k].accepted
             errors += io.S.loops[k].protocol_errors
             batches += io.S.loops[k].batches
-    try:
-        out = {"jobs": io.S.eng.jobs, "connections": io.S.eng.nconns,
-               "functions": io.S.eng.fcount, "queued_bytes": io.S.eng.queued_bytes,
-               "packets": io.S.eng.n_packets, "accepted": accepted,
-               "protocol_errors": errors, "batches": batches,
-               "threads": io.S.nloops, "next_handle": io.S.eng.next_handle,
-               "max_queued_bytes": io.S.eng.max_queued_bytes,
-               "budget_refused": io.S.eng.n_budget_refused,
-               "noops": io.S.eng.n_noops, "rewakes": io.S.eng.n_rewakes}
-    finally:
+        jobs = e.jobs
+        nconns = e.nconns
+        fcount = e.fcount
+        queued_bytes = e.queued_bytes
+        packets = e.n_packets
+        nloops = io.S.nloops
+        next_handle = e.next_handle
+        max_queued_bytes = e.max_queued_bytes
+        budget_refused = e.n_budget_refused
+        noops = e.n_noops
+        rewakes = e.n_rewakes
         unlock(io.S)
+    out = {"jobs": jobs, "connections": nconns, "functions": fcount,
+           "queued_bytes": queued_bytes, "packets": packets, "accepted": accepted,
+           "protocol_errors": errors, "batches": batches, "threads": nloops,
+           "next_handle": next_handle, "max_queued_bytes": max_queued_bytes,
+           "budget_refused": budget_refused, "noops": noops, "rewakes": rewakes}
     # The I/O layer's own counters and limits (refused, paused, hard-closed, ...).
     out.update(io.io_stats())
     return out
 
 
-def configure(IOLoop io, cfg):
-    """Hand the engine its limits and policies from a Config (server start-up)."""
-    cdef uint64_t budget = cfg.max_queued_bytes
-    if budget == 0:
-        budget = _half_of_memory()
-    with nogil:
-        lock(io.S)
-    try:
-        io.S.eng.max_unique = cfg.max_unique
-        io.S.eng.max_function_name = cfg.max_function_name
-        io.S.eng.max_queued_bytes = budget
-        io.S.eng.wakeup_timeout_ms = cfg.wakeup_timeout
-        results_configure(&io.S.eng, <int64_t>cfg.keep_results * 1000000,
-                          cfg.keep_results_bytes)
-    finally:
-        unlock(io.S)
-
-
-def _half_of_memory():
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-    except (ValueError, OSError):
-        return 0
-
-
 HIST_BOUNDS_S = tuple(hist_bound_us(i) / 1e6 for i in range(NHIST - 1))
 
 
-cdef double _wall(Engine *e, int64_t mono_us) noexcept:
+cdef double _wall(Engine *e, int64_t mono_us) noexcept nogil:
     """A monotonic engine time as a Unix time."""
     return (e.now_wall_us - (e.now_us - mono_us)) / 1e6
 
@@ -262,41 +603,23 @@ def function_stats(IOLoop io):
         free(names)
 
 
-def workers(IOLoop io):
-    """Every connection that registered a function or holds a job."""
-    cdef Engine *e = &io.S.eng
-    cdef Conn *c
-    cdef Ability *a
-    cdef Job *j
-    out = []
-    with nogil:
-        lock(io.S)
-        engine_clock(e)
-    try:
-        c = e.conns
-        while c != NULL:
-            if c.abilities != NULL or c.held != NULL:
-                funcs = []
-                a = c.abilities
-                while a != NULL:
-                    funcs.append(a.func.name[:a.func.name_len])
-                    a = a.c_next
-                current = []
-                j = c.held
-                while j != NULL:
-                    current.append({"handle": j.handle[:j.handle_len],
-                                    "function": j.func.name[:j.func.name_len],
-                                    "started_at": _wall(e, j.started_us)})
-                    j = j.q_next
-                out.append({"id": c.id, "fd": c.fd, "peer": c.ip.decode("ascii", "replace"),
-                            "client_id": c.client_id[:c.client_id_len],
-                            "functions": funcs[::-1], "sleeping": bool(c.sleeping),
-                            "jobs_done": c.jobs_done, "current": current})
-            c = c.all_next
-    finally:
-        unlock(io.S)
-    out.sort(key=lambda w: w["id"])
-    return out
+# ---- kept results ------------------------------------------------------------------------
+
+cdef Result *copy_result(Result *r) noexcept nogil:
+    """(lock) A private copy of a kept result: one block, its strings moved along."""
+    cdef Result *c = <Result *>malloc(r.size)
+    cdef char *base = <char *>r
+    cdef char *to
+    if c == NULL:
+        return NULL
+    memcpy(c, r, r.size)
+    to = <char *>c
+    c.func = to + (r.func - base)
+    c.unique = to + (r.unique - base)
+    c.worker = to + (r.worker - base)
+    c.data = to + (r.data - base)
+    c.h_next = c.h_prev = c.u_next = c.u_prev = c.newer = NULL
+    return c
 
 
 cdef dict _result_dict(Result *r):
@@ -313,16 +636,24 @@ cdef dict _result_dict(Result *r):
 def result(IOLoop io, bytes handle):
     """The kept outcome of the job with this handle, or None (unknown or expired)."""
     cdef Result *r
+    cdef Result *c = NULL
+    cdef int failed = 0
     cdef const char *h = handle
     cdef size_t n = len(handle)
     with nogil:
         lock(io.S)
         engine_clock(&io.S.eng)
         r = result_by_handle(&io.S.eng, h, n)
-    try:
-        return _result_dict(r) if r != NULL else None
-    finally:
+        if r != NULL:
+            c = copy_result(r)
+            failed = c == NULL
         unlock(io.S)
+    if failed:
+        raise MemoryError()
+    try:
+        return _result_dict(c) if c != NULL else None
+    finally:
+        free(c)
 
 
 def results_by_unique(IOLoop io, bytes unique):
@@ -330,32 +661,53 @@ def results_by_unique(IOLoop io, bytes unique):
     cdef Engine *e = &io.S.eng
     cdef Result *r
     cdef const char *u = unique
-    cdef size_t n = len(unique)
-    out = []
+    cdef size_t n = len(unique), i
+    cdef Grow found
+    cdef Result **slot
+    grow_init(&found)
     with nogil:
         lock(io.S)
         engine_clock(e)
         r = results_unique_chain(e, u, n)
-    try:
-        if r != NULL:
-            while r != NULL:
-                if r.unique_len == n and r.unique[:r.unique_len] == unique:
-                    out.append(_result_dict(r))
-                r = r.u_next
-    finally:
+        while r != NULL:
+            if r.unique_len == n and (n == 0 or memcmp(r.unique, u, n) == 0):
+                if grow_reserve(&found, sizeof(Result *)) != 0:
+                    break
+                slot = <Result **>grow_add(&found, sizeof(Result *))
+                slot[0] = copy_result(r)
+                if slot[0] == NULL:
+                    found.failed = 1
+                    found.len -= sizeof(Result *)
+                    break
+            r = r.u_next
         unlock(io.S)
+    try:
+        if found.failed:
+            raise MemoryError()
+        out = []
+        for i in range(found.len // sizeof(Result *)):
+            out.append(_result_dict((<Result **>found.p)[i]))
+    finally:
+        for i in range(found.len // sizeof(Result *)):
+            free((<Result **>found.p)[i])
+        grow_free(&found)
     out.sort(key=lambda d: d["finished_at"], reverse=True)
     return out
 
 
 def results_stats(IOLoop io):
     cdef Engine *e = &io.S.eng
+    cdef uint64_t count, nbytes, evicted, max_bytes
+    cdef int64_t keep_us
     with nogil:
         lock(io.S)
         engine_clock(e)
         results_expire(e)
-    try:
-        return {"count": e.rcount, "bytes": e.rbytes, "evicted": e.r_evicted,
-                "ttl_s": e.keep_us / 1e6, "max_bytes": e.keep_max_bytes}
-    finally:
+        count = e.rcount
+        nbytes = e.rbytes
+        evicted = e.r_evicted
+        keep_us = e.keep_us
+        max_bytes = e.keep_max_bytes
         unlock(io.S)
+    return {"count": count, "bytes": nbytes, "evicted": evicted,
+            "ttl_s": keep_us / 1e6, "max_bytes": max_bytes}

@@ -256,10 +256,10 @@ def test_zero_threads_is_accepted_as_gearmands_guess():
 
 
 @pytest.mark.parametrize("queue_type", ["postgres", "mysql", "redis", "libmemcached"])
-def test_persistent_queue_types_are_refused_naming_the_flag(queue_type):
+def test_queue_types_other_than_sqlite_are_refused_naming_the_flag(queue_type):
     message = refusal("-q", queue_type)
-    assert message == (f"--queue-type {queue_type}: persistent queues are not supported "
-                       "by this fastgear version yet")
+    assert message == (f"--queue-type {queue_type}: this queue type is not supported by "
+                       "this fastgear version yet (only builtin and libsqlite3)")
 
 
 def test_unknown_queue_type_is_refused_naming_the_flag():

@@ -137,6 +137,10 @@ cdef extern from "<pthread.h>" nogil:
     pthread_t pthread_self()
 
 
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
+
 cdef extern from "<signal.h>" nogil:
     ctypedef struct sigset_t:
         pass
