@@ -147,4 +147,6 @@ cdef void route(Shared *S, Loop *me) noexcept nogil
 
 cdef class IOLoop:
     cdef Shared *S
+    cdef int64_t leaked
+    cdef void _free(self) noexcept
     cdef void _ack(self, Job *j, int failed, const char *etext) noexcept nogil

@@ -438,12 +438,14 @@ class Server:
                         where)
 
     def shutdown(self):
+        """Stop the loops; True once every loop thread has ended."""
         self.loop.stop()
         for t in self.threads:
             t.join(10)
         for s in self.sockets:
             s.close()
         self.sockets = []
+        return not any(t.is_alive() for t in self.threads)
 
 
 def run(cfg):
@@ -501,13 +503,20 @@ def run(cfg):
         srv.report_remaining(store is not None)
         # Loops first: after this no job is acknowledged or finished, so the store
         # thread's last commit holds every acknowledged, unfinished job.
-        srv.shutdown()
+        stopped = srv.shutdown()
         if store_thread is not None:
             if store_thread.stop():
                 store.close()
             else:
+                stopped = False
                 log.error("store thread did not finish its last commit in time; "
                           "acknowledged jobs are in the file, the last deletes may not be")
+        if stopped:
+            # Only the debug build counts; a release build always answers 0.
+            leaked = srv.loop.close()
+            if leaked:
+                log.error("debug build: %d engine allocations were not freed at shutdown",
+                          leaked)
         remove_pid_file(pid_path)
     log.info("fastgear stopped")
     return 0

@@ -19,7 +19,7 @@
 static inline void *fg_counted_(int64_t *live, void *p)
 {
     if (p != NULL)
-        ++*live;
+        __atomic_add_fetch(live, 1, __ATOMIC_RELAXED);
     return p;
 }
 
@@ -27,15 +27,18 @@ static inline void *fg_counted_realloc_(int64_t *live, void *old, size_t n)
 {
     void *p = realloc(old, n);
     if (old == NULL && p != NULL)
-        ++*live;
+        __atomic_add_fetch(live, 1, __ATOMIC_RELAXED);
     return p;
 }
 
 static inline void fg_counted_free_(int64_t *live, void *p)
 {
     if (p != NULL) {
-        assert(*live > 0);
-        --*live;
+        /* Atomic: the store thread gives back its array of row ids outside the
+         * engine lock. */
+        int64_t left = __atomic_sub_fetch(live, 1, __ATOMIC_RELAXED);
+        assert(left >= 0);
+        (void)left;
         free(p);
     }
 }
