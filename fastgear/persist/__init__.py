@@ -44,6 +44,7 @@ class StoreThread(threading.Thread):
         self.fenced = False
         self.maintain_errors = 0
         self._last_maintain_log = 0.0
+        self._last_write_log = 0.0
 
     def run(self):
         poller = select.poll()
@@ -93,12 +94,19 @@ class StoreThread(threading.Thread):
         self.pending_deletes = []
         if not adds and not deletes:
             return
+        if not adds and self.fenced:
+            # Deletes wait for the lease to come back (they check our epoch anyway).
+            self.pending_deletes = deletes
+            return
         try:
             row_ids = self.store.write([a[1:] for a in adds], deletes)
         except Exception as exc:  # noqa: BLE001 (sqlite3.Error, OSError...: never stop serving)
             self.failures += 1
-            log.error("store write of %d jobs and %d deletes failed: %s",
-                      len(adds), len(deletes), exc)
+            now = time.monotonic()
+            if adds or now - self._last_write_log > 5:
+                self._last_write_log = now
+                log.error("store write of %d jobs and %d deletes failed: %s",
+                          len(adds), len(deletes), exc)
             # Deletes are retried with the next commit; a submitter gets QUEUE_ERROR.
             self.pending_deletes = deletes
             text = f"QUEUE_ERROR {exc}".encode("utf-8", "replace")[:200]

@@ -188,6 +188,9 @@ class PostgresStore:
             self._drop_connection()
             raise StoreError(f"cannot open PostgreSQL table {self.table}: "
                              f"{str(exc).strip()}") from exc
+        except StoreError:
+            self._drop_connection()
+            raise
 
     def _columns(self, name):
         rows = self.con.execute(
@@ -204,10 +207,14 @@ class PostgresStore:
             ex(sql.SQL("CREATE TABLE {} (id bigserial PRIMARY KEY, unique_key bytea, "
                        "function_name bytea, priority integer, data bytea, "
                        "when_to_run bigint, owner text, owner_epoch bigint)").format(q["q"]))
-        elif "owner" not in cols:
-            self._migrate_gearmand(cols)
-        ex(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (owner, owner_epoch)").format(
-            q["owner_idx"], q["q"]))
+        else:
+            self._check_privileges(self.table)
+            if "owner" not in cols:
+                self._migrate_gearmand(cols)
+        idx = ex("SELECT to_regclass(%s)", (f"{q['schema']}.{q['name']}_owner",)).fetchone()[0]
+        if idx is None:
+            ex(sql.SQL("CREATE INDEX {} ON {} (owner, owner_epoch)").format(
+                q["owner_idx"], q["q"]))
         ex(sql.SQL("CREATE TABLE IF NOT EXISTS {} (server_id text PRIMARY KEY, "
                    "epoch bigint NOT NULL, addr text NOT NULL, pid integer, "
                    "started timestamptz NOT NULL DEFAULT now(), "
@@ -242,16 +249,16 @@ class PostgresStore:
         ex(sql.SQL("ALTER TABLE {} ADD COLUMN owner text, ADD COLUMN owner_epoch bigint")
            .format(q["q"]))
 
-    def _check_privileges(self):
-        need = {self.table: "SELECT, INSERT, UPDATE, DELETE",
-                f"{self.table}_servers": "SELECT, INSERT, UPDATE, DELETE"}
-        for table, privs in need.items():
-            for priv in privs.split(", "):
+    def _check_privileges(self, table=None):
+        for name in (table,) if table else (self.table, f"{self.table}_servers"):
+            for priv in ("SELECT", "INSERT", "UPDATE", "DELETE"):
                 ok = self.con.execute("SELECT has_table_privilege(%s, %s)",
-                                      (table, priv)).fetchone()[0]
+                                      (name, priv)).fetchone()[0]
                 if not ok:
                     raise StoreError(f"the PostgreSQL user lacks the {priv} privilege on "
-                                     f"table {table}")
+                                     f"table {name}")
+        if table:
+            return
         ok = self.con.execute("SELECT has_sequence_privilege(%s, 'USAGE')",
                               (f"{self.table}_epoch",)).fetchone()[0]
         if not ok:
