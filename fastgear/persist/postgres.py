@@ -301,11 +301,8 @@ class PostgresStore:
                              else "store lease lost")
         from psycopg import sql
         q = self._q
-        funcs = [a[0] for a in adds]
-        uniqs = [a[1] for a in adds]
-        prios = [a[2] for a in adds]
-        datas = [a[3] for a in adds]
-        whens = [a[4] for a in adds]
+        funcs, uniqs, prios, datas, whens = (list(c) for c in zip(*adds)) if adds else (
+            [], [], [], [], [])
         stmt = sql.SQL(
             "WITH lease AS (UPDATE {s} SET lease_until = now() + make_interval(secs => %(ttl)s), "
             "  renewed = now() WHERE server_id = %(me)s AND epoch = %(ep)s RETURNING 1), "
@@ -313,8 +310,8 @@ class PostgresStore:
             "  AND owner_epoch = %(ep)s AND EXISTS (SELECT 1 FROM lease) RETURNING 1), "
             "ins AS (INSERT INTO {q} (function_name, unique_key, priority, data, when_to_run, "
             "  owner, owner_epoch) SELECT f, u, p, d, w, %(me)s, %(ep)s FROM "
-            "  unnest(%(f)b::bytea[], %(u)b::bytea[], %(p)s::int[], %(d)b::bytea[], "
-            "  %(w)s::bigint[]) WITH ORDINALITY AS t(f, u, p, d, w, n) "
+            "  unnest(%(f)b::bytea[], %(u)b::bytea[], %(p)b::int[], %(d)b::bytea[], "
+            "  %(w)b::bigint[]) WITH ORDINALITY AS t(f, u, p, d, w, n) "
             "  WHERE EXISTS (SELECT 1 FROM lease) ORDER BY n RETURNING id) "
             "SELECT (SELECT count(*) FROM lease), (SELECT array_agg(id) FROM ins)"
         ).format(s=q["servers"], q=q["q"])
