@@ -44,12 +44,14 @@ VERBOSE_LEVELS = ("FATAL", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "I
 # libdrizzle exist only in upstream builds. Only SUPPORTED_QUEUE_TYPES start.
 QUEUE_TYPES = ("builtin", "libsqlite3", "postgres", "mysql", "redis", "libmemcached",
                "libtokyocabinet", "libdrizzle")
-SUPPORTED_QUEUE_TYPES = frozenset({"builtin", "libsqlite3"})
+SUPPORTED_QUEUE_TYPES = frozenset({"builtin", "libsqlite3", "postgres"})
 # PRAGMA synchronous for the SQLite store. NORMAL in WAL mode survives a crash of the
 # process (the OS still has the data) but not of the machine; FULL survives power loss.
 STORE_SYNC = ("off", "normal", "full")
 # gearmand fails at start-up without these; enforced once such a queue type is supported.
-REQUIRED_QUEUE_OPTIONS = {"libsqlite3": ("libsqlite3_db",)}
+REQUIRED_QUEUE_OPTIONS = {"libsqlite3": ("libsqlite3_db",), "postgres": ("libpq_conninfo",)}
+# `--store URL` with one of these schemes selects the PostgreSQL store.
+POSTGRES_URL_SCHEMES = ("postgresql://", "postgres://")
 
 PROTOCOLS = ("http",)
 SUPPORTED_PROTOCOLS: frozenset = frozenset()
@@ -177,7 +179,7 @@ OPTIONS: tuple[Option, ...] = (
            "assign work in the order of functions added by the worker (fastgear: a "
            "worker's functions with work always take turns; accepted, changes nothing)."),
     Option("queue-type", "q", "queue_type", lower, "builtin",
-           "Persistent queue type to use (fastgear: builtin or libsqlite3)."),
+           "Persistent queue type to use (fastgear: builtin, libsqlite3 or postgres)."),
     Option("config-file", None, "config_file", text, DEFAULT_CONFIG_FILE,
            "Read options from this file (whitespace-separated words; the command line "
            "wins). Can be specified with '@name', too."),
@@ -218,10 +220,15 @@ OPTIONS: tuple[Option, ...] = (
     # fastgear's own spellings of the SQLite store
     Option("store", None, "store", text, None,
            "fastgear: keep background jobs in this SQLite file (short for -q libsqlite3 "
-           "--libsqlite3-db PATH)."),
+           "--libsqlite3-db PATH), or in PostgreSQL with postgresql://user@host:port/db "
+           "(short for -q postgres --libpq-conninfo URL)."),
     Option("store-sync", None, "store_sync", lower, "normal",
            "fastgear: SQLite durability: 'normal' survives a crash of the server process, "
            "'full' also a crash of the machine (slower), 'off' neither."),
+    Option("store-lease", None, "store_lease", decimal, 10,
+           "fastgear: PostgreSQL store lease in seconds. A server renews it in every commit "
+           "and on a timer; once a server's lease has expired the others take over its "
+           "jobs, and a server that could not renew for half of it stops dispatching."),
     # fastgear's monitoring listener and kept results (not in gearmand)
     Option("monitor", None, "monitor", lower, DEFAULT_MONITOR,
            "fastgear: HTTP monitoring listener HOST:PORT (JSON /status, Prometheus "
@@ -321,6 +328,7 @@ class Config:
     store_queue_on_shutdown: bool = False
     store: str | None = None
     store_sync: str = "normal"
+    store_lease: int = 10                # seconds (PostgreSQL store)
     monitor: str = DEFAULT_MONITOR       # "off", or HOST:PORT
     keep_results: int = 0                # seconds; 0: keep none
     keep_results_bytes: int = 64 << 20
@@ -366,7 +374,10 @@ class Config:
             put("verbose", self.verbose.upper())
         if isinstance(self.queue_type, str):
             put("queue_type", self.queue_type.lower())
-        if self.store:
+        if self.store and self.store.lower().startswith(POSTGRES_URL_SCHEMES):
+            put("queue_type", "postgres")
+            put("libpq_conninfo", self.store)
+        elif self.store:
             put("queue_type", "libsqlite3")
             put("libsqlite3_db", self.store)
         if isinstance(self.store_sync, str):
@@ -451,7 +462,7 @@ def validate(cfg: Config) -> Config:
                            f"{', '.join(QUEUE_TYPES)})")
     if cfg.queue_type not in SUPPORTED_QUEUE_TYPES:
         fail("queue_type", f"this queue type is not supported by this fastgear version yet "
-                           f"(only {' and '.join(sorted(SUPPORTED_QUEUE_TYPES))})")
+                           f"(only {', '.join(sorted(SUPPORTED_QUEUE_TYPES))})")
     for name in REQUIRED_QUEUE_OPTIONS.get(cfg.queue_type, ()):
         if not getattr(cfg, name):
             fail(name, f"is required with --queue-type {cfg.queue_type}", False)
@@ -476,6 +487,7 @@ def validate(cfg: Config) -> Config:
                             ("max_connections", 0, 1 << 31),
                             ("max_queued_bytes", 0, 1 << 56),
                             ("shutdown_timeout", 0, 86400),
+                            ("store_lease", 1, 3600),
                             ("wakeup_timeout", 0, 3600 * 1000)):
         value = getattr(cfg, name)
         if not isinstance(value, int) or not low <= value <= high:

@@ -66,6 +66,7 @@ cdef struct IOConn:
     uint8_t in_flush
     uint8_t in_check
     uint8_t in_unpause
+    uint8_t fence_sleep      # sent PRE_SLEEP while fenced: handed to the engine on unfence
     IOConn *remote_next      # owner's list of connections made dirty by other threads
     IOConn *flush_next
     IOConn *check_next       # owner's list of flushed connections to maybe close
@@ -123,6 +124,7 @@ cdef struct Shared:
     int keep_intvl
     int keep_cnt
     int draining             # SIGTERM grace period: no new jobs start or are accepted
+    int fenced               # store lease lost: no job starts, submissions are refused
     int64_t timer_wake_ms    # when loop 0, which runs the timers, will wake next
     int stopping
 

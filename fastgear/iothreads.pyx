@@ -184,6 +184,27 @@ cdef int drain_gate(Shared *S, Conn *c, uint32_t t) noexcept nogil:
     return 0
 
 
+cdef int fence_gate(Shared *S, IOConn *io, uint32_t t) noexcept nogil:
+    """(lock) The store's lease on the shared database lapsed (another server may be
+    claiming this one's jobs): no job starts and no submission is acknowledged until the
+    store has re-registered. A PRE_SLEEP is kept aside rather than recorded, because the
+    engine would answer it with a NOOP at once while work is queued; it is handed to the
+    engine when the fence lifts. Returns 1 when the packet was answered here."""
+    if cmd_kind(t) == KIND_GRAB:
+        io.fence_sleep = 0
+        conn_dirty(&S.eng, &io.c)
+        encode0(&io.c.outbuf, CMD_NO_JOB)
+        return 1
+    if t == CMD_PRE_SLEEP:
+        io.fence_sleep = 1
+        return 1
+    if cmd_kind(t) == KIND_SUBMIT:
+        engine_error(&S.eng, &io.c, b"QUEUE_ERROR",
+                     b"Store lease lost (database unreachable); submit the job to another server")
+        return 1
+    return 0
+
+
 cdef void process_input(Loop *L, IOConn *io) noexcept nogil:
     """(lock) Parse and apply every complete packet in io's input buffer, until its
     output backlog passes --max-output."""
@@ -199,6 +220,8 @@ cdef void process_input(Loop *L, IOConn *io) noexcept nogil:
         st = parse_packet(buf_head(&io.inbuf), buf_len(&io.inbuf), S.max_packet, &pkt)
         if st == P_PACKET:
             if S.draining and drain_gate(S, c, pkt.type):
+                r = E_OK
+            elif S.fenced and fence_gate(S, io, pkt.type):
                 r = E_OK
             else:
                 r = engine_packet(&S.eng, c, &pkt)
@@ -1038,6 +1061,79 @@ cdef class IOLoop:
             if j == NULL:
                 dup.append(rid)
         return dup
+
+    def adopt(self, rows):
+        """Take over stored jobs while serving (rows claimed from a server that died),
+        as replay() does, then hand the wake-ups to the loops and wake loop 0 when a
+        job's run time comes before its next timer. Returns the coalesced row ids."""
+        cdef Job *j
+        cdef int64_t rid, when
+        cdef int prio
+        dup = []
+        with nogil:
+            lock(self.S)
+        try:
+            engine_clock(&self.S.eng)
+            for rid, func, unique, prio, data, when in rows:
+                j = engine_replay(&self.S.eng, func, len(func), unique, len(unique), data,
+                                  len(data), prio if 0 <= prio <= 2 else PRIO_NORMAL,
+                                  when, rid)
+                if j == NULL:
+                    dup.append(rid)
+            route(self.S, NULL)
+            if (self.S.eng.heap_len and (self.S.timer_wake_ms < 0 or
+                                         self.S.eng.heap[0].timer_ms < self.S.timer_wake_ms)):
+                self.S.timer_wake_ms = self.S.eng.heap[0].timer_ms
+                poke_fd(self.S.loops[0].wakefd)
+        finally:
+            unlock(self.S)
+        return dup
+
+    def forget_stored(self):
+        """This server lost its store identity: every stored job it holds now belongs
+        to whoever claimed its rows. Queued and future ones are dropped; a running one
+        finishes, but its row is no longer ours to delete. Returns how many were let go."""
+        cdef Job *j
+        cdef Job *jn
+        cdef uint64_t b
+        cdef uint64_t dropped = 0
+        with nogil:
+            lock(self.S)
+            for b in range(self.S.eng.hmask + 1):
+                j = self.S.eng.htab[b]
+                while j != NULL:
+                    jn = j.h_next
+                    # A job still being stored has no row yet (store_id 0).
+                    if j.store_id > 0:
+                        j.store_id = 0
+                        engine_cancel(&self.S.eng, j)
+                        dropped += 1
+                    j = jn
+            route(self.S, NULL)
+            unlock(self.S)
+        return dropped
+
+    def set_fenced(self, bint fenced):
+        """The store's lease lapsed (True) or was regained (False); see fence_gate().
+        Lifting it hands the PRE_SLEEPs kept aside to the engine, which NOOPs the
+        workers whose functions have work."""
+        cdef Packet pkt
+        cdef IOConn *io
+        cdef size_t i
+        memset(&pkt, 0, sizeof(Packet))
+        pkt.type = CMD_PRE_SLEEP
+        with nogil:
+            lock(self.S)
+            self.S.fenced = fenced
+            if not fenced:
+                for i in range(self.S.conns_cap):
+                    io = self.S.conns[i]
+                    if io != NULL and io.fence_sleep:
+                        io.fence_sleep = 0
+                        if not io.in_close and not io.c.detached:
+                            engine_packet(&self.S.eng, &io.c, &pkt)
+                route(self.S, NULL)
+            unlock(self.S)
 
     def store_take(self):
         """(adds, deletes) waiting for the store: adds are (token, function, unique,

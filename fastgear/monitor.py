@@ -100,6 +100,8 @@ class Sampler:
         self._workers = None
         self._stop = threading.Event()
         self._thread = None
+        # The store thread's status() (kind, lease, peers, takeovers); None: memory only.
+        self.store_status = None
 
     # -- sampling -------------------------------------------------------------------
     def _take(self) -> dict:
@@ -238,10 +240,22 @@ def status_json(sampler: Sampler, since: float | None = None) -> dict:
         "functions": [_function_json(f) for f in s["functions"]],
         "workers": [_worker_json(w, now) for w in sampler.workers()],
         "results": s["results"],
+        "store": store_json(sampler),
     }
     if since is not None:
         out["history"] = [h for h in list(sampler.history) if h["t"] > since]
     return out
+
+
+def store_json(sampler: Sampler) -> dict:
+    """Where background jobs are kept; for the shared PostgreSQL store also this
+    server's lease and epoch, the other servers with their lease age, and takeovers."""
+    if sampler.store_status is None:
+        return {"kind": "memory"}
+    try:
+        return sampler.store_status()
+    except Exception as exc:  # noqa: BLE001 (a status read must not break /status)
+        return {"kind": "unknown", "error": str(exc)}
 
 
 def _function_json(f: dict) -> dict:
@@ -363,6 +377,35 @@ def render_metrics(sampler: Sampler) -> bytes:
         one("fastgear_jobs_refused_total", "counter",
             "Submissions refused because the job memory budget was spent.",
             st.get("budget_refused", 0))
+    store = store_json(sampler)
+    family("fastgear_store_info", "gauge", "Where background jobs are kept (value is 1).",
+           [("", (("kind", store["kind"]), ("server_id", str(store.get("server_id", "")))),
+             1)])
+    if "epoch" in store:
+        one("fastgear_store_epoch", "gauge", "This server's epoch in the shared store.",
+            store["epoch"] or 0)
+        one("fastgear_store_lease_seconds", "gauge",
+            "Seconds this server's lease still counts (0: fenced).", store["lease_left_s"])
+        one("fastgear_store_fenced", "gauge",
+            "1 while the lease has lapsed: no dispatch, submissions refused.",
+            int(bool(store["fenced"])))
+        family("fastgear_store_peer_lease_age_seconds", "gauge",
+               "Seconds since each other registered server renewed its lease.",
+               [("", (("server_id", p["server_id"]), ("addr", p["addr"])),
+                 p["lease_age_s"] or 0.0) for p in store["peers"]])
+        one("fastgear_store_takeovers_total", "counter",
+            "Dead servers whose jobs this server took over.", store["takeovers"])
+        one("fastgear_store_jobs_claimed_total", "counter",
+            "Jobs this server claimed from dead servers.", store["jobs_claimed"])
+        one("fastgear_store_last_takeover_time_seconds", "gauge",
+            "Unix time of this server's last takeover (0: none).",
+            store["last_takeover"] or 0)
+    if "commits" in store:
+        one("fastgear_store_commits_total", "counter", "Group commits of the store.",
+            store["commits"])
+        one("fastgear_store_write_failures_total", "counter",
+            "Store writes that failed (their submitters got QUEUE_ERROR).",
+            store["write_failures"])
     one("fastgear_worker_connections", "gauge",
         "Connections that registered a function or hold a job.", len(workers))
     one("fastgear_workers_busy", "gauge", "Worker connections holding at least one job.",
@@ -674,6 +717,7 @@ def start(cfg, server):
             from exc
     version = server.control.version() if hasattr(server, "control") else ""
     sampler = Sampler(server.loop, version)
+    sampler.store_status = getattr(server, "store_status", None)
     mon = Monitor(httpd, sampler, server.loop, getattr(cfg, "keep_results", 0))
     handler.monitor = mon
     mon._start()

@@ -77,6 +77,9 @@ def startup_line(cfg, sockets, threads, replayed, mon):
     with what (compare uvicorn's "running on" line and redis's banner)."""
     if cfg.queue_type == "libsqlite3":
         store = f"SQLite {os.path.abspath(cfg.libsqlite3_db)} ({replayed} jobs replayed)"
+    elif cfg.queue_type == "postgres":
+        store = (f"PostgreSQL table {cfg.libpq_table}, lease {cfg.store_lease}s "
+                 f"({replayed} jobs replayed)")
     else:
         store = "memory (background jobs are lost on exit; --store FILE keeps them)"
     monitor_at = mon.url if mon is not None else "off"
@@ -202,9 +205,15 @@ def drop_privileges(cfg):
 
 
 def open_store(cfg, loop):
-    """Open the SQLite store and replay it into the engine before any connection is
-    served; background jobs are acknowledged after their commit from then on."""
-    store = SQLiteStore(cfg.libsqlite3_db, cfg.libsqlite3_table, cfg.store_sync)
+    """Open the store and replay it into the engine before any connection is served;
+    background jobs are acknowledged after their commit from then on."""
+    if cfg.queue_type == "postgres":
+        from fastgear.persist.postgres import PostgresStore
+        store = PostgresStore(cfg.libpq_conninfo, cfg.libpq_table, cfg.store_lease, cfg.port)
+        where = f"PostgreSQL table {cfg.libpq_table}"
+    else:
+        store = SQLiteStore(cfg.libsqlite3_db, cfg.libsqlite3_table, cfg.store_sync)
+        where = f"queue file {cfg.libsqlite3_db}"
     store.open()
     try:
         rows = list(store.replay())
@@ -213,9 +222,9 @@ def open_store(cfg, loop):
             store.delete_rows(duplicates)
     except Exception as exc:  # any failure here is a start-up error
         store.close()
-        raise StoreError(f"cannot replay queue file {cfg.libsqlite3_db}: {exc}") from exc
+        raise StoreError(f"cannot replay {where}: {exc}") from exc
     replayed = len(rows) - len(duplicates)
-    log.info("replayed %d background jobs from %s", replayed, cfg.libsqlite3_db)
+    log.info("replayed %d background jobs from %s", replayed, where)
     return store, replayed
 
 
@@ -288,6 +297,7 @@ class Server:
         self._graceful = False
         self._term = False          # SIGTERM with --shutdown-timeout: the grace period
         self._reopen_log = False
+        self.store_status = None        # the store thread's status(), for monitoring
 
     def request_stop(self, graceful=False):
         if graceful:
@@ -465,7 +475,7 @@ def run(cfg):
         sockets = bind_listeners(cfg)
         # Opened and replayed before detaching, so a bad queue file is reported on the
         # terminal; its thread starts after the fork (threads do not survive fork()).
-        if cfg.queue_type == "libsqlite3":
+        if cfg.queue_type in ("libsqlite3", "postgres"):
             store, replayed = open_store(cfg, srv.loop)
         if cfg.daemon:
             daemonize()
@@ -484,6 +494,7 @@ def run(cfg):
     if store is not None:
         store_thread = StoreThread(srv.loop, store)
         store_thread.start()
+        srv.store_status = store_thread.status
     mon = None
     try:
         # The monitor first: a bad --monitor address fails before any job is taken, and

@@ -28,7 +28,7 @@ GEARMAND_DEFAULTS = {
     "threads": 4, "user": None, "verbose": "ERROR", "worker_wakeup": 0, "ssl": False,
     "ssl_ca_file": None, "ssl_certificate": None, "ssl_key": None, "http_port": 8080,
     "libsqlite3_db": None, "libsqlite3_table": "gearman_queue",
-    "store_queue_on_shutdown": False, "store": None, "store_sync": "normal",
+    "store_queue_on_shutdown": False, "store": None, "store_sync": "normal", "store_lease": 10,
     "monitor": "127.0.0.1:4731", "keep_results": 0, "keep_results_bytes": 64 << 20,
     "max_packet": 256 << 20, "max_function_name": 8192, "max_unique": 64,
     "max_output": 16 << 20, "max_output_hard": 512 << 20, "max_connections": 0,
@@ -86,6 +86,7 @@ FLAGS = [
     ("libsqlite3-table", None, "libsqlite3_table", "jobs", "jobs"),
     ("store", None, "store", "/s.db", "/s.db"),
     ("store-sync", None, "store_sync", "FULL", "full"),
+    ("store-lease", None, "store_lease", "3", 3),
     ("monitor", None, "monitor", "[::1]:0", "[::1]:0"),
     ("keep-results", None, "keep_results", "600", 600),
     ("keep-results-bytes", None, "keep_results_bytes", "1048576", 1048576),
@@ -255,11 +256,11 @@ def test_zero_threads_is_accepted_as_gearmands_guess():
 # --- refusals name the flag ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("queue_type", ["postgres", "mysql", "redis", "libmemcached"])
-def test_queue_types_other_than_sqlite_are_refused_naming_the_flag(queue_type):
+@pytest.mark.parametrize("queue_type", ["mysql", "redis", "libmemcached"])
+def test_persistent_queue_types_are_refused_naming_the_flag(queue_type):
     message = refusal("-q", queue_type)
     assert message == (f"--queue-type {queue_type}: this queue type is not supported by "
-                       "this fastgear version yet (only builtin and libsqlite3)")
+                       "this fastgear version yet (only builtin, libsqlite3, postgres)")
 
 
 def test_unknown_queue_type_is_refused_naming_the_flag():
@@ -424,8 +425,8 @@ def test_serve_hands_the_validated_config_to_the_server(fake_server):
 
 
 def test_serve_does_not_start_the_server_when_config_is_refused(fake_server, capsys):
-    assert cli.main(["serve", "-q", "postgres", "--libpq-conninfo", "dbname=x"]) == 2
-    assert "--queue-type postgres" in capsys.readouterr().err
+    assert cli.main(["serve", "-q", "mysql", "--mysql-db", "x"]) == 2
+    assert "--queue-type mysql" in capsys.readouterr().err
     assert fake_server == []
 
 
@@ -504,6 +505,17 @@ def test_command_line_is_accepted_or_rejected_like_gearmand(argv, tmp_path, caps
 def test_store_is_short_for_the_sqlite_queue_type():
     cfg = config.validate(parse("--store", "/tmp/jobs.db"))
     assert cfg.queue_type == "libsqlite3" and cfg.libsqlite3_db == "/tmp/jobs.db"
+
+
+def test_store_url_is_short_for_the_postgres_queue_type():
+    for url in ("postgresql://fg@db:5433/jobs", "postgres://fg@db/jobs"):
+        cfg = config.validate(parse("--store", url))
+        assert cfg.queue_type == "postgres" and cfg.libpq_conninfo == url
+
+
+def test_postgres_queue_type_needs_its_conninfo_and_a_sane_lease():
+    assert "--libpq-conninfo" in refusal("-q", "Postgres")
+    assert "--store-lease" in refusal("--store", "postgresql://x/y", "--store-lease", "0")
 
 
 def test_sqlite_queue_type_needs_its_database_file():

@@ -1,18 +1,31 @@
 """Persistent stores for background jobs, and the thread that feeds them.
 
-A store has four operations: `open()` (create or migrate its table), `replay()` (every
-stored job, FIFO), `write(adds, deletes)` (one transaction: insert the new rows, delete
-finished ones; returns the new row ids) and `close()`. `StoreThread` runs the group
-commit: it waits until the I/O loops have rows to write, takes *all* of them at once,
-writes them in one transaction, and then tells the loops, which send JOB_CREATED only
-now. Everything that arrives while a commit runs goes into the next one, so the commit
-rate stays bounded while throughput follows the load.
+Every backend (sqlite.py, postgres.py) implements one interface: `kind`, `open()`
+(create or migrate its tables), `replay()` (the jobs this server takes at start-up,
+FIFO, as (row_id, function, unique, priority, data, when_to_run)), `write(adds,
+deletes)` (one transaction: insert the new rows, delete finished ones; returns the new
+row ids), `delete_rows(ids)`, `close()`. A store shared by several servers also has
+`tick_s`, `maintain()` (lease renewal and takeover: returns rows to load into the engine
+while serving, and whether the engine must first drop the stored jobs it holds),
+`fenced()` (the lease lapsed: dispatch and acknowledgements stop) and `status()`.
+
+`StoreThread` runs the group commit: it waits until the I/O loops have rows to write,
+takes *all* of them at once, writes them in one transaction, and then tells the loops,
+which send JOB_CREATED only now. Everything that arrives while a commit runs goes into
+the next one, so the commit rate stays bounded while throughput follows the load.
+Between commits it runs the store's `maintain()` and keeps the loops' fence in step
+with the store's lease.
 """
 import logging
 import select
 import threading
+import time
 
 log = logging.getLogger("fastgear.store")
+
+
+class StoreError(Exception):
+    """A store cannot be opened, replayed or written (start-up errors exit with 1)."""
 
 
 class StoreThread(threading.Thread):
@@ -26,16 +39,54 @@ class StoreThread(threading.Thread):
         self.rows_added = 0
         self.rows_deleted = 0
         self.failures = 0
+        self.tick_s = getattr(store, "tick_s", None)
+        self.next_tick = 0.0
+        self.fenced = False
+        self.maintain_errors = 0
+        self._last_maintain_log = 0.0
+        self._last_write_log = 0.0
 
     def run(self):
         poller = select.poll()
         poller.register(self.loop.store_fd, select.POLLIN)
+        wait_ms = 200 if self.tick_s is None else int(min(200, self.tick_s * 1000 / 2))
         while not self.stopping.is_set():
-            if not poller.poll(200) and not self.pending_deletes:
+            if self.tick_s is not None:
+                self.tend()
+            if not poller.poll(wait_ms) and not self.pending_deletes:
                 continue
             self.commit_once()
         # What the loops handed over before they stopped still goes to disk.
         self.commit_once()
+
+    def tend(self):
+        """A shared store's upkeep between commits: renew, recover, take over, fence."""
+        now = time.monotonic()
+        if now >= self.next_tick:
+            self.next_tick = now + self.tick_s
+            try:
+                rows, forget = self.store.maintain()
+            except Exception as exc:  # noqa: BLE001 (database errors: retried next tick)
+                self.maintain_errors += 1
+                if now - self._last_maintain_log > 5:
+                    self._last_maintain_log = now
+                    log.error("store upkeep failed: %s", exc)
+                rows, forget = [], False
+            if forget:
+                log.warning("dropped %d stored jobs whose rows other servers took over",
+                            self.loop.forget_stored())
+            if rows:
+                duplicates = self.loop.adopt(rows)
+                self.pending_deletes.extend(duplicates)
+        fenced = self.store.fenced()
+        if fenced != self.fenced:
+            self.fenced = fenced
+            self.loop.set_fenced(fenced)
+            if fenced:
+                log.error("store lease lapsed: no job starts and submissions are refused "
+                          "until the database answers again")
+            else:
+                log.warning("store lease renewed: serving again")
 
     def commit_once(self):
         adds, deletes = self.loop.store_take()
@@ -43,12 +94,19 @@ class StoreThread(threading.Thread):
         self.pending_deletes = []
         if not adds and not deletes:
             return
+        if not adds and self.fenced:
+            # Deletes wait for the lease to come back (they check our epoch anyway).
+            self.pending_deletes = deletes
+            return
         try:
             row_ids = self.store.write([a[1:] for a in adds], deletes)
         except Exception as exc:  # noqa: BLE001 (sqlite3.Error, OSError...: never stop serving)
             self.failures += 1
-            log.error("store write of %d jobs and %d deletes failed: %s",
-                      len(adds), len(deletes), exc)
+            now = time.monotonic()
+            if adds or now - self._last_write_log > 5:
+                self._last_write_log = now
+                log.error("store write of %d jobs and %d deletes failed: %s",
+                          len(adds), len(deletes), exc)
             # Deletes are retried with the next commit; a submitter gets QUEUE_ERROR.
             self.pending_deletes = deletes
             text = f"QUEUE_ERROR {exc}".encode("utf-8", "replace")[:200]
@@ -58,6 +116,17 @@ class StoreThread(threading.Thread):
         self.rows_added += len(adds)
         self.rows_deleted += len(deletes)
         self.loop.store_done(list(zip([a[0] for a in adds], row_ids)), [])
+
+    def status(self):
+        """The store's kind and health for /status, /metrics and the dashboard."""
+        out = {"kind": getattr(self.store, "kind", "unknown"), "commits": self.commits,
+               "rows_added": self.rows_added, "rows_deleted": self.rows_deleted,
+               "write_failures": self.failures,
+               "deletes_pending": len(self.pending_deletes)}
+        extra = getattr(self.store, "status", None)
+        if extra is not None:
+            out.update(extra())
+        return out
 
     def stop(self, timeout=30):
         """Let the last commit run (the loops have stopped by now, so it holds every

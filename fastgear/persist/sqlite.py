@@ -11,14 +11,14 @@ import os
 import re
 import sqlite3
 
+from fastgear.persist import StoreError
+
 COLUMNS = "unique_key TEXT, function_name TEXT, priority INTEGER, data BLOB, when_to_run INTEGER"
 
 
-class StoreError(Exception):
-    pass
-
-
 class SQLiteStore:
+    kind = "sqlite"
+
     def __init__(self, path, table="gearman_queue", sync="normal"):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table):
             raise StoreError(f"--libsqlite3-table {table!r}: not a valid table name")
