@@ -63,7 +63,7 @@ def test_daemon_mode_detaches_and_keeps_serving(kind, tmp_path):
 
 
 @pytest.mark.parametrize("flags, named", [
-    (["-q", "postgres", "--libpq-conninfo", "dbname=x"], "queue-type"),
+    (["-q", "mysql", "--mysql-host", "localhost"], "queue-type"),
     (["--ssl"], "ssl"),
     (["-r", "http"], "protocol"),
 ])
