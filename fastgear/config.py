@@ -12,7 +12,7 @@ line gearmand accepts parses here and means the same: numbers are plain decimal,
 only their low 8 bits. Where gearmand accepts nonsense that only fails later or silently
 (negative thread counts, port 70000, an unknown queue or protocol module), `validate()`
 refuses it up front, naming the flag. Features fastgear does not have yet (the queue
-modules other than SQLite, TLS, the HTTP protocol, syslog) are refused the same way rather
+modules other than SQLite, TLS, syslog) are refused the same way rather
 than ignored, so nobody believes background jobs are durable when they are not.
 
 Deliberate differences from gearmand 1.1.20, all more lenient or earlier:
@@ -54,7 +54,7 @@ REQUIRED_QUEUE_OPTIONS = {"libsqlite3": ("libsqlite3_db",), "postgres": ("libpq_
 POSTGRES_URL_SCHEMES = ("postgresql://", "postgres://")
 
 PROTOCOLS = ("http",)
-SUPPORTED_PROTOCOLS: frozenset = frozenset()
+SUPPORTED_PROTOCOLS: frozenset = frozenset(PROTOCOLS)
 
 # Far past any useful number of I/O threads; gearmand would try 4 billion for `-t -1`.
 MAX_THREADS = 1024
@@ -172,8 +172,8 @@ OPTIONS: tuple[Option, ...] = (
            "Address the server should listen on. Default is every address."),
     Option("pid-file", "P", "pid_file", text, DEFAULT_PID_FILE,
            "File to write process ID out to."),
-    Option("protocol", "r", "protocol", protocol_list, (), "Load protocol module (fastgear: refused, the http protocol is not "
-           "implemented yet)."),
+    Option("protocol", "r", "protocol", protocol_list, (), "Load protocol module (http: "
+           "gearmand's HTTP job submission on --http-port, served by the I/O loops)."),
     Option("round-robin", "R", "round_robin", None, False,
            "Assign work in round-robin order per worker connection. The default is to "
            "assign work in the order of functions added by the worker (fastgear: a "
@@ -475,6 +475,8 @@ def validate(cfg: Config) -> Config:
         if proto not in SUPPORTED_PROTOCOLS:
             fail("protocol", f"the {proto.upper()} protocol is not supported by this "
                              "fastgear version yet")
+    if "http" in cfg.protocol and cfg.http_port == cfg.port:
+        fail("http_port", "must differ from --port")
     if parse_monitor(cfg.monitor) is False:
         fail("monitor", "must be HOST:PORT (port 0-65535) or 'off'")
     for name, low, high in (("keep_results", 0, 10 * 365 * 86400),

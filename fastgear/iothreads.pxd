@@ -41,6 +41,19 @@ cdef struct LogEvent:
     uint64_t value
     LogEvent *next
 
+cdef struct HttpReq:
+    # The request an HTTP connection (-r http) has with the engine. One at a time: a
+    # pipelined request waits in the input until this one is answered, so responses
+    # keep their order without the engine knowing about HTTP.
+    uint8_t active           # submitted, not answered yet: input is held
+    uint8_t kind             # HK_JOB or HK_STATUS
+    uint8_t bg               # X-Gearman-Background: answered at JOB_CREATED
+    uint8_t head             # HEAD: headers only
+    uint8_t keep             # keep the connection open after the response
+    uint8_t json             # Accept: application/json
+    uint8_t continued        # "100 Continue" already sent for the request in the input
+    Buf body                 # a foreground job's WORK_DATA, sent before its result
+
 cdef struct IOConn:
     # The I/O layer's view of a connection: the engine's Conn first (the engine sees
     # only that part, and a Conn * it hands back casts to IOConn *), then what only
@@ -67,6 +80,8 @@ cdef struct IOConn:
     uint8_t in_check
     uint8_t in_unpause
     uint8_t fence_sleep      # sent PRE_SLEEP while fenced: handed to the engine on unfence
+    uint8_t http             # accepted on the --http-port listener: speaks HTTP/1.x
+    HttpReq hr
     IOConn *remote_next      # owner's list of connections made dirty by other threads
     IOConn *flush_next
     IOConn *check_next       # owner's list of flushed connections to maybe close

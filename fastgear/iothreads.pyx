@@ -31,11 +31,11 @@
 # past --max-output-hard it is disconnected like any lost peer. --max-connections is
 # checked at accept with an atomic count, so refusing costs no lock.
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memcpy, memset, strlen
+from libc.string cimport memcpy, memset, memchr, memcmp, strlen
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
 from fastgear.buffer cimport (buf_init, buf_free, buf_len, buf_head, buf_reserve,
-                              buf_append, buf_consume, buf_shrink)
+                              buf_append, buf_consume, buf_shrink, get_be32)
 from fastgear.protocol cimport *
 from fastgear.engine cimport *
 from fastgear.coreconfig cimport CoreConfig, CoreSettings
@@ -45,6 +45,7 @@ from fastgear.includes.sys cimport *
 # the eventfd and listening sockets are told apart by their low bits.
 cdef uint64_t TAG_WAKE = 1
 cdef uint64_t TAG_LISTEN = 2
+cdef uint64_t TAG_HTTP = 4      # a listener whose connections speak HTTP (-r http)
 
 cdef const char *LINE_TOO_LONG = b"ERR LINE_TOO_LONG Text+line+longer+than+8192+bytes\r\n"
 
@@ -205,6 +206,9 @@ cdef int fence_gate(Shared *S, IOConn *io, uint32_t t) noexcept nogil:
     return 0
 
 
+include "iothreads_http.pxi"
+
+
 cdef void process_input(Loop *L, IOConn *io) noexcept nogil:
     """(lock) Parse and apply every complete packet in io's input buffer, until its
     output backlog passes --max-output."""
@@ -213,7 +217,10 @@ cdef void process_input(Loop *L, IOConn *io) noexcept nogil:
     cdef size_t have, grow
     cdef Shared *S = L.S
     cdef Conn *c = &io.c
-    while not io.closing and not io.admin_pending and not io.dead and not io.over:
+    if io.http:
+        http_input(L, io)
+    while (not io.http and not io.closing and not io.admin_pending and not io.dead
+           and not io.over):
         if output_over(S, io):
             pause_input(L, io)
             break
@@ -312,6 +319,8 @@ cdef void stage(Loop *L, IOConn *io) noexcept nogil:
     cdef Shared *S = L.S
     cdef Conn *c = &io.c
     cdef size_t pending
+    if io.http and buf_len(&c.outbuf):
+        http_translate(L, io)
     if buf_len(&c.outbuf):
         if buf_len(&io.wbuf) == 0:
             buf_free(&io.wbuf)
@@ -500,6 +509,7 @@ cdef void free_conns(Loop *L, IOConn *gone) noexcept nogil:
         buf_free(&io.inbuf)
         buf_free(&io.c.outbuf)
         buf_free(&io.wbuf)
+        buf_free(&io.hr.body)
         free(io)
 
 
@@ -555,8 +565,8 @@ cdef void tune_socket(Shared *S, int fd) noexcept nogil:
             setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &S.keep_cnt, sizeof(int))
 
 
-cdef int accept_some(Loop *L, int lfd, IOConn **out, int room, uint64_t *refused,
-                     int *failed) noexcept nogil:
+cdef int accept_some(Loop *L, int lfd, uint8_t http, IOConn **out, int room,
+                     uint64_t *refused, int *failed) noexcept nogil:
     """(no lock) Accept up to `room` pending connections from one listener into new,
     not yet attached IOConns; over --max-connections (or out of descriptors) a peer is
     refused at once. Returns how many were accepted."""
@@ -604,6 +614,7 @@ cdef int accept_some(Loop *L, int lfd, IOConn **out, int room, uint64_t *refused
             continue
         tune_socket(S, fd)
         io.c.fd = fd
+        io.http = http
         buf_init(&io.inbuf)
         buf_init(&io.c.outbuf)
         buf_init(&io.wbuf)
@@ -699,7 +710,8 @@ cdef void loop_run(Loop *L) noexcept nogil:
             if tag == TAG_WAKE:
                 drain_fd(L.wakefd)
             elif tag & TAG_LISTEN:
-                naccepted += accept_some(L, <int>(tag >> 4), accepted + naccepted,
+                naccepted += accept_some(L, <int>(tag >> 4), (tag & TAG_HTTP) != 0,
+                                         accepted + naccepted,
                                          ACCEPT_BUDGET - naccepted, &refused,
                                          &accept_failed)
             else:
@@ -850,6 +862,7 @@ cdef class IOLoop:
                 buf_free(&io.inbuf)
                 buf_free(&io.c.outbuf)
                 buf_free(&io.wbuf)
+                buf_free(&io.hr.body)
                 free(io)
         free(self.S.conns)
         while self.S.admin_head != NULL:
@@ -931,9 +944,10 @@ cdef class IOLoop:
                 "max_output": self.S.max_output, "max_output_hard": self.S.max_output_hard,
                 "max_packet": self.S.max_packet}
 
-    def add_listener(self, int fd):
+    def add_listener(self, int fd, bint http=False):
         """Every loop watches the listener (EPOLLEXCLUSIVE: one wakes per connection);
-        whoever accepts hands the connection to the next loop in turn."""
+        whoever accepts hands the connection to the next loop in turn. `http`: its
+        connections speak gearmand's HTTP protocol (-r http)."""
         cdef epoll_event ev
         cdef int k
         if self.S.nlisten >= MAX_LISTENERS:
@@ -942,7 +956,7 @@ cdef class IOLoop:
         self.S.nlisten += 1
         for k in range(self.S.nloops):
             ev.events = EPOLLIN | EPOLLEXCLUSIVE
-            ev.data.u64 = (<uint64_t>fd << 4) | TAG_LISTEN
+            ev.data.u64 = (<uint64_t>fd << 4) | TAG_LISTEN | (TAG_HTTP if http else 0)
             _check(epoll_ctl(self.S.loops[k].epfd, EPOLL_CTL_ADD, fd, &ev), "epoll_ctl")
 
     def stop_accepting(self):

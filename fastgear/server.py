@@ -17,6 +17,7 @@ once); SIGUSR1 stops accepting and exits once no job is left (gearmand's meaning
 every path the I/O loops stop before the store thread's last commit, so every job that
 was acknowledged and not finished is still in the store file.
 """
+import dataclasses
 import errno
 import logging
 import os
@@ -321,10 +322,12 @@ class Server:
         elif signum == signal.SIGHUP:
             self._reopen_log = True
 
-    def start(self, sockets):
-        self.sockets = sockets
+    def start(self, sockets, http_sockets=()):
+        self.sockets = list(sockets) + list(http_sockets)
         for s in sockets:
             self.loop.add_listener(s.fileno())
+        for s in http_sockets:
+            self.loop.add_listener(s.fileno(), http=True)
         self.threads = [threading.Thread(target=self.loop.run, args=(i,),
                                          name=f"fastgear-io-{i}", daemon=True)
                         for i in range(self.loop.threads)]
@@ -470,9 +473,12 @@ def run(cfg):
         return 1
     srv = Server(cfg)
     srv.install_signal_handlers()
-    sockets, store, pid_path, replayed = [], None, None, 0
+    sockets, http_sockets, store, pid_path, replayed = [], [], None, None, 0
     try:
         sockets = bind_listeners(cfg)
+        if "http" in cfg.protocol:
+            # -r http: the same binding rules on --http-port.
+            http_sockets = bind_listeners(dataclasses.replace(cfg, port=cfg.http_port))
         # Opened and replayed before detaching, so a bad queue file is reported on the
         # terminal; its thread starts after the fork (threads do not survive fork()).
         if cfg.queue_type in ("libsqlite3", "postgres"):
@@ -484,7 +490,7 @@ def run(cfg):
     except (StartupError, StoreError) as exc:
         log.error("%s", exc)
         print(f"fastgear: {exc}", file=sys.stderr)
-        for s in sockets:
+        for s in sockets + http_sockets:
             s.close()
         if store is not None:
             store.close()
@@ -505,7 +511,7 @@ def run(cfg):
             log.error("%s", exc)
             print(f"fastgear: {exc}", file=sys.stderr)
             return 1
-        srv.start(sockets)
+        srv.start(sockets, http_sockets)
         log_notice(startup_line(cfg, sockets, srv.loop.threads, replayed, mon))
         srv.control_loop()
     finally:

@@ -269,7 +269,6 @@ def test_unknown_queue_type_is_refused_naming_the_flag():
 
 @pytest.mark.parametrize("argv, flag", [
     (["--ssl"], "--ssl"),
-    (["-r", "http"], "--protocol http"),
     (["-r", "spdy"], "--protocol spdy"),
     (["--syslog"], "--syslog"),
     (["-p", "0"], "--port 0"),
