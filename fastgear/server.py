@@ -73,7 +73,7 @@ def _address(sock):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def startup_line(cfg, sockets, threads, replayed, mon):
+def startup_line(cfg, sockets, threads, replayed, mon, http_sockets=()):
     """What a first-time user needs to know, in one line: where the server listens and
     with what (compare uvicorn's "running on" line and redis's banner)."""
     if cfg.queue_type == "libsqlite3":
@@ -84,7 +84,9 @@ def startup_line(cfg, sockets, threads, replayed, mon):
     else:
         store = "memory (background jobs are lost on exit; --store FILE keeps them)"
     monitor_at = mon.url if mon is not None else "off"
-    return (f"fastgear {__version__} ready on {', '.join(_address(s) for s in sockets)}"
+    http = (f", HTTP job submission on {', '.join(_address(s) for s in http_sockets)}"
+            if http_sockets else "")
+    return (f"fastgear {__version__} ready on {', '.join(_address(s) for s in sockets)}{http}"
             f" (pid {os.getpid()}): {threads} I/O thread{'s' if threads != 1 else ''},"
             f" store {store}, monitor {monitor_at}")
 
@@ -512,7 +514,7 @@ def run(cfg):
             print(f"fastgear: {exc}", file=sys.stderr)
             return 1
         srv.start(sockets, http_sockets)
-        log_notice(startup_line(cfg, sockets, srv.loop.threads, replayed, mon))
+        log_notice(startup_line(cfg, sockets, srv.loop.threads, replayed, mon, http_sockets))
         srv.control_loop()
     finally:
         if mon is not None:

@@ -65,7 +65,6 @@ def test_daemon_mode_detaches_and_keeps_serving(kind, tmp_path):
 @pytest.mark.parametrize("flags, named", [
     (["-q", "mysql", "--mysql-host", "localhost"], "queue-type"),
     (["--ssl"], "ssl"),
-    (["-r", "http"], "protocol"),
 ])
 def test_unsupported_feature_flags_are_refused_with_a_clear_message(flags, named, tmp_path):
     res = subprocess.run([sys.executable, "-m", "fastgear", "serve", "-p", str(free_port()),
@@ -122,3 +121,12 @@ def test_startup_line_reaches_a_terminal_when_the_log_goes_to_a_file(tmp_path):
         os.kill(pid, signal.SIGTERM)
         os.waitpid(pid, 0)
         os.close(fd)
+
+
+def test_startup_line_names_the_http_port_when_it_serves_one(start_server):
+    http_port = free_port()
+    srv = start_server("fastgear", "-r", "http", "--http-port", str(http_port),
+                       "--monitor", "off")
+    line = wait_for(lambda: next((x for x in srv.log_path.read_text().splitlines()
+                                  if " ready on " in x), None), what="the start-up line")
+    assert f"HTTP job submission on 127.0.0.1:{http_port}" in line
