@@ -388,3 +388,112 @@ def test_engine_teardown_frees_pending_dead_letters_and_jobs_waiting_to_retry():
     h.feed(w, _req("WORK_FAIL", handle))
     assert h.dead_counts()[0] == 1       # one dead, one still waiting for its retry
     _freed(h)
+
+
+# --- the other interfaces: HTTP, `fastgear admin`, metrics ------------------------------------
+
+def _http(srv, method, path, headers=None):
+    import http.client
+    import json
+    conn = http.client.HTTPConnection(*srv.http, timeout=5)
+    try:
+        conn.request(method, path, headers=headers or {})
+        res = conn.getresponse()
+        return res.status, json.loads(res.read() or b"null")
+    finally:
+        conn.close()
+
+
+def _fail_some(srv, jobs):
+    """Submit (function, data, unique) background jobs and fail each once; handles."""
+    with Conn(srv) as client, Conn(srv) as worker:
+        handles = []
+        for function, data, unique in jobs:
+            worker.send(CAN_DO, function)
+            handles.append(client.submit(function, data, unique, kind=SUBMIT_JOB_BG))
+            run_next(worker, WORK_EXCEPTION, b"err " + data)
+        return handles
+
+
+def test_dead_letters_over_http_list_show_requeue_and_discard(start_server):
+    from urllib.parse import quote
+
+    from conftest import free_port
+    port = free_port()
+    srv = start_server("fastgear", "--monitor", f"127.0.0.1:{port}",
+                       "--job-handle-prefix", "H:a/b")
+    srv.http = ("127.0.0.1", port)
+    wait_for(lambda: _http(srv, "GET", "/dead")[0] == 200, what="the monitor")
+    h = _fail_some(srv, [(b"f", b"one", b"k1"), (b"f", b"two\xff", b"k2"),
+                         (b"g", b"three", b"k3")])
+    code, doc = _http(srv, "GET", "/dead")
+    assert code == 200 and doc["count"] == 3
+    assert [d["handle"] for d in doc["dead"]] == [x.decode() for x in reversed(h)]
+    assert doc["dead"][1]["data"] is None and doc["dead"][1]["data_base64"] == "dHdv/w=="
+    code, doc = _http(srv, "GET", "/dead?function=g")
+    assert [(d["function"], d["reason"], d["error"], d["attempts"]) for d in doc["dead"]] \
+        == [("g", "exception", "err three", 1)]
+    code, page = _http(srv, "GET", "/dead?limit=2")
+    code, rest = _http(srv, "GET", f"/dead?limit=2&before={page['next']}")
+    assert [d["handle"] for d in page["dead"] + rest["dead"]] == \
+        [x.decode() for x in reversed(h)]
+    one = "/dead/" + quote(h[0].decode(), safe="")
+    code, doc = _http(srv, "GET", one)
+    assert (code, doc["data"], doc["unique"]) == (200, "one", "k1")
+    assert _http(srv, "POST", one + "/requeue",
+                 headers={"Origin": "http://evil.example"})[0] == 403
+    code, doc = _http(srv, "POST", one + "/requeue")
+    assert code == 200 and doc["new_handle"] not in (None, h[0].decode())
+    assert _http(srv, "POST", one + "/requeue")[0] == 404
+    code, doc = _http(srv, "POST", "/dead/requeue?function=f")
+    assert (code, doc["requeued"]) == (200, 1)
+    assert _http(srv, "DELETE", "/dead/" + quote(h[2].decode(), safe=""))[0] == 200
+    assert _http(srv, "DELETE", "/dead/" + quote(h[2].decode(), safe=""))[0] == 404
+    assert _http(srv, "GET", "/dead")[1]["count"] == 0
+    assert _http(srv, "POST", "/status")[0] == 405
+    with Conn(srv) as worker:
+        worker.send(CAN_DO, b"f")
+        assert sorted(run_next(worker, WORK_COMPLETE)[2] for _ in range(2)) == [b"k1", b"k2"]
+
+    def metrics():
+        import http.client
+        conn = http.client.HTTPConnection(*srv.http, timeout=5)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        conn.close()
+        return text
+    wait_for(lambda: 'fastgear_jobs_requeued_total{function="f"} 2' in metrics(),
+             what="the requeue counter")
+    text = metrics()
+    assert 'fastgear_jobs_dead_lettered_total{function="f"} 2' in text
+    assert 'fastgear_jobs_dead_lettered_total{function="g"} 1' in text
+    assert "fastgear_dead_letters 0" in text
+    assert 'fastgear_jobs_bg_retries_total{function="f"} 0' in text
+
+
+def test_fastgear_admin_lists_requeues_and_discards_dead_letters(start_server):
+    import json
+    import subprocess
+    import sys
+
+    def admin(*args):
+        res = subprocess.run([sys.executable, "-m", "fastgear", "admin", "-h", srv.host,
+                              "-p", str(srv.port), *args], capture_output=True,
+                             timeout=30, check=False)
+        return res.returncode, res.stdout
+    srv = start_server("fastgear")
+    h = _fail_some(srv, [(b"f", b"one", b"k1"), (b"g", b"two", b"k2"), (b"g", b"3", b"k3")])
+    rc, out = admin("--dead", "--function", "g", "--json")
+    rows = json.loads(out)
+    assert rc == 0 and [r["handle"] for r in rows] == [h[2].decode(), h[1].decode()]
+    assert rows[0]["error"] == "err 3" and rows[0]["reason"] == "exception"
+    rc, out = admin("--dead")
+    assert rc == 0 and out.count(b"\n") == 4 and out.endswith(b".\n")
+    rc, out = admin("--requeue-dead", h[0].decode())
+    assert rc == 0 and out.startswith(b"H:") and out.strip() != h[0]
+    rc, out = admin("--requeue-dead-function", "g", "--json")
+    assert rc == 0 and json.loads(out)["requeued"] == 2
+    rc, out = admin("--discard-dead", h[0].decode())
+    assert rc == 1
+    rc, out = admin("--dead", "--json")
+    assert (rc, json.loads(out)) == (0, [])
