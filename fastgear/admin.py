@@ -76,6 +76,7 @@ ERR_SHUTDOWN_DENIED = b"ERR ACCESS_DENIED shutdown+is+only+accepted+from+loopbac
 # gearmand's `ERR CODE text+with+pluses` style.
 ERR_RESULTS_NOT_KEPT = (
     b"ERR RESULTS_NOT_KEPT start+the+server+with+--keep-results+SECONDS\r\n")
+ERR_QUEUE_FULL = b"ERR QUEUE_FULL the+function+is+at+its+maxqueue+limit\r\n"
 
 
 class AdminContext(Protocol):
@@ -151,6 +152,32 @@ class AdminContext(Protocol):
 
     def results_by_unique(self, unique: bytes) -> list[dict]:
         """Kept outcomes of the jobs submitted with this unique key, newest first."""
+        ...
+
+    def set_retry(self, name: bytes, retries: int, backoff_s: float) -> None:
+        """A function's own retry policy for background jobs (retries < 0: back to the
+        server-wide one); kept in the store when there is one."""
+        ...
+
+    def retry_settings(self) -> dict:
+        """snapshot.retry_settings(): retries, backoff_s, backoff_max_s, functions."""
+        ...
+
+    def dead_letters(self, function: bytes | None = None, limit: int = 1000,
+                     before: int = 0) -> list[dict]:
+        """Dead letters newest first (snapshot.dead_letters' dicts), paged by id."""
+        ...
+
+    def requeue_dead(self, handle: bytes) -> tuple[str, bytes | None]:
+        """("ok", new handle), ("coalesced", None), ("full", None) or ("notfound", None)."""
+        ...
+
+    def requeue_dead_function(self, name: bytes) -> int:
+        """Re-queue every dead letter of a function; how many."""
+        ...
+
+    def discard_dead(self, handle: bytes) -> bool:
+        """Forget a dead letter; False when the handle is unknown."""
         ...
 
 
@@ -277,6 +304,10 @@ def _dispatch(args: list[bytes], ctx: AdminContext, peer_is_loopback: bool) -> b
         return _shutdown(args, ctx, peer_is_loopback)
     if command == b"result":
         return _result(args, ctx)
+    if command == b"dead":
+        return _dead(args, ctx)
+    if command == b"retry":
+        return _retry(args, ctx)
     # gearmand prints the word right after "command", without a separator.
     return ERR_UNKNOWN_COMMAND % args[0]
 
@@ -383,3 +414,81 @@ def _result_line(r: dict) -> bytes:
         b"%.6f" % started if started else b"-", r["finished_at"],
         r["worker"].encode("utf-8", "backslashreplace") or b"-", len(r["data"]),
         base64.b64encode(r["data"]))
+
+
+def _escape(text: bytes) -> bytes:
+    # One line per dead letter: the error text keeps its content, not its layout.
+    return (text.replace(b"\\", b"\\\\").replace(b"\t", b"\\t").replace(b"\n", b"\\n")
+            .replace(b"\r", b"\\r"))
+
+
+def _dead(args: list[bytes], ctx: AdminContext) -> bytes:
+    """fastgear's dead letters (background jobs that used up their retries):
+
+        dead [FUNCTION]                 listing, newest first, `.`-terminated:
+            handle function unique reason attempts failed_at data_size error
+        dead requeue HANDLE             OK NEW_HANDLE (OK coalesced: a job with its
+                                        unique key is in memory already)
+        dead requeue-function FUNCTION  OK COUNT
+        dead discard HANDLE             OK
+
+    reason is fail, exception, worker_lost or timeout; failed_at Unix seconds; the error
+    text (a WORK_EXCEPTION's) has backslash, tab, CR and LF escaped as \\ \t \r \n.
+    An unknown handle answers ERR UNKNOWN_JOB, as `cancel job` does."""
+    argc = len(args)
+    sub = args[1].lower() if argc >= 2 else b""
+    if sub == b"requeue" and argc == 3:
+        status, handle = ctx.requeue_dead(args[2])
+        if status == "ok":
+            return b"OK %s\n" % handle
+        if status == "coalesced":
+            return b"OK coalesced\n"
+        return ERR_QUEUE_FULL if status == "full" else ERR_UNKNOWN_JOB
+    if sub == b"requeue-function" and argc == 3:
+        return b"OK %d\n" % ctx.requeue_dead_function(args[2])
+    if sub == b"discard" and argc == 3:
+        return OK if ctx.discard_dead(args[2]) else ERR_UNKNOWN_JOB
+    if argc > 2 or (argc == 2 and sub in (b"requeue", b"requeue-function", b"discard")):
+        return ERR_INVALID_ARGUMENTS % args[0]
+    function = args[1] if argc == 2 else None
+    out = []
+    before = 0
+    while True:
+        page = ctx.dead_letters(function, 1000, before)
+        for d in page:
+            out.append(b"%s\t%s\t%s\t%s\t%d\t%.6f\t%d\t%s\n" % (
+                d["handle"], d["function"], d["unique"], d["reason"].encode(),
+                d["attempts"], d["failed_at"], d["data_size"], _escape(d["error"])))
+        if len(page) < 1000:
+            break
+        before = page[-1]["id"]
+    out.append(b".\n")
+    return b"".join(out)
+
+
+def _retry(args: list[bytes], ctx: AdminContext) -> bytes:
+    """`retry FUNCTION N BACKOFF`: the function's background jobs run again up to N times
+    after WORK_FAIL/EXCEPTION, the first after BACKOFF seconds (doubled each time, capped
+    by --bg-retry-backoff-max). `retry FUNCTION default` goes back to --bg-retries.
+    `retry` alone lists the policy: a `*` line for the server-wide one, then one line
+    per function with its own (name, retries, backoff seconds), `.`-terminated."""
+    argc = len(args)
+    if argc == 1:
+        r = ctx.retry_settings()
+        lines = [b"*\t%d\t%g\n" % (r["retries"], r["backoff_s"])]
+        lines += [b"%s\t%d\t%g\n" % row for row in r["functions"]]
+        return b"".join(lines) + b".\n"
+    if argc == 3 and args[2].lower() == b"default":
+        ctx.set_retry(args[1], -1, 0.0)
+        return OK
+    if argc != 4:
+        return ERR_INVALID_ARGUMENTS % args[0]
+    try:
+        retries = int(args[2])
+        backoff = float(args[3])
+    except ValueError:
+        return ERR_INVALID_ARGUMENTS % args[0]
+    if not 0 <= retries <= 1000000 or not 0 <= backoff <= 86400 * 30:
+        return ERR_INVALID_ARGUMENTS % args[0]
+    ctx.set_retry(args[1], retries, backoff)
+    return OK

@@ -429,6 +429,39 @@ def _ok_json(key: str):
     return convert
 
 
+def _unescape(raw: bytes) -> str:
+    out, i = bytearray(), 0
+    while i < len(raw):
+        if raw[i] == 0x5C and i + 1 < len(raw):
+            out += {0x74: b"\t", 0x6E: b"\n", 0x72: b"\r"}.get(raw[i + 1], raw[i + 1:i + 2])
+            i += 2
+        else:
+            out.append(raw[i])
+            i += 1
+    return _text(bytes(out))
+
+
+def parse_dead(listing: bytes) -> list[dict]:
+    """fastgear's `dead [FUNCTION]` listing, newest first: handle, function, unique,
+    reason, attempts, failed_at, data_size, error."""
+    rows = []
+    for line in _lines(listing):
+        fields = line.split(b"\t")
+        if len(fields) != 8:
+            raise ProtocolError(f"unexpected dead-letter line {line!r}")
+        rows.append({"handle": _text(fields[0]), "function": _text(fields[1]),
+                     "unique": _text(fields[2]), "reason": _text(fields[3]),
+                     "attempts": int(fields[4]), "failed_at": float(fields[5]),
+                     "data_size": int(fields[6]), "error": _unescape(fields[7])})
+    return rows
+
+
+def _requeue_json(_client, raw: bytes, handle) -> dict:
+    new = _ok_value(raw)
+    return {"handle": handle, "ok": True,
+            "new_handle": None if new == "coalesced" else new, "coalesced": new == "coalesced"}
+
+
 # In gearadmin 1.1.20's order of execution when several are given (it pushes them onto a
 # stack and runs the last pushed first); `shutdown` runs last, as in gearadmin up to 1.1.14.
 ACTIONS = [
@@ -462,6 +495,23 @@ ACTIONS = [
            lambda _: b"prioritystatus", listing=True, to_json=_rows(parse_priority_status)),
     Action("status", ("--status",), "Status for the server.",
            lambda _: b"status", listing=True, to_json=_status_json),
+    Action("dead", ("--dead",),
+           "fastgear: list the dead letters (background jobs that used up their retries), "
+           "newest first; --function F lists one function's.",
+           lambda function: b"dead" + (b" " + _wire(function) if function else b""),
+           listing=True, to_json=lambda _c, raw, _v: parse_dead(raw)),
+    Action("requeue_dead", ("--requeue-dead",),
+           "fastgear: queue a dead letter again (same unique key, new handle, printed).",
+           lambda handle: b"dead requeue " + _wire(handle), metavar="HANDLE",
+           to_json=_requeue_json),
+    Action("requeue_dead_function", ("--requeue-dead-function",),
+           "fastgear: queue every dead letter of a function again (prints how many).",
+           lambda name: b"dead requeue-function " + _wire(name), metavar="FUNCTION",
+           to_json=lambda _c, raw, name: {"function": name, "requeued": int(_ok_value(raw)),
+                                          "ok": True}),
+    Action("discard_dead", ("--discard-dead",), "fastgear: forget a dead letter.",
+           lambda handle: b"dead discard " + _wire(handle), metavar="HANDLE",
+           to_json=_ok_json("handle")),
     Action("shutdown", ("--shutdown",),
            "Stop the server (fastgear, from loopback only; gearmand 1.1.20 refuses). "
            "With --graceful: stop accepting and exit once no job is left.",
@@ -501,6 +551,8 @@ def make_parser(prog: str = "fastgear admin") -> argparse.ArgumentParser:
                              "are given.")
     parser.add_argument("--graceful", action="store_true",
                         help="With --shutdown: a graceful shutdown.")
+    parser.add_argument("--function", metavar="F",
+                        help="With --dead: only this function's dead letters.")
     for action in sorted(ACTIONS, key=lambda a: a.flags[0]):
         if action.metavar:
             parser.add_argument(*action.flags, dest=action.dest, metavar=action.metavar,
@@ -562,6 +614,8 @@ def run(args: argparse.Namespace, out, err, prog: str = "fastgear admin") -> int
         for action, value in chosen:
             if action.dest == "shutdown":
                 value = args.graceful
+            elif action.dest == "dead":
+                value = args.function
             line = action.line(value)
             try:
                 reply = client.command(line, action.listing)
@@ -589,9 +643,13 @@ def _check(args: argparse.Namespace) -> None:
         raise _UsageError("--timeout must be a number of seconds above 0")
     if args.graceful and not args.shutdown:
         raise _UsageError("--graceful only goes with --shutdown")
+    if args.function is not None and not args.dead:
+        raise _UsageError("--function only goes with --dead")
     if not any(getattr(args, a.dest) not in (None, False) for a in ACTIONS):
         raise _UsageError("no action given (for example --status or --workers; "
                           "--help lists them)")
+    if args.function is not None and any(c in args.function for c in "\r\n\0"):
+        raise _UsageError("--function: the value must not contain CR, LF or NUL")
     for a in ACTIONS:
         value = getattr(args, a.dest)
         if isinstance(value, str) and any(c in value for c in "\r\n\0"):

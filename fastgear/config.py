@@ -103,6 +103,16 @@ def rlimit(word: str) -> int:
     return value
 
 
+_SECONDS = re.compile(r"[0-9]+(\.[0-9]{1,3})?\Z")
+
+
+def seconds(word: str) -> float:
+    """fastgear's own durations: decimal seconds with up to millisecond precision."""
+    if not _SECONDS.match(word):
+        raise ValueError(f"{word!r} is not a number of seconds")
+    return float(word)
+
+
 def text(word: str) -> str:
     return word
 
@@ -239,6 +249,20 @@ OPTIONS: tuple[Option, ...] = (
            "times, worker) for this many seconds; 0 keeps none."),
     Option("keep-results-bytes", None, "keep_results_bytes", decimal, 64 << 20,
            "fastgear: memory bound of the kept results; the oldest go first."),
+    # fastgear's retry policy for background jobs and its dead letters
+    Option("bg-retries", None, "bg_retries", decimal, 0,
+           "fastgear: run a background job that ends in WORK_FAIL, WORK_EXCEPTION or "
+           "CAN_DO_TIMEOUT again, up to this many times (per function: admin `retry`)."),
+    Option("bg-retry-backoff", None, "bg_retry_backoff", seconds, 1.0,
+           "fastgear: seconds before the first retry of a background job; doubled for "
+           "each further retry, less up to a quarter at random."),
+    Option("bg-retry-backoff-max", None, "bg_retry_backoff_max", seconds, 300.0,
+           "fastgear: longest back-off between two retries, in seconds."),
+    Option("dead-letters", None, "dead_letters", decimal, 10000,
+           "fastgear: background jobs that used up their retries (or --job-retries) are "
+           "kept, at most this many, to be listed, re-queued or discarded; 0 keeps none."),
+    Option("dead-letters-bytes", None, "dead_letters_bytes", decimal, 64 << 20,
+           "fastgear: memory bound of the dead letters; the oldest go first."),
     # fastgear's limits (gearmand has none of these; defaults sized in the README)
     Option("max-packet", None, "max_packet", decimal, 256 << 20,
            "fastgear: largest packet accepted, in bytes; a bigger one gets ERROR and the "
@@ -332,6 +356,11 @@ class Config:
     monitor: str = DEFAULT_MONITOR       # "off", or HOST:PORT
     keep_results: int = 0                # seconds; 0: keep none
     keep_results_bytes: int = 64 << 20
+    bg_retries: int = 0                  # 0: background jobs are not run again
+    bg_retry_backoff: float = 1.0        # seconds, doubled per retry
+    bg_retry_backoff_max: float = 300.0
+    dead_letters: int = 10000            # 0: keep none
+    dead_letters_bytes: int = 64 << 20
     max_packet: int = 256 << 20
     max_function_name: int = 8192
     max_unique: int = 64
@@ -481,6 +510,9 @@ def validate(cfg: Config) -> Config:
         fail("monitor", "must be HOST:PORT (port 0-65535) or 'off'")
     for name, low, high in (("keep_results", 0, 10 * 365 * 86400),
                             ("keep_results_bytes", 0, 1 << 48),
+                            ("bg_retries", 0, 1000000),
+                            ("dead_letters", 0, 1 << 32),
+                            ("dead_letters_bytes", 0, 1 << 48),
                             ("max_packet", 1024, UINT32_MAX),
                             ("max_function_name", 1, UINT32_MAX),
                             ("max_unique", 1, 4096),
@@ -494,6 +526,10 @@ def validate(cfg: Config) -> Config:
         value = getattr(cfg, name)
         if not isinstance(value, int) or not low <= value <= high:
             fail(name, f"must be between {low} and {high}")
+    for name in ("bg_retry_backoff", "bg_retry_backoff_max"):
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, float)) or not 0 <= value <= 86400 * 30:
+            fail(name, "must be between 0 and 2592000 seconds")
     if cfg.max_output_hard < cfg.max_output:
         fail("max_output_hard", "must not be less than --max-output")
     if cfg.max_output_hard < cfg.max_packet + OUTPUT_SLACK:

@@ -1,8 +1,11 @@
 # The admin actions that change the engine: cancel a job, create or drop a function,
-# set a function's queue limits. Each takes the engine lock once with the GIL released
+# set a function's queue limits or retry policy, re-queue or discard dead letters (and
+# hand dead-letter rows to the store thread). Each takes the engine lock once with the GIL released
 # and does its work in C, so the I/O loops wait for one short engine call, never for
 # Python. The read-only views are in snapshot.pyx; start-up settings in coreconfig.pyx.
-from libc.stdint cimport uint32_t
+from libc.stdint cimport uint32_t, uint64_t, int64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memcmp
 
 from fastgear.engine cimport *
 from fastgear.iothreads cimport IOLoop, lock, unlock, route
@@ -81,3 +84,203 @@ def set_maxqueue(IOLoop io, bytes name, long high, long normal, long low):
             f.max_queue[1] = <uint32_t>(normal if normal > 0 else 0)
             f.max_queue[2] = <uint32_t>(low if low > 0 else 0)
         unlock(io.S)
+
+
+# ---- retry policy and dead letters (engine_dead.pxi) ------------------------------------
+
+def set_retry(IOLoop io, bytes name, long retries, double backoff_s):
+    """`retry FUNCTION N BACKOFF`: the function's own retry policy for background jobs
+    (created if absent, so it holds before the first job); retries < 0 goes back to
+    --bg-retries and --bg-retry-backoff."""
+    cdef Function *f
+    cdef const char *p = name
+    cdef size_t n = len(name)
+    cdef int ok = 0
+    with nogil:
+        lock(io.S)
+        f = func_get(&io.S.eng, p, n, 1)
+        if f != NULL:
+            ok = 1
+            f.retry_set = retries >= 0
+            f.bg_retries = <uint32_t>(retries if retries > 0 else 0)
+            f.bg_backoff_ms = <int64_t>(backoff_s * 1000) if backoff_s > 0 else 0
+        unlock(io.S)
+    return bool(ok)
+
+
+def requeue_dead(IOLoop io, bytes handle):
+    """Queue a dead letter again: ('ok', new handle), ('coalesced', None) when a job with
+    its unique key is in memory already, ('full', None) when its function's queue is at
+    its maxqueue limit, or ('notfound', None)."""
+    cdef Dead *d
+    cdef const char *h = handle
+    cdef size_t n = len(handle)
+    cdef char out[MAX_HANDLE]
+    cdef uint32_t out_len = 0
+    cdef int r = 3
+    with nogil:
+        lock(io.S)
+        engine_clock(&io.S.eng)
+        d = dead_by_handle(&io.S.eng, h, n)
+        if d != NULL:
+            r = engine_dead_requeue(&io.S.eng, d, out, &out_len)
+            route(io.S, NULL)
+        unlock(io.S)
+    if r == 0:
+        return "ok", out[:out_len]
+    if r == 1:
+        return "coalesced", None
+    if r == -1:
+        return "full", None
+    if r == 3:
+        return "notfound", None
+    raise MemoryError()
+
+
+def requeue_dead_function(IOLoop io, bytes name):
+    """Queue again every dead letter of a function, oldest first; returns how many were
+    queued (or coalesced). Stops early when the function's queue is full."""
+    cdef Dead *d
+    cdef Dead *dn
+    cdef const char *p = name
+    cdef size_t n = len(name)
+    cdef char out[MAX_HANDLE]
+    cdef uint32_t out_len = 0
+    cdef uint64_t done = 0
+    cdef int r
+    with nogil:
+        lock(io.S)
+        engine_clock(&io.S.eng)
+        d = io.S.eng.d_oldest
+        while d != NULL:
+            dn = d.newer
+            if d.func_len == n and (n == 0 or memcmp(d.func, p, n) == 0):
+                r = engine_dead_requeue(&io.S.eng, d, out, &out_len)
+                if r != 0 and r != 1:
+                    break
+                done += 1
+            d = dn
+        route(io.S, NULL)
+        unlock(io.S)
+    return done
+
+
+def discard_dead(IOLoop io, bytes handle):
+    """Forget a dead letter (and its stored row); False when the handle is unknown."""
+    cdef Dead *d
+    cdef const char *h = handle
+    cdef size_t n = len(handle)
+    cdef int found = 0
+    with nogil:
+        lock(io.S)
+        d = dead_by_handle(&io.S.eng, h, n)
+        if d != NULL:
+            dead_drop(&io.S.eng, d)
+            found = 1
+        unlock(io.S)
+    return bool(found)
+
+
+cdef dict _dead_row(Dead *d):
+    return {"id": d.id, "handle": d.handle[:d.handle_len], "function": d.func[:d.func_len],
+            "unique": d.unique[:d.unique_len], "priority": d.priority,
+            "data": d.data[:d.data_len], "error": d.error[:d.error_len],
+            "reason": d.reason, "attempts": d.attempts,
+            "submitted_us": d.submitted_us, "failed_us": d.failed_us}
+
+
+def dead_take(IOLoop io):
+    """(store thread) (rows to write, ids to delete) of dead letters: rows are dicts of
+    id, handle, function, unique, priority, data, error, reason, attempts, submitted_us,
+    failed_us. The rows are copied under the lock, the dicts built after it."""
+    cdef Engine *e = &io.S.eng
+    cdef Dead *head
+    cdef Dead *d
+    cdef Dead *dn
+    cdef Dead *copies = NULL
+    cdef Dead *c
+    cdef Dead *last = NULL
+    cdef int64_t *dels
+    cdef uint64_t ndel, i
+    cdef char *base
+    cdef int failed = 0
+    with nogil:
+        lock(io.S)
+        head = e.d_pending
+        e.d_pending = NULL
+        e.d_pending_tail = NULL
+        dels = e.d_del
+        ndel = e.d_del_len
+        e.d_del = NULL
+        e.d_del_len = 0
+        e.d_del_cap = 0
+        d = head
+        while d != NULL:
+            dn = d.p_next
+            if d.gone:
+                fg_free(e, d)
+            else:
+                d.pending = 0
+                d.p_next = NULL
+                # A private copy: the engine may drop d as soon as the lock is released.
+                c = <Dead *>malloc(d.size)
+                if c == NULL:
+                    failed = 1
+                else:
+                    memcpy(c, d, d.size)
+                    base = <char *>d
+                    c.func = <char *>c + (d.func - base)
+                    c.unique = <char *>c + (d.unique - base)
+                    c.data = <char *>c + (d.data - base)
+                    c.error = <char *>c + (d.error - base)
+                    c.p_next = NULL
+                    if last == NULL:
+                        copies = c
+                    else:
+                        last.p_next = c
+                    last = c
+            d = dn
+        unlock(io.S)
+    adds = []
+    try:
+        c = copies
+        while c != NULL:
+            adds.append(_dead_row(c))
+            c = c.p_next
+        deletes = [dels[i] for i in range(ndel)]
+    finally:
+        while copies != NULL:
+            c = copies.p_next
+            free(copies)
+            copies = c
+        engine_release(e, dels)
+    if failed:
+        raise MemoryError("dead letters not written: out of memory")
+    return adds, deletes
+
+
+def dead_restore(IOLoop io, rows):
+    """Dead letters read back from the store at start-up: dicts as dead_take() gives."""
+    cdef Dead *d
+    cdef int64_t sub, fail
+    cdef uint64_t did
+    cdef uint32_t att
+    cdef int prio, reason
+    for r in rows:
+        h, fn, u, data, err = r["handle"], r["function"], r["unique"], r["data"], r["error"]
+        did = r["id"]
+        prio = r["priority"]
+        reason = r["reason"]
+        att = r["attempts"]
+        sub = r["submitted_us"]
+        fail = r["failed_us"]
+        with nogil:
+            lock(io.S)
+        try:
+            d = engine_dead_restore(&io.S.eng, did, h, len(h), fn, len(fn), u, len(u),
+                                    data, len(data), err, len(err), prio, reason, att,
+                                    sub, fail)
+        finally:
+            unlock(io.S)
+        if d == NULL:
+            raise MemoryError()

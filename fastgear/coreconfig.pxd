@@ -21,6 +21,11 @@ cdef struct CoreConfig:
     int64_t wakeup_timeout_ms  # 0: never wake another sleeper for a silent one
     int64_t keep_results_us    # 0: keep no results
     uint64_t keep_results_bytes
+    uint32_t bg_retries        # background jobs run again after WORK_FAIL/EXCEPTION
+    int64_t bg_backoff_ms      # first back-off; doubles per retry, jittered
+    int64_t bg_backoff_max_ms
+    uint64_t dead_letters      # 0: no dead-letter list
+    uint64_t dead_letters_bytes
     # I/O loops (IOLoop)
     int threads              # below 1: one loop
     size_t max_packet

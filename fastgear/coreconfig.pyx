@@ -36,6 +36,11 @@ def core_settings(cfg, long long max_connections):
     s.c.wakeup_timeout_ms = cfg.wakeup_timeout
     s.c.keep_results_us = cfg.keep_results * 1000000
     s.c.keep_results_bytes = cfg.keep_results_bytes
+    s.c.bg_retries = cfg.bg_retries
+    s.c.bg_backoff_ms = int(cfg.bg_retry_backoff * 1000)
+    s.c.bg_backoff_max_ms = int(cfg.bg_retry_backoff_max * 1000)
+    s.c.dead_letters = cfg.dead_letters
+    s.c.dead_letters_bytes = cfg.dead_letters_bytes
     # -t 0 is gearmand's "single-threaded": one loop, like -t 1.
     s.c.threads = max(1, cfg.threads)
     s.c.max_packet = cfg.max_packet

@@ -24,6 +24,14 @@ cdef enum:
     OUT_FAIL = 1
     OUT_EXCEPTION = 2
 
+# why a background job became a dead letter
+cdef enum:
+    DEAD_FAIL = 0            # WORK_FAIL, retries used up
+    DEAD_EXCEPTION = 1       # WORK_EXCEPTION, retries used up
+    DEAD_LOST = 2            # its workers went away --job-retries times
+    DEAD_TIMEOUT = 3         # CAN_DO_TIMEOUT expired, retries used up
+    DEAD_ERROR_MAX = 4096    # bytes of a WORK_EXCEPTION's text kept with a dead letter
+
 # Results of engine_packet and the other entry points that answer a peer. Anything but
 # E_OK makes the I/O loop answer MEMORY_ALLOCATION_FAILURE and close the connection.
 # Encoder failures (ENC_NOMEM) are mapped to E_NOMEM where the engine encodes.
@@ -86,6 +94,12 @@ cdef struct Function:
     uint64_t run_hist[NHIST]     # time from grabbed to its final WORK_* packet
     uint64_t wait_sum_us
     uint64_t run_sum_us
+    uint8_t retry_set        # `retry FUNCTION N BACKOFF` overrides --bg-retries
+    uint32_t bg_retries
+    int64_t bg_backoff_ms
+    uint64_t n_bg_retries    # background jobs run again after WORK_FAIL/EXCEPTION
+    uint64_t n_dead          # ... that became dead letters
+    uint64_t n_requeued      # dead letters queued again by an operator
 
 cdef struct Ack:
     # A submitter waiting for JOB_CREATED until the job's row is committed. Kept by
@@ -112,6 +126,7 @@ cdef struct Job:
     uint8_t persisted
     uint8_t state            # JOB_QUEUED, JOB_FUTURE, JOB_RUNNING, JOB_STORING
     uint32_t retries
+    uint32_t fails           # WORK_FAIL/EXCEPTION/timeouts so far (--bg-retries)
     uint32_t num
     uint32_t den
     uint64_t seq             # submission order, for FIFO across functions
@@ -196,6 +211,33 @@ cdef struct Result:
     size_t size
 
 
+cdef struct Dead:
+    # A background job that used up its retries: everything needed to run it again,
+    # in one allocation (strings after the struct); in a list by age, oldest first.
+    Dead *newer
+    Dead *older
+    Dead *p_next             # the store's list of rows to write
+    uint64_t id              # the store's key; ascending with age
+    char handle[MAX_HANDLE]
+    uint32_t handle_len
+    char *func
+    uint32_t func_len
+    char *unique
+    uint32_t unique_len
+    char *data
+    size_t data_len
+    char *error
+    uint32_t error_len
+    uint8_t priority
+    uint8_t reason           # DEAD_*
+    uint8_t pending          # on the store's list, row not written yet
+    uint8_t gone             # dropped while pending: the store hand-over frees it
+    uint32_t attempts        # runs that ended in failure, worker loss or timeout
+    int64_t submitted_us     # wall clock
+    int64_t failed_us        # wall clock
+    size_t size
+
+
 cdef struct Engine:
     Function **ftab
     uint64_t fmask
@@ -264,6 +306,25 @@ cdef struct Engine:
     uint64_t r_evicted
     Result *r_oldest
     Result *r_newest
+    # background retries and dead letters (--bg-retries, --dead-letters)
+    uint32_t bg_retries
+    int64_t bg_backoff_ms
+    int64_t bg_backoff_max_ms
+    uint64_t rng
+    uint64_t dead_max        # 0: no dead letters (failed jobs vanish, as gearmand)
+    uint64_t dead_max_bytes
+    Dead *d_oldest
+    Dead *d_newest
+    uint64_t dcount
+    uint64_t dbytes
+    uint64_t d_added
+    uint64_t d_evicted
+    uint64_t next_dead_id
+    Dead *d_pending          # rows for the store thread, oldest first
+    Dead *d_pending_tail
+    int64_t *d_del           # dead-letter ids whose rows to delete
+    uint64_t d_del_len
+    uint64_t d_del_cap
     int64_t live_allocs      # debug build: engine allocations not freed yet (fgalloc.h)
 
 # The engine's intrusive lists: each binds the macros of includes/dlist.h to one list's
@@ -375,3 +436,12 @@ cdef void results_expire(Engine *e) noexcept nogil
 cdef Result *result_by_handle(Engine *e, const char *h, size_t n) noexcept nogil
 cdef Result *results_unique_chain(Engine *e, const char *u, size_t n) noexcept nogil
 cdef void results_configure(Engine *e, int64_t keep_us, uint64_t max_bytes) noexcept nogil
+cdef Dead *dead_by_handle(Engine *e, const char *h, size_t n) noexcept nogil
+cdef void dead_drop(Engine *e, Dead *d) noexcept nogil
+cdef int engine_dead_requeue(Engine *e, Dead *d, char *handle_out,
+                             uint32_t *handle_len) noexcept nogil
+cdef Dead *engine_dead_restore(Engine *e, uint64_t id, const char *handle, size_t hn,
+                               const char *func, size_t fn, const char *uniq, size_t un,
+                               const char *data, size_t dn, const char *err, size_t en,
+                               int prio, int reason, uint32_t attempts,
+                               int64_t submitted_us, int64_t failed_us) noexcept nogil

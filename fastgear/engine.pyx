@@ -15,7 +15,8 @@
 # and the timer, disconnect and admin entry points; the parts are textually included
 # from engine_*.pxi so that the engine stays one extension with direct calls: tables
 # (hash tables, timer heap), queues (run queues, sleepers, wake-ups), submit (clients),
-# workers (registrations, GRAB, WORK_*) and results (--keep-results).
+# workers (registrations, GRAB, WORK_*), results (--keep-results) and dead (background
+# retries and dead letters).
 from libc.stdlib cimport strtoll
 from libc.string cimport memcpy, memcmp, memset, strlen
 from libc.stdio cimport snprintf
@@ -146,6 +147,12 @@ cdef int engine_init(Engine *e, const CoreConfig *cfg) noexcept nogil:
     e.wakeup_timeout_ms = cfg.wakeup_timeout_ms
     engine_clock(e)
     results_configure(e, cfg.keep_results_us, cfg.keep_results_bytes)
+    e.bg_retries = cfg.bg_retries
+    e.bg_backoff_ms = cfg.bg_backoff_ms
+    e.bg_backoff_max_ms = cfg.bg_backoff_max_ms
+    e.dead_max = cfg.dead_letters
+    e.dead_max_bytes = cfg.dead_letters_bytes
+    e.next_dead_id = 1
     return 0
 
 
@@ -198,6 +205,7 @@ cdef void engine_free(Engine *e) noexcept nogil:
     results_expire(e)
     fg_free(e, e.rtab)
     fg_free(e, e.rutab)
+    dead_free_all(e)
     leaked = e.live_allocs
     memset(e, 0, sizeof(Engine))
     e.live_allocs = leaked
@@ -234,6 +242,7 @@ include "engine_queues.pxi"
 include "engine_submit.pxi"
 include "engine_workers.pxi"
 include "engine_results.pxi"
+include "engine_dead.pxi"
 
 
 # ---- packet dispatch ---------------------------------------------------------------------
@@ -327,7 +336,7 @@ cdef int64_t engine_timers(Engine *e) noexcept nogil:
             job_make_runnable(e, j, 0)
         elif j.state == JOB_RUNNING:
             # CAN_DO_TIMEOUT expired: fail it to its clients (gearmand silently requeues).
-            job_fail(e, j)
+            job_fail(e, j, DEAD_TIMEOUT)
     if e.heap_len == 0:
         return -1
     return e.heap[0].timer_ms - e.now_ms

@@ -103,6 +103,20 @@ cdef class EngineHarness:
         """Keep finished jobs' outcomes for ms (--keep-results)."""
         results_configure(&self.e, ms * 1000, max_bytes)
 
+    def dead_letters(self, uint64_t max_count, uint64_t max_bytes=1 << 30,
+                     uint32_t retries=0, int64_t backoff_ms=0, int64_t backoff_max_ms=0):
+        """Keep dead letters (--dead-letters, --dead-letters-bytes) and retry background
+        jobs (--bg-retries, --bg-retry-backoff[-max])."""
+        self.e.dead_max = max_count
+        self.e.dead_max_bytes = max_bytes
+        self.e.bg_retries = retries
+        self.e.bg_backoff_ms = backoff_ms
+        self.e.bg_backoff_max_ms = backoff_max_ms
+
+    def dead_counts(self):
+        """(count, bytes, added, evicted) of the dead letters."""
+        return self.e.dcount, self.e.dbytes, self.e.d_added, self.e.d_evicted
+
     def set_durable(self, bint on):
         """Background jobs wait for a store commit before JOB_CREATED (none comes here)."""
         self.e.durable = on

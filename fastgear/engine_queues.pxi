@@ -238,12 +238,20 @@ cdef void send_clients(Engine *e, Job *j, uint32_t t, const char *d, size_t dn,
         a = a.j_next
 
 
-cdef void job_fail(Engine *e, Job *j) noexcept nogil:
-    """The server gives up on j (retries used up, CAN_DO_TIMEOUT): WORK_FAIL."""
+cdef void job_fail(Engine *e, Job *j, uint8_t reason) noexcept nogil:
+    """The server gives up on j (DEAD_LOST: --job-retries used up; DEAD_TIMEOUT:
+    CAN_DO_TIMEOUT, which the background retry policy may run again): WORK_FAIL."""
     send_clients(e, j, CMD_WORK_FAIL, NULL, 0, 0)
     j.func.n_failed += 1
     if e.keep_us:
         keep_result(e, j, OUT_FAIL, NULL, 0, j.worker)
+    if j.background:
+        if reason == DEAD_TIMEOUT and job_try_retry(e, j):
+            return
+        if reason == DEAD_TIMEOUT:
+            dead_add(e, j, reason, b"CAN_DO_TIMEOUT expired", 22)
+        else:
+            dead_add(e, j, reason, b"worker lost mid-job (--job-retries)", 35)
     job_free(e, j)
 
 
@@ -255,7 +263,7 @@ cdef void job_requeue(Engine *e, Job *j) noexcept nogil:
     j.den = 0
     j.func.n_retried += 1
     if e.job_retries and j.retries >= e.job_retries:
-        job_fail(e, j)
+        job_fail(e, j, DEAD_LOST)
         return
     job_make_runnable(e, j, 1)
 

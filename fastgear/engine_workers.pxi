@@ -298,6 +298,10 @@ cdef int handle_work(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
         j.func.n_failed += 1
         if e.keep_us:
             keep_result(e, j, OUT_FAIL, NULL, 0, c)
+        if j.background:
+            if job_try_retry(e, j):
+                return E_OK
+            dead_add(e, j, DEAD_FAIL, NULL, 0)
     else:
         if e.keep_us:
             keep_result(e, j, OUT_EXCEPTION, pkt.f[1], pkt.flen[1], c)
@@ -314,6 +318,10 @@ cdef int handle_work(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
         j.func.n_exception += 1
         memcpy(c.last_exception, j.handle, j.handle_len)
         c.last_exception_len = j.handle_len
+        if j.background:
+            if job_try_retry(e, j):
+                return E_OK
+            dead_add(e, j, DEAD_EXCEPTION, pkt.f[1], pkt.flen[1])
     job_free(e, j)
     return E_OK
 

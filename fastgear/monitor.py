@@ -9,8 +9,12 @@ keeps the last ten minutes of totals for the dashboard's chart and computes rate
 the deltas between samples; requests reuse a sample younger than 250 ms, so a busy
 scraper or many open dashboards cost the engine at most a few lock acquisitions per
 second, never one per request. Endpoints: `/status` (JSON), `/metrics` (Prometheus text
-0.0.4), `/jobs/<handle>` and `/jobs?unique=<key>` (kept results), `/healthz`, `/` (the
-page in dashboard.html). Names, handles and data are bytes in the engine; JSON gives them
+0.0.4), `/jobs/<handle>` and `/jobs?unique=<key>` (kept results), `/dead` (dead letters:
+GET lists, `/dead/<handle>` shows one, POST `/dead/<handle>/requeue` and
+`/dead/requeue?function=F` queue them again, DELETE `/dead/<handle>` discards one; a
+request carrying an Origin header from another site is refused, so a web page cannot
+act on them through an operator's browser), `/healthz`, `/` (the page in
+dashboard.html). Names, handles and data are bytes in the engine; JSON gives them
 as text (invalid UTF-8 escaped with backslashes) and result data also as base64.
 """
 from __future__ import annotations
@@ -31,7 +35,7 @@ import time
 from importlib import resources
 from urllib.parse import unquote_to_bytes, urlsplit
 
-from fastgear import config, snapshot
+from fastgear import config, control, snapshot
 
 try:
     import orjson
@@ -109,6 +113,7 @@ class Sampler:
         stats = snapshot.stats(self.loop)
         funcs = snapshot.function_stats(self.loop)
         results = snapshot.results_stats(self.loop)
+        dead = snapshot.dead_stats(self.loop)
         ref = self._reference(mono)
         queued = running = future = 0
         totals = dict.fromkeys(COUNTERS, 0)
@@ -122,7 +127,7 @@ class Sampler:
                 totals[k] += f[k]
                 rates[k] += f["rates"][k]
         return {"t": time.time(), "mono": mono, "stats": stats, "functions": funcs,
-                "results": results, "rss": _rss_bytes(), "queued": queued,
+                "results": results, "dead": dead, "rss": _rss_bytes(), "queued": queued,
                 "future": future, "running": running, "totals": totals, "rates": rates}
 
     def _reference(self, mono):
@@ -240,6 +245,7 @@ def status_json(sampler: Sampler, since: float | None = None) -> dict:
         "functions": [_function_json(f) for f in s["functions"]],
         "workers": [_worker_json(w, now) for w in sampler.workers()],
         "results": s["results"],
+        "dead": s["dead"],
         "store": store_json(sampler),
     }
     if since is not None:
@@ -299,6 +305,23 @@ def result_json(r: dict) -> dict:
         "data_base64": base64.b64encode(data).decode("ascii"), "data_size": len(data),
         "submitted_at": r["submitted_at"], "started_at": r["started_at"],
         "finished_at": r["finished_at"], "worker": r["worker"],
+    }
+
+
+def dead_json(d: dict) -> dict:
+    """A dead letter for JSON: payload (a preview in listings) as text and base64."""
+    data = d["data"]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return {
+        "handle": _text(d["handle"]), "function": _text(d["function"]),
+        "unique": _text(d["unique"]), "priority": ("high", "normal", "low")[d["priority"]],
+        "reason": d["reason"], "attempts": d["attempts"], "error": _text(d["error"]),
+        "data": text, "data_base64": base64.b64encode(data).decode("ascii"),
+        "data_size": d["data_size"], "data_truncated": len(data) < d["data_size"],
+        "submitted_at": d["submitted_at"], "failed_at": d["failed_at"], "id": d["id"],
     }
 
 
@@ -420,6 +443,14 @@ def render_metrics(sampler: Sampler) -> bytes:
     one("fastgear_kept_results_evicted_total", "counter",
         "Kept results dropped before their time to stay under the memory bound.",
         res["evicted"])
+    dead = s["dead"]
+    one("fastgear_dead_letters", "gauge",
+        "Background jobs on the dead-letter list (retries used up).", dead["count"])
+    one("fastgear_dead_letters_bytes", "gauge", "Memory held by dead letters.",
+        dead["bytes"])
+    one("fastgear_dead_letters_evicted_total", "counter",
+        "Dead letters dropped, oldest first, to stay within --dead-letters(-bytes).",
+        dead["evicted"])
 
     # Per-function series are most of the text with many functions: each label is
     # escaped once and lines are formatted directly, not through family().
@@ -455,7 +486,13 @@ def render_metrics(sampler: Sampler) -> bytes:
             ("exception", "fastgear_jobs_exceptions_total",
              "Jobs ended by WORK_EXCEPTION."),
             ("retried", "fastgear_jobs_retried_total",
-             "Jobs handed back by a lost worker and queued again.")):
+             "Jobs handed back by a lost worker and queued again."),
+            ("bg_retried", "fastgear_jobs_bg_retries_total",
+             "Background jobs run again after a failed run (--bg-retries)."),
+            ("dead", "fastgear_jobs_dead_lettered_total",
+             "Background jobs that used up their retries (dead letters)."),
+            ("requeued", "fastgear_jobs_requeued_total",
+             "Dead letters queued again by an operator.")):
         per_function(name, "counter", help_text, operator.itemgetter(key))
     les = [f',le="{_num(b)}"}} ' for b in snapshot.HIST_BOUNDS_S] + [',le="+Inf"} ']
     for hist, total, name, help_text in (
@@ -514,6 +551,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_HEAD(self):
         self._serve(body=False)
 
+    def do_POST(self):
+        self._act()
+
+    def do_DELETE(self):
+        self._act()
+
+    def _act(self):
+        # Only the dead letters take actions; elsewhere these methods are refused as
+        # every other one.
+        path = urlsplit(self.path).path
+        if path == "/dead" or path.startswith("/dead/"):
+            self._serve(body=True)
+        else:
+            self._not_allowed()
+
     def __getattr__(self, name):
         # Every other method is refused with 405 (http.server would answer 501).
         if name.startswith("do_"):
@@ -541,6 +593,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path = url.path
         mon = self.monitor
+        if path == "/dead" or path.startswith("/dead/"):
+            return self._dead(path, _query(url.query))
         if path == "/status":
             q = _query(url.query)
             since = None
@@ -564,6 +618,65 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if path.startswith("/jobs/") and len(path) > 6:
             return self._results(handle=unquote_to_bytes(path[6:]))
         return 404, b'{"error":"not found"}', "application/json"
+
+    def _dead(self, path, q):
+        """The dead letters: list, show, re-queue, discard (see the module docstring)."""
+        loop = self.monitor.loop
+        parts = path.split("/")[2:]      # [] | [handle] | [handle, "requeue"] | ["requeue"]
+        method = "GET" if self.command == "HEAD" else self.command
+        if method != "GET":
+            # The body (if any) is not read: the connection cannot be reused.
+            self.close_connection = True
+            origin = self.headers.get("Origin")
+            if origin and urlsplit(origin).netloc != self.headers.get("Host", ""):
+                return 403, b'{"error":"cross-site request refused"}', "application/json"
+        function = q.get("function")
+        if parts == [] and method == "GET":
+            try:
+                limit = max(1, min(int(q.get("limit", b"100")), 1000))
+                before = int(q.get("before", b"0"))
+            except ValueError:
+                return 400, b'{"error":"limit and before must be numbers"}', \
+                    "application/json"
+            rows = snapshot.dead_letters(loop, function, limit, before)
+            return 200, _dumps({**snapshot.dead_stats(loop),
+                                "dead": [dead_json(d) for d in rows],
+                                "next": rows[-1]["id"] if len(rows) == limit else None}), \
+                "application/json"
+        if parts == ["requeue"] and method == "POST":
+            if function is None:
+                return 400, b'{"error":"give ?function=F"}', "application/json"
+            n = control.requeue_dead_function(loop, function)
+            return 200, _dumps({"function": _text(function), "requeued": n}), \
+                "application/json"
+        handle = unquote_to_bytes(parts[0]) if parts and parts[0] else None
+        if handle is None or len(parts) > 2 or (len(parts) == 2 and parts[1] != "requeue"):
+            return 404, b'{"error":"not found"}', "application/json"
+        if len(parts) == 2 and method == "POST":
+            status, new = control.requeue_dead(loop, handle)
+            if status == "notfound":
+                return 404, _dumps({"error": "no such dead letter",
+                                    "handle": _text(handle)}), "application/json"
+            if status == "full":
+                return 409, _dumps({"error": "the function's queue is at its maxqueue "
+                                             "limit", "handle": _text(handle)}), \
+                    "application/json"
+            return 200, _dumps({"handle": _text(handle), "coalesced": status == "coalesced",
+                                "new_handle": _text(new) if new else None}), \
+                "application/json"
+        if len(parts) == 1 and method == "DELETE":
+            if not control.discard_dead(loop, handle):
+                return 404, _dumps({"error": "no such dead letter",
+                                    "handle": _text(handle)}), "application/json"
+            return 200, _dumps({"handle": _text(handle), "discarded": True}), \
+                "application/json"
+        if len(parts) == 1 and method == "GET":
+            d = snapshot.dead_letter(loop, handle)
+            if d is None:
+                return 404, _dumps({"error": "no such dead letter",
+                                    "handle": _text(handle)}), "application/json"
+            return 200, _dumps(dead_json(d)), "application/json"
+        return 405, b'{"error":"method not allowed"}', "application/json"
 
     def _results(self, handle=None, unique=None):
         loop = self.monitor.loop

@@ -223,6 +223,10 @@ def open_store(cfg, loop):
         duplicates = loop.replay(rows)
         if duplicates:
             store.delete_rows(duplicates)
+        if getattr(store, "supports_dead", False):
+            for function, retries, backoff_s in store.replay_retry():
+                control.set_retry(loop, function, retries, backoff_s)
+            control.dead_restore(loop, store.replay_dead())
     except Exception as exc:  # any failure here is a start-up error
         store.close()
         raise StoreError(f"cannot replay {where}: {exc}") from exc
@@ -271,6 +275,29 @@ class Control:
     def results_by_unique(self, unique):
         return snapshot.results_by_unique(self.loop, unique)
 
+    def set_retry(self, name, retries, backoff_s):
+        control.set_retry(self.loop, name, retries, backoff_s)
+        if self.server.store_thread is not None:
+            self.server.store_thread.set_retry(name, retries, backoff_s)
+
+    def retry_settings(self):
+        return snapshot.retry_settings(self.loop)
+
+    def dead_letters(self, function=None, limit=1000, before=0):
+        return snapshot.dead_letters(self.loop, function, limit, before)
+
+    def dead_letter(self, handle):
+        return snapshot.dead_letter(self.loop, handle)
+
+    def requeue_dead(self, handle):
+        return control.requeue_dead(self.loop, handle)
+
+    def requeue_dead_function(self, name):
+        return control.requeue_dead_function(self.loop, name)
+
+    def discard_dead(self, handle):
+        return control.discard_dead(self.loop, handle)
+
     def pid(self):
         return os.getpid()
 
@@ -301,6 +328,7 @@ class Server:
         self._term = False          # SIGTERM with --shutdown-timeout: the grace period
         self._reopen_log = False
         self.store_status = None        # the store thread's status(), for monitoring
+        self.store_thread = None        # keeps per-function retry settings, if any
 
     def request_stop(self, graceful=False):
         if graceful:
@@ -503,6 +531,7 @@ def run(cfg):
         store_thread = StoreThread(srv.loop, store)
         store_thread.start()
         srv.store_status = store_thread.status
+        srv.store_thread = store_thread
     mon = None
     try:
         # The monitor first: a bad --monitor address fails before any job is taken, and

@@ -592,6 +592,7 @@ def function_stats(IOLoop io):
                 "oldest_queued_s": (now_us - oldest[k]) / 1e6 if oldest[k] >= 0 else None,
                 "submitted": f.n_submitted, "completed": f.n_completed,
                 "failed": f.n_failed, "exception": f.n_exception, "retried": f.n_retried,
+                "bg_retried": f.n_bg_retries, "dead": f.n_dead, "requeued": f.n_requeued,
                 "wait_hist": [f.wait_hist[i] for i in range(NHIST)],
                 "run_hist": [f.run_hist[i] for i in range(NHIST)],
                 "wait_sum_s": f.wait_sum_us / 1e6, "run_sum_s": f.run_sum_us / 1e6,
@@ -711,3 +712,176 @@ def results_stats(IOLoop io):
         unlock(io.S)
     return {"count": count, "bytes": nbytes, "evicted": evicted,
             "ttl_s": keep_us / 1e6, "max_bytes": max_bytes}
+
+
+# ---- dead letters and retry settings ------------------------------------------------------
+
+DEAD_REASONS = ("fail", "exception", "worker_lost", "timeout")
+
+
+cdef Dead *copy_dead(Dead *d, size_t preview) noexcept nogil:
+    """(lock) A private copy of a dead letter, its payload cut to preview bytes."""
+    cdef size_t dn = d.data_len if d.data_len < preview else preview
+    cdef size_t size = sizeof(Dead) + d.func_len + d.unique_len + dn + d.error_len + 4
+    cdef Dead *c = <Dead *>malloc(size)
+    cdef char *p
+    if c == NULL:
+        return NULL
+    memcpy(c, d, sizeof(Dead))
+    p = <char *>(c + 1)
+    c.func = p
+    memcpy(p, d.func, d.func_len)
+    p += d.func_len + 1
+    c.unique = p
+    memcpy(p, d.unique, d.unique_len)
+    p += d.unique_len + 1
+    c.data = p
+    memcpy(p, d.data, dn)
+    p += dn + 1
+    c.error = p
+    memcpy(p, d.error, d.error_len)
+    c.newer = c.older = c.p_next = NULL
+    return c
+
+
+cdef dict _dead_dict(Dead *c, size_t shown):
+    return {"handle": c.handle[:c.handle_len], "function": c.func[:c.func_len],
+            "unique": c.unique[:c.unique_len], "priority": c.priority,
+            "reason": DEAD_REASONS[c.reason] if c.reason < 4 else "fail",
+            "attempts": c.attempts, "error": c.error[:c.error_len],
+            "data": c.data[:shown], "data_size": c.data_len,
+            "submitted_at": c.submitted_us / 1e6, "failed_at": c.failed_us / 1e6,
+            "id": c.id}
+
+
+def dead_letters(IOLoop io, bytes function=None, size_t limit=1000, uint64_t before=0,
+                 size_t preview=256):
+    """Dead letters newest first, at most `limit`, of one function or all, older than
+    the one with id `before` (0: from the newest): dicts of handle, function, unique,
+    priority, reason, attempts, error, data (the first `preview` bytes), data_size,
+    submitted_at, failed_at and id (the cursor for the next page). One lock hold that
+    copies at most `limit` rows with their previews."""
+    cdef Engine *e = &io.S.eng
+    cdef Dead *d
+    cdef Dead **rows = <Dead **>malloc((limit if limit else 1) * sizeof(Dead *))
+    cdef size_t k = 0, i
+    cdef int failed = 0
+    cdef bytes fname = function if function is not None else b""
+    cdef const char *fp = fname
+    cdef size_t fn = len(fname)
+    cdef int all_functions = function is None
+    if rows == NULL:
+        raise MemoryError()
+    with nogil:
+        lock(io.S)
+        d = e.d_newest
+        while d != NULL and k < limit:
+            if ((before == 0 or d.id < before) and
+                    (all_functions or (d.func_len == fn and
+                                       (fn == 0 or memcmp(d.func, fp, fn) == 0)))):
+                rows[k] = copy_dead(d, preview)
+                if rows[k] == NULL:
+                    failed = 1
+                    break
+                k += 1
+            d = d.older
+        unlock(io.S)
+    try:
+        if failed:
+            raise MemoryError()
+        return [_dead_dict(rows[i], preview if rows[i].data_len > preview
+                           else rows[i].data_len) for i in range(k)]
+    finally:
+        for i in range(k):
+            free(rows[i])
+        free(rows)
+
+
+def dead_letter(IOLoop io, bytes handle, size_t preview=1 << 20):
+    """One dead letter by handle (payload up to `preview` bytes), or None."""
+    cdef Dead *d
+    cdef Dead *c = NULL
+    cdef const char *h = handle
+    cdef size_t n = len(handle)
+    cdef int failed = 0
+    with nogil:
+        lock(io.S)
+        d = dead_by_handle(&io.S.eng, h, n)
+        if d != NULL:
+            c = copy_dead(d, preview)
+            failed = c == NULL
+        unlock(io.S)
+    if failed:
+        raise MemoryError()
+    try:
+        if c == NULL:
+            return None
+        return _dead_dict(c, preview if c.data_len > preview else c.data_len)
+    finally:
+        free(c)
+
+
+def dead_stats(IOLoop io):
+    """The dead-letter list's size and bounds, and what was added and evicted."""
+    cdef Engine *e = &io.S.eng
+    cdef uint64_t count, nbytes, added, evicted, max_count, max_bytes
+    with nogil:
+        lock(io.S)
+        count = e.dcount
+        nbytes = e.dbytes
+        added = e.d_added
+        evicted = e.d_evicted
+        max_count = e.dead_max
+        max_bytes = e.dead_max_bytes
+        unlock(io.S)
+    return {"count": count, "bytes": nbytes, "added": added, "evicted": evicted,
+            "max_count": max_count, "max_bytes": max_bytes}
+
+
+cdef struct RetryRow:
+    Str name
+    uint32_t retries
+    int64_t backoff_ms
+
+
+def retry_settings(IOLoop io):
+    """The server-wide retry policy and each function's own (`retry FUNCTION N
+    BACKOFF`), as {"retries", "backoff_s", "backoff_max_s", "functions": [(name,
+    retries, backoff_s)]} in creation order."""
+    cdef Engine *e = &io.S.eng
+    cdef Function *f
+    cdef Grow rows, text
+    cdef RetryRow *row
+    cdef size_t i
+    cdef uint32_t retries
+    cdef int64_t backoff_ms, backoff_max_ms
+    grow_init(&rows)
+    grow_init(&text)
+    with nogil:
+        lock(io.S)
+        retries = e.bg_retries
+        backoff_ms = e.bg_backoff_ms
+        backoff_max_ms = e.bg_backoff_max_ms
+        f = e.f_first
+        while f != NULL:
+            # Few functions have their own policy: growing under the lock is rare.
+            if f.retry_set and grow_reserve(&rows, sizeof(RetryRow)) == 0 \
+                    and grow_reserve(&text, f.name_len) == 0:
+                row = <RetryRow *>grow_add(&rows, sizeof(RetryRow))
+                put_str(&text, &row.name, f.name, f.name_len)
+                row.retries = f.bg_retries
+                row.backoff_ms = f.bg_backoff_ms
+            f = f.all_next
+        unlock(io.S)
+    try:
+        if rows.failed or text.failed:
+            raise MemoryError()
+        out = []
+        for i in range(rows.len // sizeof(RetryRow)):
+            row = <RetryRow *>(rows.p + i * sizeof(RetryRow))
+            out.append((take(&text, row.name), row.retries, row.backoff_ms / 1000.0))
+        return {"retries": retries, "backoff_s": backoff_ms / 1000.0,
+                "backoff_max_s": backoff_max_ms / 1000.0, "functions": out}
+    finally:
+        grow_free(&rows)
+        grow_free(&text)

@@ -14,7 +14,9 @@ takes *all* of them at once, writes them in one transaction, and then tells the 
 which send JOB_CREATED only now. Everything that arrives while a commit runs goes into
 the next one, so the commit rate stays bounded while throughput follows the load.
 Between commits it runs the store's `maintain()` and keeps the loops' fence in step
-with the store's lease.
+with the store's lease. A store with `supports_dead` also keeps dead letters
+(`write(..., dead_adds, dead_deletes)`, `replay_dead()`) and per-function retry
+settings (`set_retry()`, `replay_retry()`).
 """
 import logging
 import select
@@ -45,6 +47,10 @@ class StoreThread(threading.Thread):
         self.maintain_errors = 0
         self._last_maintain_log = 0.0
         self._last_write_log = 0.0
+        # Dead letters and per-function retry settings, where the store keeps them.
+        self.keeps_dead = getattr(store, "supports_dead", False)
+        self.pending_dead = ([], [])
+        self.pending_meta = []
 
     def run(self):
         poller = select.poll()
@@ -53,8 +59,9 @@ class StoreThread(threading.Thread):
         while not self.stopping.is_set():
             if self.tick_s is not None:
                 self.tend()
-            if not poller.poll(wait_ms) and not self.pending_deletes:
-                continue
+            # Also on every timeout: admin actions (dead letters discarded or re-queued,
+            # retry settings) do not poke the store's eventfd.
+            poller.poll(wait_ms)
             self.commit_once()
         # What the loops handed over before they stopped still goes to disk.
         self.commit_once()
@@ -88,18 +95,45 @@ class StoreThread(threading.Thread):
             else:
                 log.warning("store lease renewed: serving again")
 
+    def set_retry(self, function, retries, backoff_s):
+        """(control thread) Keep a function's retry setting with the next commit."""
+        if self.keeps_dead:
+            self.pending_meta.append((function, retries, backoff_s))
+
+    def take_dead(self):
+        """Dead-letter rows to write and ids to delete, if this store keeps them. Taken
+        after the job rows: a dead letter is written no later than its job row goes."""
+        from fastgear import control
+        adds, deletes = control.dead_take(self.loop)
+        if not self.keeps_dead:
+            return [], []
+        return self.pending_dead[0] + adds, self.pending_dead[1] + deletes
+
     def commit_once(self):
         adds, deletes = self.loop.store_take()
+        dead_adds, dead_deletes = self.take_dead()
+        self.pending_dead = ([], [])
         deletes = self.pending_deletes + deletes
         self.pending_deletes = []
-        if not adds and not deletes:
+        meta, self.pending_meta = self.pending_meta, []
+        for function, retries, backoff_s in meta:
+            try:
+                self.store.set_retry(function, retries, backoff_s)
+            except Exception as exc:  # noqa: BLE001 (kept in memory; logged)
+                log.error("store: keeping the retry setting of %r failed: %s", function, exc)
+        if not adds and not deletes and not dead_adds and not dead_deletes:
             return
         if not adds and self.fenced:
             # Deletes wait for the lease to come back (they check our epoch anyway).
             self.pending_deletes = deletes
+            self.pending_dead = (dead_adds, dead_deletes)
             return
         try:
-            row_ids = self.store.write([a[1:] for a in adds], deletes)
+            if dead_adds or dead_deletes:
+                row_ids = self.store.write([a[1:] for a in adds], deletes, dead_adds,
+                                           dead_deletes)
+            else:
+                row_ids = self.store.write([a[1:] for a in adds], deletes)
         except Exception as exc:  # noqa: BLE001 (sqlite3.Error, OSError...: never stop serving)
             self.failures += 1
             now = time.monotonic()
@@ -109,6 +143,7 @@ class StoreThread(threading.Thread):
                           len(adds), len(deletes), exc)
             # Deletes are retried with the next commit; a submitter gets QUEUE_ERROR.
             self.pending_deletes = deletes
+            self.pending_dead = (dead_adds, dead_deletes)
             text = f"QUEUE_ERROR {exc}".encode("utf-8", "replace")[:200]
             self.loop.store_done([], [a[0] for a in adds], text)
             return

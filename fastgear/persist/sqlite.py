@@ -5,7 +5,10 @@ when_to_run) so a queue file written by gearmand replays here, but not its prima
 on (unique_key, function_name): that key makes jobs with an empty or repeated unique
 key overwrite each other (PROTOCOL.md §6). Rows are keyed by SQLite's rowid instead, and
 replayed in rowid (submission) order. A gearmand table found on open is migrated once
-into that layout. WAL journal; `--store-sync` sets PRAGMA synchronous.
+into that layout. WAL journal; `--store-sync` sets PRAGMA synchronous. Dead letters and
+per-function retry settings live in two tables of their own, TABLE_dead and
+TABLE_retry; a dead letter's row is written in the same transaction that deletes its
+job's row.
 """
 import os
 import re
@@ -14,6 +17,16 @@ import sqlite3
 from fastgear.persist import StoreError
 
 COLUMNS = "unique_key TEXT, function_name TEXT, priority INTEGER, data BLOB, when_to_run INTEGER"
+# fastgear's own tables beside it (gearmand ignores them): the dead letters, keyed by
+# the engine's dead-letter id, and the per-function retry policy (`retry F N BACKOFF`).
+DEAD_COLUMNS = ("id INTEGER PRIMARY KEY, handle BLOB, function_name BLOB, unique_key BLOB, "
+                "priority INTEGER, data BLOB, error BLOB, reason INTEGER, attempts INTEGER, "
+                "submitted_us INTEGER, failed_us INTEGER")
+DEAD_FIELDS = ("id", "handle", "function", "unique", "priority", "data", "error", "reason",
+               "attempts", "submitted_us", "failed_us")
+_DEAD_SELECT = ("id", "handle", "function_name", "unique_key", "priority", "data", "error",
+                "reason", "attempts", "submitted_us", "failed_us")
+RETRY_COLUMNS = "function_name BLOB PRIMARY KEY, retries INTEGER, backoff_ms INTEGER"
 
 
 class SQLiteStore:
@@ -44,6 +57,8 @@ class SQLiteStore:
 
     def _create_or_migrate(self):
         t = self.table
+        self.db.execute(f"CREATE TABLE IF NOT EXISTS {t}_dead ({DEAD_COLUMNS})")
+        self.db.execute(f"CREATE TABLE IF NOT EXISTS {t}_retry ({RETRY_COLUMNS})")
         row = self.db.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name=?",
                               (t,)).fetchone()
         if row is None:
@@ -72,13 +87,48 @@ class SQLiteStore:
             yield (rid, _bytes(func), _bytes(unique), int(prio if prio is not None else 1),
                    _bytes(data), int(when or 0))
 
-    def write(self, adds, deletes):
+    def replay_dead(self):
+        """Every stored dead letter, oldest first, as dicts (control.dead_restore)."""
+        cur = self.db.execute(f"SELECT {', '.join(_DEAD_SELECT)} FROM {self.table}_dead "
+                              f"ORDER BY id")
+        for row in cur:
+            r = dict(zip(DEAD_FIELDS, row))
+            for k in ("handle", "function", "unique", "data", "error"):
+                r[k] = _bytes(r[k])
+            for k in ("priority", "reason", "attempts", "submitted_us", "failed_us"):
+                r[k] = int(r[k] or 0)
+            yield r
+
+    def replay_retry(self):
+        """[(function, retries, backoff_s)]: the per-function retry settings."""
+        return [(_bytes(f), int(n), int(ms) / 1000.0) for f, n, ms in self.db.execute(
+            f"SELECT function_name, retries, backoff_ms FROM {self.table}_retry")]
+
+    def set_retry(self, function, retries, backoff_s):
+        """Keep a function's retry setting (retries < 0: forget it)."""
+        if retries < 0:
+            self.db.execute(f"DELETE FROM {self.table}_retry WHERE function_name=?",
+                            (function,))
+        else:
+            self.db.execute(f"INSERT OR REPLACE INTO {self.table}_retry VALUES (?, ?, ?)",
+                            (function, retries, round(backoff_s * 1000)))
+
+    def write(self, adds, deletes, dead_adds=(), dead_deletes=()):
         """One transaction: insert adds (function, unique, priority, data, when), delete
-        row ids; returns the new rows' ids in order."""
+        row ids, insert dead letters (dicts) and delete dead letters by id; returns the
+        new job rows' ids in order."""
         db = self.db
         ids = []
         db.execute("BEGIN")
         try:
+            if dead_adds:
+                db.executemany(
+                    f"INSERT OR REPLACE INTO {self.table}_dead ({', '.join(_DEAD_SELECT)}) "
+                    f"VALUES ({', '.join('?' * len(DEAD_FIELDS))})",
+                    [tuple(d[k] for k in DEAD_FIELDS) for d in dead_adds])
+            if dead_deletes:
+                db.executemany(f"DELETE FROM {self.table}_dead WHERE id=?",
+                               [(i,) for i in dead_deletes])
             if deletes:
                 db.executemany(f"DELETE FROM {self.table} WHERE rowid=?",
                                [(d,) for d in deletes])
@@ -101,6 +151,8 @@ class SQLiteStore:
                 pass
             raise
         return ids
+
+    supports_dead = True
 
     def delete_rows(self, row_ids):
         self.write([], list(row_ids))
