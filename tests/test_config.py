@@ -33,6 +33,8 @@ GEARMAND_DEFAULTS = {
     "max_packet": 256 << 20, "max_function_name": 8192, "max_unique": 64,
     "max_output": 16 << 20, "max_output_hard": 512 << 20, "max_connections": 0,
     "max_queued_bytes": 0, "shutdown_timeout": 0, "wakeup_timeout": 1000,
+    # gearmand's fixed bind() retry period and glibc's syslog socket (_PATH_LOG)
+    "bind_retry_timeout": 20, "syslog_socket": "/dev/log",
     "libpq_conninfo": None, "libpq_table": "queue",
     "mysql_host": "localhost", "mysql_port": 3306, "mysql_user": None,
     "mysql_password": None, "mysql_db": None, "mysql_table": "gearman_queue",
@@ -99,6 +101,8 @@ FLAGS = [
     ("max-queued-bytes", None, "max_queued_bytes", "1073741824", 1073741824),
     ("shutdown-timeout", None, "shutdown_timeout", "30", 30),
     ("wakeup-timeout", None, "wakeup_timeout", "250", 250),
+    ("bind-retry-timeout", None, "bind_retry_timeout", "3", 3),
+    ("syslog-socket", None, "syslog_socket", "/run/log.sock", "/run/log.sock"),
     ("libpq-conninfo", None, "libpq_conninfo", "dbname=g", "dbname=g"),
     ("libpq-table", None, "libpq_table", "jobs", "jobs"),
     ("redis-server", None, "redis_server", "r1", "r1"),
@@ -271,7 +275,6 @@ def test_unknown_queue_type_is_refused_naming_the_flag():
     (["--ssl"], "--ssl"),
     (["-r", "http"], "--protocol http"),
     (["-r", "spdy"], "--protocol spdy"),
-    (["--syslog"], "--syslog"),
     (["-p", "0"], "--port 0"),
     (["-p", "65536"], "--port 65536"),
     (["-t", "-1"], "--threads -1"),
@@ -419,6 +422,23 @@ def test_check_args_still_refuses_unsupported_flags(fake_server, capsys):
     assert fake_server == []
 
 
+@pytest.mark.parametrize("argv", [["--syslog"], ["--syslog", "-l", "none"],
+                                  ["--syslog", "--syslog-socket", "/nonexistent/log"],
+                                  ["--bind-retry-timeout", "0"], ["-L", "localhost"]])
+def test_check_args_accepts_valid_combinations_with_status_0(argv, fake_server):
+    assert cli.main(["serve", "--check-args"] + argv) == 0
+    assert fake_server == []
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--bind-retry-timeout", "-1"], "--bind-retry-timeout -1"),
+    (["--bind-retry-timeout", "3601"], "--bind-retry-timeout 3601"),
+    (["--syslog", "--syslog-socket", ""], "--syslog-socket"),
+])
+def test_start_up_settings_out_of_range_are_refused(argv, flag):
+    assert refusal(*argv).startswith(flag + ":")
+
+
 def test_serve_hands_the_validated_config_to_the_server(fake_server):
     assert cli.main(["serve", "-p", "4731", "--verbose", "debug", "-j", "256"]) == 7
     assert fake_server == [dataclasses.replace(Config(), port=4731, verbose="DEBUG")]
@@ -494,6 +514,8 @@ SAME_AS_GEARMAND = [
     ["--verbose=BAD"],
     ["--config-file", "nope.conf"],
     ["--config-file"],
+    ["--syslog"],
+    ["--syslog", "--verbose", "INFO"],
 ]
 
 
