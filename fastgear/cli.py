@@ -4,6 +4,7 @@
 gearmand's rules: no abbreviated long options, each option at most once, options from
 `--config-file` (or `@file`) filling in whatever the command line did not set. Every
 subcommand registers itself in `COMMANDS`, so `bench` and `admin` slot in beside `serve`.
+A command line `serve` refuses exits with status 1, as gearmand's does.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ VERSION = f"fastgear {__version__} (gearmand {GEARMAND_COMPAT_VERSION} compatibl
 
 
 class Parser(argparse.ArgumentParser):
-    """Reports errors as ConfigError so main() prints them one way and returns 2."""
+    """Reports errors as ConfigError so they are printed one way: `serve` exits with 1,
+    as gearmand does on a bad command line, the rest with argparse's usage status 2."""
 
     def error(self, message: str):
         raise ConfigError(message)
@@ -132,7 +134,12 @@ def config_from_argv(argv: Sequence[str], environ=None,
 
 
 def run_serve(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
-    cfg = config.validate(config_from_argv(argv, parser=parser))
+    try:
+        cfg = config.validate(config_from_argv(argv, parser=parser))
+    except ConfigError as exc:
+        # gearmand's status for every bad command line; init scripts test for it.
+        print(f"fastgear: error: {exc}", file=sys.stderr)
+        return 1
     if cfg.check_args:
         return 0
     from fastgear import server  # the compiled core is only needed to actually serve

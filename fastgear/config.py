@@ -12,7 +12,7 @@ line gearmand accepts parses here and means the same: numbers are plain decimal,
 only their low 8 bits. Where gearmand accepts nonsense that only fails later or silently
 (negative thread counts, port 70000, an unknown queue or protocol module), `validate()`
 refuses it up front, naming the flag. Features fastgear does not have yet (the queue
-modules other than SQLite, TLS, syslog) are refused the same way rather
+modules other than SQLite and PostgreSQL, TLS) are refused the same way rather
 than ignored, so nobody believes background jobs are durable when they are not.
 
 Deliberate differences from gearmand 1.1.20, all more lenient or earlier:
@@ -193,7 +193,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("config-file", None, "config_file", text, DEFAULT_CONFIG_FILE,
            "Read options from this file (whitespace-separated words; the command line "
            "wins). Can be specified with '@name', too."),
-    Option("syslog", None, "syslog", None, False, "Use syslog (fastgear: refused, not implemented yet)."),
+    Option("syslog", None, "syslog", None, False,
+           "Use syslog: log lines also go to the local syslog, as gearmand's do (ident "
+           "gearmand, facility user, levels as syslog priorities; see --syslog-socket)."),
     Option("coredump", None, "coredump", None, False,
            "Whether to create a core dump for uncaught signals."),
     Option("threads", "t", "threads", uint32, 4,
@@ -291,6 +293,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("wakeup-timeout", None, "wakeup_timeout", decimal, 1000,
            "fastgear: milliseconds a woken worker has to GRAB before another sleeper is "
            "woken for the job (gearmand #343); 0 disables."),
+    # fastgear's start-up and logging settings
+    Option("bind-retry-timeout", None, "bind_retry_timeout", decimal, 20,
+           "fastgear: seconds to keep retrying a listening address that is in use (an old "
+           "server still exiting), as gearmand does for about 20 s; each retry is logged, "
+           "and an address still busy then ends start-up with status 1. 0: no retry."),
+    Option("syslog-socket", None, "syslog_socket", text, "/dev/log",
+           "fastgear: the local syslog socket --syslog writes to (unix datagram or "
+           "stream). A missing socket is a start-up warning, not an error."),
     Option("libpq-conninfo", None, "libpq_conninfo", text, None,
            "PostgreSQL connection information string."),
     Option("libpq-table", None, "libpq_table", text, "queue", "Table to use."),
@@ -370,6 +380,8 @@ class Config:
     max_queued_bytes: int = 0            # 0: half of physical memory
     shutdown_timeout: int = 0            # seconds; 0: SIGTERM exits at once
     wakeup_timeout: int = 1000           # ms; 0: never wake another sleeper
+    bind_retry_timeout: int = 20         # seconds of bind() retries on EADDRINUSE
+    syslog_socket: str = "/dev/log"      # where --syslog sends
     libpq_conninfo: str | None = None
     libpq_table: str = "queue"
     mysql_host: str = "localhost"
@@ -522,6 +534,7 @@ def validate(cfg: Config) -> Config:
                             ("max_queued_bytes", 0, 1 << 56),
                             ("shutdown_timeout", 0, 86400),
                             ("store_lease", 1, 3600),
+                            ("bind_retry_timeout", 0, 3600),
                             ("wakeup_timeout", 0, 3600 * 1000)):
         value = getattr(cfg, name)
         if not isinstance(value, int) or not low <= value <= high:
@@ -538,8 +551,8 @@ def validate(cfg: Config) -> Config:
                                 f"({cfg.max_packet + OUTPUT_SLACK})")
     if cfg.ssl:
         fail("ssl", "TLS is not supported by this fastgear version yet")
-    if cfg.syslog:
-        fail("syslog", "logging to syslog is not supported by this fastgear version yet")
+    if cfg.syslog and not cfg.syslog_socket:
+        fail("syslog_socket", "must name the syslog socket", False)
     return cfg
 
 

@@ -20,6 +20,7 @@ was acknowledged and not finished is still in the store file.
 import dataclasses
 import errno
 import logging
+import logging.handlers
 import os
 import select
 import signal
@@ -44,8 +45,51 @@ class StartupError(Exception):
     """A fatal problem found before serving (bind, pid file, user)."""
 
 
+_SYSLOG = logging.handlers.SysLogHandler
+SYSLOG_PRIORITIES = {"CRITICAL": _SYSLOG.LOG_CRIT, "ERROR": _SYSLOG.LOG_ERR,
+                     "WARNING": _SYSLOG.LOG_WARNING, "NOTICE": _SYSLOG.LOG_NOTICE,
+                     "INFO": _SYSLOG.LOG_INFO, "DEBUG": _SYSLOG.LOG_DEBUG}
+
+
+class GearmandSyslog(logging.handlers.SysLogHandler):
+    """What gearmand's --syslog sends: openlog("gearmand", LOG_PID, LOG_USER), each level
+    as the syslog priority of the same name, and, as with syslog(3), a line the syslog
+    daemon cannot take is dropped rather than reported on a stderr nobody reads."""
+
+    def __init__(self, path):
+        self.probe(path)
+        super().__init__(address=path, facility=self.LOG_USER)
+        self.append_nul = False  # glibc's syslog() sends none
+        self.setFormatter(logging.Formatter("%(levelname)7s %(message)s"))
+
+    @staticmethod
+    def probe(path):
+        """Raise OSError when nothing listens at `path`: SysLogHandler would say nothing
+        and drop every line, as syslog(3) does, and the user would never know."""
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+            with socket.socket(socket.AF_UNIX, kind) as s:
+                try:
+                    s.connect(path)
+                    return
+                except OSError as exc:
+                    error = exc
+        raise error
+
+    def format(self, record):
+        # The header syslog(3) writes; the pid is taken per line, so it is right after -d.
+        stamp = time.strftime("%b %e %H:%M:%S", time.localtime(record.created))
+        return f"{stamp} gearmand[{record.process}]: {super().format(record)}"
+
+    def mapPriority(self, levelName):
+        return SYSLOG_PRIORITIES.get(levelName, self.LOG_NOTICE)
+
+    def handleError(self, record):
+        pass
+
+
 def setup_logging(cfg):
-    """Log to the file gearmand would, falling back to stderr when it cannot be opened."""
+    """Log to the file gearmand would, falling back to stderr when it cannot be opened,
+    and with --syslog to the local syslog as well; no syslog socket is a warning."""
     root = logging.getLogger("fastgear")
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -62,10 +106,21 @@ def setup_logging(cfg):
             handler = logging.StreamHandler(sys.stderr)
             print(f"fastgear: cannot open log file {target}: {exc}; logging to stderr",
                   file=sys.stderr)
+            target = "stderr"
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root.addHandler(handler)
     root.setLevel(LEVELS.get(cfg.verbose.upper(), logging.ERROR))
     root.propagate = False
+    if cfg.syslog:
+        try:
+            root.addHandler(GearmandSyslog(cfg.syslog_socket))
+        except OSError as exc:
+            where = "nowhere (--log-file none)" if target == "none" else f"to {target} only"
+            warning = (f"--syslog: cannot reach the syslog socket {cfg.syslog_socket} "
+                       f"({exc.strerror or exc}); logging {where}")
+            if target != "stderr":
+                print(f"fastgear: warning: {warning}", file=sys.stderr)
+            log_always(logging.WARNING, "WARNING", warning)
 
 
 def _address(sock):
@@ -91,50 +146,120 @@ def startup_line(cfg, sockets, threads, replayed, mon, http_sockets=()):
             f" store {store}, monitor {monitor_at}")
 
 
+def log_always(levelno, levelname, message):
+    """Log `message` whatever --verbose says (handle() skips the level check)."""
+    record = log.makeRecord(log.name, levelno, __file__, 0, message, None, None)
+    record.levelname = levelname
+    log.handle(record)
+
+
 def log_notice(message):
     """Log `message` whatever --verbose says: gearmand's default level (ERROR) would
     hide the start-up line, and a user needs it most when nothing else is logged."""
-    record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, None, None)
-    record.levelname = "NOTICE"
-    log.handle(record)
+    log_always(logging.INFO, "NOTICE", message)
     # Someone at a terminal whose log goes to a file (gearmand's default) sees it too.
     to_stderr = any(getattr(h, "stream", None) is sys.stderr for h in log.handlers)
     if not to_stderr and sys.stderr.isatty():
         print(f"fastgear: {message}", file=sys.stderr)
 
 
-def bind_listeners(cfg):
-    """Bind like gearmand: every passive address (IPv4 and IPv6) unless -L names one."""
+def _where(addr):
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+
+
+# First pause between bind() retries, doubling up to the last: a restart whose old server
+# exits within a second is served at once (gearmand waits 1, 2, 4, 6, 9 s).
+BIND_RETRY_FIRST, BIND_RETRY_MAX = 0.1, 2.0
+
+
+def bind_listeners(cfg, stopping=lambda: False):
+    """Bind like gearmand: every passive address (IPv4 and IPv6) unless -L names one.
+
+    Every address asked for must be bound, or clients of the missing one are refused
+    with no hint: one in use (an old server still exiting) is retried for
+    --bind-retry-timeout seconds, each retry logged, and then start-up fails, as in
+    gearmand; any other bind() error fails at once. Only an address family the host
+    lacks (socket() fails) is skipped with a warning, as gearmand does.
+    """
     host = cfg.listen or None
     try:
         infos = socket.getaddrinfo(host, cfg.port, socket.AF_UNSPEC, socket.SOCK_STREAM,
                                    0, socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise StartupError(f"cannot resolve listen address {host!r}: {exc}") from exc
-    socks, errors = [], []
+    socks, busy, skipped = [], [], []
     seen = set()
+
+    def close_all():
+        for s in socks + [b[0] for b in busy]:
+            s.close()
+
+    def try_bind(s, addr):
+        """True once bound and listening, False while the address is in use."""
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            close_all()
+            s.close()
+            raise StartupError(f"cannot listen on {_where(addr)}: "
+                               f"{exc.strerror or exc}") from exc
+        # The kernel caps the backlog at net.core.somaxconn (gearmand's 32 drops
+        # SYNs when thousands of workers reconnect after a restart).
+        s.listen(cfg.backlog)
+        s.setblocking(False)
+        return True
+
     for family, stype, proto, _, addr in infos:
         if (family, addr) in seen:
             continue
         seen.add((family, addr))
-        s = socket.socket(family, stype, proto)
         try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            s.bind(addr)
-            # The kernel caps the backlog at net.core.somaxconn (gearmand's 32 drops
-            # SYNs when thousands of workers reconnect after a restart).
-            s.listen(cfg.backlog)
-            s.setblocking(False)
-            socks.append(s)
+            s = socket.socket(family, stype, proto)
         except OSError as exc:
-            s.close()
-            errors.append(f"{addr[0]}:{addr[1]}: {exc.strerror or exc}")
+            skipped.append(f"{_where(addr)}: {exc.strerror or exc}")
+            continue
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if try_bind(s, addr):
+            socks.append(s)
+        else:
+            busy.append((s, addr))
+    deadline = time.monotonic() + cfg.bind_retry_timeout
+    pause = BIND_RETRY_FIRST
+    while busy and not stopping():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        for _, addr in busy:
+            # Logged whatever --verbose says: a server silent for 20 s looks hung.
+            log_always(logging.WARNING, "WARNING",
+                       f"{_where(addr)} is in use; retrying bind() for {left:.1f}s more "
+                       f"(--bind-retry-timeout {cfg.bind_retry_timeout})")
+        until = time.monotonic() + min(pause, left)
+        while time.monotonic() < until and not stopping():
+            time.sleep(min(0.05, max(0.0, until - time.monotonic())))
+        pause = min(pause * 2, BIND_RETRY_MAX)
+        still = []
+        for s, addr in busy:
+            if try_bind(s, addr):
+                socks.append(s)
+            else:
+                still.append((s, addr))
+        busy = still
+    if busy:
+        close_all()
+        where = ", ".join(_where(addr) for _, addr in busy)
+        if stopping():
+            raise StartupError(f"stopped while waiting for {where} to be free")
+        raise StartupError(f"cannot listen on {where}: Address already in use (still after "
+                           f"--bind-retry-timeout {cfg.bind_retry_timeout})")
     if not socks:
-        raise StartupError(f"cannot listen on port {cfg.port} ({'; '.join(errors)})")
-    for e in errors:
+        raise StartupError(f"cannot listen on port {cfg.port} ({'; '.join(skipped)})")
+    for e in skipped:
         log.warning("not listening on %s", e)
     return socks
 
@@ -505,10 +630,12 @@ def run(cfg):
     srv.install_signal_handlers()
     sockets, http_sockets, store, pid_path, replayed = [], [], None, None, 0
     try:
-        sockets = bind_listeners(cfg)
+        stopping = lambda: srv._stop or srv._term
+        sockets = bind_listeners(cfg, stopping)
         if "http" in cfg.protocol:
             # -r http: the same binding rules on --http-port.
-            http_sockets = bind_listeners(dataclasses.replace(cfg, port=cfg.http_port))
+            http_sockets = bind_listeners(dataclasses.replace(cfg, port=cfg.http_port),
+                                          stopping)
         # Opened and replayed before detaching, so a bad queue file is reported on the
         # terminal; its thread starts after the fork (threads do not survive fork()).
         if cfg.queue_type in ("libsqlite3", "postgres"):

@@ -35,6 +35,8 @@ GEARMAND_DEFAULTS = {
     "max_packet": 256 << 20, "max_function_name": 8192, "max_unique": 64,
     "max_output": 16 << 20, "max_output_hard": 512 << 20, "max_connections": 0,
     "max_queued_bytes": 0, "shutdown_timeout": 0, "wakeup_timeout": 1000,
+    # gearmand's fixed bind() retry period and glibc's syslog socket (_PATH_LOG)
+    "bind_retry_timeout": 20, "syslog_socket": "/dev/log",
     "libpq_conninfo": None, "libpq_table": "queue",
     "mysql_host": "localhost", "mysql_port": 3306, "mysql_user": None,
     "mysql_password": None, "mysql_db": None, "mysql_table": "gearman_queue",
@@ -106,6 +108,8 @@ FLAGS = [
     ("max-queued-bytes", None, "max_queued_bytes", "1073741824", 1073741824),
     ("shutdown-timeout", None, "shutdown_timeout", "30", 30),
     ("wakeup-timeout", None, "wakeup_timeout", "250", 250),
+    ("bind-retry-timeout", None, "bind_retry_timeout", "3", 3),
+    ("syslog-socket", None, "syslog_socket", "/run/log.sock", "/run/log.sock"),
     ("libpq-conninfo", None, "libpq_conninfo", "dbname=g", "dbname=g"),
     ("libpq-table", None, "libpq_table", "jobs", "jobs"),
     ("redis-server", None, "redis_server", "r1", "r1"),
@@ -277,7 +281,6 @@ def test_unknown_queue_type_is_refused_naming_the_flag():
 @pytest.mark.parametrize("argv, flag", [
     (["--ssl"], "--ssl"),
     (["-r", "spdy"], "--protocol spdy"),
-    (["--syslog"], "--syslog"),
     (["-p", "0"], "--port 0"),
     (["-p", "65536"], "--port 65536"),
     (["-t", "-1"], "--threads -1"),
@@ -316,7 +319,7 @@ def test_parse_errors_use_gearmands_wording(argv, message):
 @pytest.mark.parametrize("argv", [["--back", "5"], ["--verb", "INFO"], ["--po", "1"],
                                   ["--daemo"], ["-v"], ["--check-args=1"], ["stray"]])
 def test_abbreviations_and_unknown_flags_are_rejected(argv, capsys):
-    assert cli.main(["serve", "--check-args"] + argv) == 2
+    assert cli.main(["serve", "--check-args"] + argv) == 1
     assert capsys.readouterr().err.startswith("fastgear: error: ")
 
 
@@ -419,10 +422,27 @@ def test_check_args_validates_and_exits_zero_without_serving(fake_server):
 
 
 def test_check_args_still_refuses_unsupported_flags(fake_server, capsys):
-    assert cli.main(["serve", "--check-args", "--ssl"]) == 2
+    assert cli.main(["serve", "--check-args", "--ssl"]) == 1
     assert capsys.readouterr().err == \
         "fastgear: error: --ssl: TLS is not supported by this fastgear version yet\n"
     assert fake_server == []
+
+
+@pytest.mark.parametrize("argv", [["--syslog"], ["--syslog", "-l", "none"],
+                                  ["--syslog", "--syslog-socket", "/nonexistent/log"],
+                                  ["--bind-retry-timeout", "0"], ["-L", "localhost"]])
+def test_check_args_accepts_valid_combinations_with_status_0(argv, fake_server):
+    assert cli.main(["serve", "--check-args"] + argv) == 0
+    assert fake_server == []
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--bind-retry-timeout", "-1"], "--bind-retry-timeout -1"),
+    (["--bind-retry-timeout", "3601"], "--bind-retry-timeout 3601"),
+    (["--syslog", "--syslog-socket", ""], "--syslog-socket"),
+])
+def test_start_up_settings_out_of_range_are_refused(argv, flag):
+    assert refusal(*argv).startswith(flag + ":")
 
 
 def test_serve_hands_the_validated_config_to_the_server(fake_server):
@@ -431,7 +451,7 @@ def test_serve_hands_the_validated_config_to_the_server(fake_server):
 
 
 def test_serve_does_not_start_the_server_when_config_is_refused(fake_server, capsys):
-    assert cli.main(["serve", "-q", "mysql", "--mysql-db", "x"]) == 2
+    assert cli.main(["serve", "-q", "mysql", "--mysql-db", "x"]) == 1
     assert "--queue-type mysql" in capsys.readouterr().err
     assert fake_server == []
 
@@ -471,7 +491,7 @@ def test_python_dash_m_fastgear_runs_the_cli(tmp_path):
                           "--config-file", os.devnull, "-p", "70000"],
                          capture_output=True, text=True, timeout=30, check=False,
                          cwd=tmp_path, env=env)
-    assert res.returncode == 2
+    assert res.returncode == 1  # gearmand's status for a bad command line
     assert res.stderr == "fastgear: error: --port 70000: must be between 1 and 65535\n"
 
 
@@ -495,17 +515,26 @@ SAME_AS_GEARMAND = [
     ["-t"],
     ["--libtokyocabinet-file", "x"],
     ["stray"],
+    ["--log"],
+    ["-vvv"],
+    ["--verbose=BAD"],
+    ["--config-file", "nope.conf"],
+    ["--config-file"],
+    ["--syslog"],
+    ["--syslog", "--verbose", "INFO"],
 ]
 
 
 @pytest.mark.parametrize("argv", SAME_AS_GEARMAND, ids=" ".join)
-def test_command_line_is_accepted_or_rejected_like_gearmand(argv, tmp_path, capsys):
+def test_command_line_is_accepted_or_rejected_like_gearmand(argv, tmp_path, monkeypatch):
+    """Same verdict and same exit status (0, or 1 for a bad command line)."""
     need_gearmand()
     env = {k: v for k, v in os.environ.items() if k != "GEARMAND_PORT"}
     real = subprocess.run([GEARMAND, "--check-args", "-l", "none"] + argv, cwd=tmp_path,
                           env=env, capture_output=True, timeout=20, check=False)
+    monkeypatch.chdir(tmp_path)
     ours = cli.main(["serve", "--check-args", "-l", "none"] + argv)
-    assert (ours == 0) == (real.returncode == 0), real.stderr
+    assert ours == real.returncode, real.stderr
 
 
 def test_store_is_short_for_the_sqlite_queue_type():
