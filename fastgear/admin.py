@@ -77,6 +77,8 @@ ERR_SHUTDOWN_DENIED = b"ERR ACCESS_DENIED shutdown+is+only+accepted+from+loopbac
 ERR_RESULTS_NOT_KEPT = (
     b"ERR RESULTS_NOT_KEPT start+the+server+with+--keep-results+SECONDS\r\n")
 ERR_QUEUE_FULL = b"ERR QUEUE_FULL the+function+is+at+its+maxqueue+limit\r\n"
+ERR_ARGUMENT_TOO_LARGE = (
+    b"ERR ARGUMENT_TOO_LARGE function+name+or+unique+key+over+this+server's+limits\r\n")
 
 
 class AdminContext(Protocol):
@@ -169,7 +171,8 @@ class AdminContext(Protocol):
         ...
 
     def requeue_dead(self, handle: bytes) -> tuple[str, bytes | None]:
-        """("ok", new handle), ("coalesced", None), ("full", None) or ("notfound", None)."""
+        """("ok", new handle), ("coalesced", None), ("full", None), ("refused", None)
+        or ("notfound", None)."""
         ...
 
     def requeue_dead_function(self, name: bytes) -> int:
@@ -443,6 +446,8 @@ def _dead(args: list[bytes], ctx: AdminContext) -> bytes:
             return b"OK %s\n" % handle
         if status == "coalesced":
             return b"OK coalesced\n"
+        if status == "refused":
+            return ERR_ARGUMENT_TOO_LARGE
         return ERR_QUEUE_FULL if status == "full" else ERR_UNKNOWN_JOB
     if sub == b"requeue-function" and argc == 3:
         return b"OK %d\n" % ctx.requeue_dead_function(args[2])

@@ -35,9 +35,12 @@ cdef enum:
 # Results of engine_packet and the other entry points that answer a peer. Anything but
 # E_OK makes the I/O loop answer MEMORY_ALLOCATION_FAILURE and close the connection.
 # Encoder failures (ENC_NOMEM) are mapped to E_NOMEM where the engine encodes.
+# E_REFUSED: a submission without a connection (replay, takeover, dead-letter requeue)
+# broke a limit; there is nobody to send the ERROR to, so the caller decides.
 cdef enum:
     E_OK = 0
     E_NOMEM = -2
+    E_REFUSED = -3
 
 cdef struct Function
 cdef struct Job
@@ -429,7 +432,7 @@ cdef void engine_job_stored(Engine *e, Job *j, int64_t row_id) noexcept nogil
 cdef void engine_job_store_failed(Engine *e, Job *j) noexcept nogil
 cdef Job *engine_replay(Engine *e, const char *func, size_t fn, const char *uniq, size_t un,
                         const char *data, size_t dn, int prio, int64_t when_s,
-                        int64_t row_id) noexcept nogil
+                        int64_t row_id, int *rc) noexcept nogil
 cdef void job_make_runnable(Engine *e, Job *j, int front) noexcept nogil
 cdef int64_t hist_bound_us(int i) noexcept nogil
 cdef void results_expire(Engine *e) noexcept nogil

@@ -661,6 +661,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return 409, _dumps({"error": "the function's queue is at its maxqueue "
                                              "limit", "handle": _text(handle)}), \
                     "application/json"
+            if status == "refused":
+                return 409, _dumps({"error": "its function name or unique key is over "
+                                             "this server's limits",
+                                    "handle": _text(handle)}), "application/json"
             return 200, _dumps({"handle": _text(handle), "coalesced": status == "coalesced",
                                 "new_handle": _text(new) if new else None}), \
                 "application/json"
