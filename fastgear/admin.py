@@ -156,6 +156,13 @@ class AdminContext(Protocol):
         """Kept outcomes of the jobs submitted with this unique key, newest first."""
         ...
 
+    def results_page(self, function: bytes | None, outcome: int,
+                     limit: int) -> list[dict]:
+        """Kept outcomes newest first (snapshot.results_page's dicts, data cut to a
+        preview), of one function or all, of one outcome (0 complete, 1 fail,
+        2 exception) or all (-1)."""
+        ...
+
     def set_retry(self, name: bytes, retries: int, backoff_s: float) -> None:
         """A function's own retry policy for background jobs (retries < 0: back to the
         server-wide one); kept in the store when there is one."""
@@ -307,6 +314,8 @@ def _dispatch(args: list[bytes], ctx: AdminContext, peer_is_loopback: bool) -> b
         return _shutdown(args, ctx, peer_is_loopback)
     if command == b"result":
         return _result(args, ctx)
+    if command == b"results":
+        return _results(args, ctx)
     if command == b"dead":
         return _dead(args, ctx)
     if command == b"retry":
@@ -409,13 +418,42 @@ def _result(args: list[bytes], ctx: AdminContext) -> bytes:
     return b"".join([_result_line(r) for r in found]) + b".\n"
 
 
+_OUTCOMES = (b"complete", b"fail", b"exception")
+
+
+def _results(args: list[bytes], ctx: AdminContext) -> bytes:
+    """`results [FUNCTION|*] [OUTCOME|*] [LIMIT]`: the newest kept outcomes (100 unless
+    LIMIT, at most 1000), of one function or all (`*`), of one outcome (complete, fail,
+    exception) or all, as `result` lists them but with each data cut to its first 256
+    bytes (data_size is the whole). `.`-terminated; an empty listing when none match."""
+    argc = len(args)
+    if argc > 4:
+        return ERR_INVALID_ARGUMENTS % args[0]
+    function = args[1] if argc >= 2 and args[1] != b"*" else None
+    outcome = -1
+    if argc >= 3 and args[2] != b"*":
+        if args[2].lower() not in _OUTCOMES:
+            return ERR_INVALID_ARGUMENTS % args[0]
+        outcome = _OUTCOMES.index(args[2].lower())
+    limit = 100
+    if argc == 4:
+        if not args[3].isdigit() or not 1 <= int(args[3]) <= 1000:
+            return ERR_INVALID_ARGUMENTS % args[0]
+        limit = int(args[3])
+    if not ctx.keep_results():
+        return ERR_RESULTS_NOT_KEPT
+    return b"".join([_result_line(r) for r in ctx.results_page(function, outcome, limit)]
+                    ) + b".\n"
+
+
 def _result_line(r: dict) -> bytes:
     started = r["started_at"]
     return b"%s\t%s\t%s\t%s\t%d\t%.6f\t%s\t%.6f\t%s\t%d\t%s\n" % (
         r["handle"], r["function"], r["unique"], r["outcome"].encode(),
         1 if r["background"] else 0, r["submitted_at"],
         b"%.6f" % started if started else b"-", r["finished_at"],
-        r["worker"].encode("utf-8", "backslashreplace") or b"-", len(r["data"]),
+        r["worker"].encode("utf-8", "backslashreplace") or b"-",
+        r.get("data_size", len(r["data"])),
         base64.b64encode(r["data"]))
 
 

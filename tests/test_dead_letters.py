@@ -459,7 +459,8 @@ def test_dead_letters_over_http_list_show_requeue_and_discard(start_server):
     srv = start_server("fastgear", "--monitor", f"127.0.0.1:{port}",
                        "--job-handle-prefix", "H:a/b")
     srv.http = ("127.0.0.1", port)
-    wait_for(lambda: _http(srv, "GET", "/dead")[0] == 200, what="the monitor")
+    from test_monitor import _answers
+    wait_for(lambda: _answers(srv.http), what="the monitor")
     h = _fail_some(srv, [(b"f", b"one", b"k1"), (b"f", b"two\xff", b"k2"),
                          (b"g", b"three", b"k3")])
     code, doc = _http(srv, "GET", "/dead")
