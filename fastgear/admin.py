@@ -77,6 +77,8 @@ ERR_SHUTDOWN_DENIED = b"ERR ACCESS_DENIED shutdown+is+only+accepted+from+loopbac
 ERR_RESULTS_NOT_KEPT = (
     b"ERR RESULTS_NOT_KEPT start+the+server+with+--keep-results+SECONDS\r\n")
 ERR_QUEUE_FULL = b"ERR QUEUE_FULL the+function+is+at+its+maxqueue+limit\r\n"
+ERR_ARGUMENT_TOO_LARGE = (
+    b"ERR ARGUMENT_TOO_LARGE function+name+or+unique+key+over+this+server's+limits\r\n")
 
 
 class AdminContext(Protocol):
@@ -154,6 +156,13 @@ class AdminContext(Protocol):
         """Kept outcomes of the jobs submitted with this unique key, newest first."""
         ...
 
+    def results_page(self, function: bytes | None, outcome: int,
+                     limit: int) -> list[dict]:
+        """Kept outcomes newest first (snapshot.results_page's dicts, data cut to a
+        preview), of one function or all, of one outcome (0 complete, 1 fail,
+        2 exception) or all (-1)."""
+        ...
+
     def set_retry(self, name: bytes, retries: int, backoff_s: float) -> None:
         """A function's own retry policy for background jobs (retries < 0: back to the
         server-wide one); kept in the store when there is one."""
@@ -169,7 +178,8 @@ class AdminContext(Protocol):
         ...
 
     def requeue_dead(self, handle: bytes) -> tuple[str, bytes | None]:
-        """("ok", new handle), ("coalesced", None), ("full", None) or ("notfound", None)."""
+        """("ok", new handle), ("coalesced", None), ("full", None), ("refused", None)
+        or ("notfound", None)."""
         ...
 
     def requeue_dead_function(self, name: bytes) -> int:
@@ -304,6 +314,8 @@ def _dispatch(args: list[bytes], ctx: AdminContext, peer_is_loopback: bool) -> b
         return _shutdown(args, ctx, peer_is_loopback)
     if command == b"result":
         return _result(args, ctx)
+    if command == b"results":
+        return _results(args, ctx)
     if command == b"dead":
         return _dead(args, ctx)
     if command == b"retry":
@@ -406,13 +418,42 @@ def _result(args: list[bytes], ctx: AdminContext) -> bytes:
     return b"".join([_result_line(r) for r in found]) + b".\n"
 
 
+_OUTCOMES = (b"complete", b"fail", b"exception")
+
+
+def _results(args: list[bytes], ctx: AdminContext) -> bytes:
+    """`results [FUNCTION|*] [OUTCOME|*] [LIMIT]`: the newest kept outcomes (100 unless
+    LIMIT, at most 1000), of one function or all (`*`), of one outcome (complete, fail,
+    exception) or all, as `result` lists them but with each data cut to its first 256
+    bytes (data_size is the whole). `.`-terminated; an empty listing when none match."""
+    argc = len(args)
+    if argc > 4:
+        return ERR_INVALID_ARGUMENTS % args[0]
+    function = args[1] if argc >= 2 and args[1] != b"*" else None
+    outcome = -1
+    if argc >= 3 and args[2] != b"*":
+        if args[2].lower() not in _OUTCOMES:
+            return ERR_INVALID_ARGUMENTS % args[0]
+        outcome = _OUTCOMES.index(args[2].lower())
+    limit = 100
+    if argc == 4:
+        if not args[3].isdigit() or not 1 <= int(args[3]) <= 1000:
+            return ERR_INVALID_ARGUMENTS % args[0]
+        limit = int(args[3])
+    if not ctx.keep_results():
+        return ERR_RESULTS_NOT_KEPT
+    return b"".join([_result_line(r) for r in ctx.results_page(function, outcome, limit)]
+                    ) + b".\n"
+
+
 def _result_line(r: dict) -> bytes:
     started = r["started_at"]
     return b"%s\t%s\t%s\t%s\t%d\t%.6f\t%s\t%.6f\t%s\t%d\t%s\n" % (
         r["handle"], r["function"], r["unique"], r["outcome"].encode(),
         1 if r["background"] else 0, r["submitted_at"],
         b"%.6f" % started if started else b"-", r["finished_at"],
-        r["worker"].encode("utf-8", "backslashreplace") or b"-", len(r["data"]),
+        r["worker"].encode("utf-8", "backslashreplace") or b"-",
+        r.get("data_size", len(r["data"])),
         base64.b64encode(r["data"]))
 
 
@@ -443,6 +484,8 @@ def _dead(args: list[bytes], ctx: AdminContext) -> bytes:
             return b"OK %s\n" % handle
         if status == "coalesced":
             return b"OK coalesced\n"
+        if status == "refused":
+            return ERR_ARGUMENT_TOO_LARGE
         return ERR_QUEUE_FULL if status == "full" else ERR_UNKNOWN_JOB
     if sub == b"requeue-function" and argc == 3:
         return b"OK %d\n" % ctx.requeue_dead_function(args[2])

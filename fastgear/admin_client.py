@@ -456,6 +456,31 @@ def parse_dead(listing: bytes) -> list[dict]:
     return rows
 
 
+def parse_results(listing: bytes) -> list[dict]:
+    """fastgear's `results` (and `result`) listing, newest first: handle, function,
+    unique, outcome, background, submitted_at, started_at, finished_at, worker,
+    data_size and data_base64 (the first 256 bytes of the result or exception text)."""
+    rows = []
+    for line in _lines(listing):
+        fields = line.split(b"\t")
+        if len(fields) != 11:
+            raise ProtocolError(f"unexpected result line {line!r}")
+        rows.append({"handle": _text(fields[0]), "function": _text(fields[1]),
+                     "unique": _text(fields[2]), "outcome": _text(fields[3]),
+                     "background": fields[4] == b"1", "submitted_at": float(fields[5]),
+                     "started_at": None if fields[6] == b"-" else float(fields[6]),
+                     "finished_at": float(fields[7]),
+                     "worker": None if fields[8] == b"-" else _text(fields[8]),
+                     "data_size": int(fields[9]), "data_base64": _text(fields[10])})
+    return rows
+
+
+def _results_line(value) -> bytes:
+    function, outcome = value
+    return b"results %s %s" % (_wire(function) if function else b"*",
+                               _wire(outcome) if outcome else b"*")
+
+
 def _requeue_json(_client, raw: bytes, handle) -> dict:
     new = _ok_value(raw)
     return {"handle": handle, "ok": True,
@@ -500,6 +525,10 @@ ACTIONS = [
            "newest first; --function F lists one function's.",
            lambda function: b"dead" + (b" " + _wire(function) if function else b""),
            listing=True, to_json=lambda _c, raw, _v: parse_dead(raw)),
+    Action("results", ("--results",),
+           "fastgear: list the newest kept outcomes (--keep-results), newest first; "
+           "--function F and --outcome complete|fail|exception narrow them.",
+           _results_line, listing=True, to_json=lambda _c, raw, _v: parse_results(raw)),
     Action("requeue_dead", ("--requeue-dead",),
            "fastgear: queue a dead letter again (same unique key, new handle, printed).",
            lambda handle: b"dead requeue " + _wire(handle), metavar="HANDLE",
@@ -552,7 +581,9 @@ def make_parser(prog: str = "fastgear admin") -> argparse.ArgumentParser:
     parser.add_argument("--graceful", action="store_true",
                         help="With --shutdown: a graceful shutdown.")
     parser.add_argument("--function", metavar="F",
-                        help="With --dead: only this function's dead letters.")
+                        help="With --dead or --results: only this function's.")
+    parser.add_argument("--outcome", choices=("complete", "fail", "exception"),
+                        help="With --results: only this outcome.")
     for action in sorted(ACTIONS, key=lambda a: a.flags[0]):
         if action.metavar:
             parser.add_argument(*action.flags, dest=action.dest, metavar=action.metavar,
@@ -616,6 +647,8 @@ def run(args: argparse.Namespace, out, err, prog: str = "fastgear admin") -> int
                 value = args.graceful
             elif action.dest == "dead":
                 value = args.function
+            elif action.dest == "results":
+                value = (args.function, args.outcome)
             line = action.line(value)
             try:
                 reply = client.command(line, action.listing)
@@ -643,8 +676,10 @@ def _check(args: argparse.Namespace) -> None:
         raise _UsageError("--timeout must be a number of seconds above 0")
     if args.graceful and not args.shutdown:
         raise _UsageError("--graceful only goes with --shutdown")
-    if args.function is not None and not args.dead:
-        raise _UsageError("--function only goes with --dead")
+    if args.function is not None and not (args.dead or args.results):
+        raise _UsageError("--function only goes with --dead or --results")
+    if args.outcome is not None and not args.results:
+        raise _UsageError("--outcome only goes with --results")
     if not any(getattr(args, a.dest) not in (None, False) for a in ACTIONS):
         raise _UsageError("no action given (for example --status or --workers; "
                           "--help lists them)")

@@ -111,7 +111,8 @@ def set_retry(IOLoop io, bytes name, long retries, double backoff_s):
 def requeue_dead(IOLoop io, bytes handle):
     """Queue a dead letter again: ('ok', new handle), ('coalesced', None) when a job with
     its unique key is in memory already, ('full', None) when its function's queue is at
-    its maxqueue limit, or ('notfound', None)."""
+    its maxqueue limit, ('refused', None) when its function name or unique key is over
+    this server's limits (it stays a dead letter), or ('notfound', None)."""
     cdef Dead *d
     cdef const char *h = handle
     cdef size_t n = len(handle)
@@ -132,6 +133,8 @@ def requeue_dead(IOLoop io, bytes handle):
         return "coalesced", None
     if r == -1:
         return "full", None
+    if r == E_REFUSED:
+        return "refused", None
     if r == 3:
         return "notfound", None
     raise MemoryError()
@@ -139,7 +142,8 @@ def requeue_dead(IOLoop io, bytes handle):
 
 def requeue_dead_function(IOLoop io, bytes name):
     """Queue again every dead letter of a function, oldest first; returns how many were
-    queued (or coalesced). Stops early when the function's queue is full."""
+    queued (or coalesced). Stops early when the function's queue is full; one over this
+    server's name or unique key limits is skipped (it stays a dead letter)."""
     cdef Dead *d
     cdef Dead *dn
     cdef const char *p = name
@@ -156,6 +160,9 @@ def requeue_dead_function(IOLoop io, bytes name):
             dn = d.newer
             if d.func_len == n and (n == 0 or memcmp(d.func, p, n) == 0):
                 r = engine_dead_requeue(&io.S.eng, d, out, &out_len)
+                if r == E_REFUSED:
+                    d = dn
+                    continue
                 if r != 0 and r != 1:
                     break
                 done += 1

@@ -23,6 +23,7 @@ cdef enum:
     OUT_COMPLETE = 0
     OUT_FAIL = 1
     OUT_EXCEPTION = 2
+    RESULT_PAYLOAD_MAX = 256     # bytes of the job's payload kept with its outcome
 
 # why a background job became a dead letter
 cdef enum:
@@ -35,9 +36,12 @@ cdef enum:
 # Results of engine_packet and the other entry points that answer a peer. Anything but
 # E_OK makes the I/O loop answer MEMORY_ALLOCATION_FAILURE and close the connection.
 # Encoder failures (ENC_NOMEM) are mapped to E_NOMEM where the engine encodes.
+# E_REFUSED: a submission without a connection (replay, takeover, dead-letter requeue)
+# broke a limit; there is nobody to send the ERROR to, so the caller decides.
 cdef enum:
     E_OK = 0
     E_NOMEM = -2
+    E_REFUSED = -3
 
 cdef struct Function
 cdef struct Job
@@ -129,6 +133,8 @@ cdef struct Job:
     uint32_t fails           # WORK_FAIL/EXCEPTION/timeouts so far (--bg-retries)
     uint32_t num
     uint32_t den
+    uint32_t n_data          # WORK_DATA and WORK_WARNING packets, for the kept result
+    uint32_t n_warning
     uint64_t seq             # submission order, for FIFO across functions
     int64_t when_s           # wall-clock epoch for EPOCH/SCHED jobs, 0 = now
     int64_t timer_ms         # monotonic deadline while in the timer heap
@@ -190,6 +196,8 @@ cdef struct Result:
     Result *u_next           # not in the unique chain when the unique key is empty
     Result *u_prev
     Result *newer
+    Result *older            # for browsing newest first
+    uint64_t id              # ascending with age: the browsing cursor
     uint64_t handle_hash
     uint64_t unique_hash
     char handle[MAX_HANDLE]
@@ -200,10 +208,21 @@ cdef struct Result:
     uint32_t unique_len
     char *worker
     uint32_t worker_len
-    char *data
+    char *peer               # the worker's address
+    uint32_t peer_len
+    char *payload            # the job's payload, its first RESULT_PAYLOAD_MAX bytes
+    uint32_t payload_len
+    size_t payload_size      # ... and its whole size
+    char *data               # WORK_COMPLETE's result or WORK_EXCEPTION's text
     size_t data_len
     uint8_t outcome          # OUT_COMPLETE, OUT_FAIL or OUT_EXCEPTION
     uint8_t background
+    uint8_t priority
+    uint32_t attempt         # 1 for the first run; retries and lost workers add one
+    uint32_t num             # the last WORK_STATUS
+    uint32_t den
+    uint32_t n_data
+    uint32_t n_warning
     int64_t submitted_us     # wall clock
     int64_t started_us       # wall clock; 0 when it never ran
     int64_t finished_us      # wall clock
@@ -306,6 +325,7 @@ cdef struct Engine:
     uint64_t r_evicted
     Result *r_oldest
     Result *r_newest
+    uint64_t r_next_id
     # background retries and dead letters (--bg-retries, --dead-letters)
     uint32_t bg_retries
     int64_t bg_backoff_ms
@@ -429,7 +449,7 @@ cdef void engine_job_stored(Engine *e, Job *j, int64_t row_id) noexcept nogil
 cdef void engine_job_store_failed(Engine *e, Job *j) noexcept nogil
 cdef Job *engine_replay(Engine *e, const char *func, size_t fn, const char *uniq, size_t un,
                         const char *data, size_t dn, int prio, int64_t when_s,
-                        int64_t row_id) noexcept nogil
+                        int64_t row_id, int *rc) noexcept nogil
 cdef void job_make_runnable(Engine *e, Job *j, int front) noexcept nogil
 cdef int64_t hist_bound_us(int i) noexcept nogil
 cdef void results_expire(Engine *e) noexcept nogil

@@ -153,6 +153,7 @@ cdef int engine_init(Engine *e, const CoreConfig *cfg) noexcept nogil:
     e.dead_max = cfg.dead_letters
     e.dead_max_bytes = cfg.dead_letters_bytes
     e.next_dead_id = 1
+    e.r_next_id = 1
     return 0
 
 

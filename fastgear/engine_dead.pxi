@@ -207,7 +207,8 @@ cdef int engine_dead_requeue(Engine *e, Dead *d, char *handle_out,
     """Queue dead letter d again as a new background job (its unique key, priority and
     payload; a new handle, written to handle_out) and forget it. 0 queued; 1 it
     coalesced with a job of the same unique key already in memory (d is forgotten too);
-    -1 the function's queue is full; E_NOMEM. With a store the job is written first,
+    -1 the function's queue is full; E_REFUSED its function name or unique key is over
+    this server's limits (d is kept); E_NOMEM. With a store the job is written first,
     as a submitted one (the store thread's next commit)."""
     cdef Packet pkt
     cdef Job *j
@@ -236,6 +237,8 @@ cdef int engine_dead_requeue(Engine *e, Dead *d, char *handle_out,
     rc = handle_submit(e, NULL, &pkt)
     e.durable = durable
     j = e.last_job
+    if rc == E_REFUSED:
+        return E_REFUSED
     if rc != E_OK:
         return E_NOMEM
     f.n_requeued += 1

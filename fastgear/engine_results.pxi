@@ -58,6 +58,8 @@ cdef void result_drop_oldest(Engine *e) noexcept nogil:
     e.r_oldest = r.newer
     if e.r_oldest == NULL:
         e.r_newest = NULL
+    else:
+        e.r_oldest.older = NULL
     e.rcount -= 1
     e.rbytes -= r.size
     fg_free(e, r)
@@ -77,15 +79,18 @@ cdef void keep_result(Engine *e, Job *j, uint8_t outcome, const char *d, size_t 
                       Conn *w) noexcept nogil:
     """Copy j's outcome into a Result before j is freed (costs nothing when off)."""
     cdef Function *f = j.func
-    cdef size_t wn = 0, wn_ip = 0, size
+    cdef size_t wn = 0, ip_n = 0, size
+    cdef size_t pn = j.data_len if j.data_len < RESULT_PAYLOAD_MAX else RESULT_PAYLOAD_MAX
     cdef Result *r
     cdef char *p
     if w != NULL:
+        ip_n = strlen(w.ip)
         wn = w.client_id_len
-        if wn == 0 or (wn == 1 and w.client_id[0] == b'-'):
+        if wn == 1 and w.client_id[0] == b'-':
             wn = 0
-            wn_ip = strlen(w.ip)
-    size = sizeof(Result) + f.name_len + j.unique_len + wn + wn_ip + dn + 4
+    # The worker is named by its client id, or by its address when it set none.
+    size = (sizeof(Result) + f.name_len + j.unique_len + (wn if wn else ip_n) + ip_n
+            + pn + dn + 6)
     if size > e.keep_max_bytes:
         e.r_evicted += 1
         return
@@ -110,23 +115,43 @@ cdef void keep_result(Engine *e, Job *j, uint8_t outcome, const char *d, size_t 
     r.worker = p
     if wn:
         memcpy(p, w.client_id, wn)
-    elif wn_ip:
-        memcpy(p, w.ip, wn_ip)
-        wn = wn_ip
+    elif ip_n:
+        memcpy(p, w.ip, ip_n)
+        wn = ip_n
     r.worker_len = <uint32_t>wn
     p += wn + 1
+    r.peer = p
+    if ip_n:
+        memcpy(p, w.ip, ip_n)
+    r.peer_len = <uint32_t>ip_n
+    p += ip_n + 1
+    r.payload = p
+    if pn:
+        memcpy(p, j.data, pn)
+    r.payload_len = <uint32_t>pn
+    r.payload_size = j.data_len
+    p += pn + 1
     r.data = p
     if dn:
         memcpy(p, d, dn)
     r.data_len = dn
     r.outcome = outcome
     r.background = j.background
+    r.priority = j.priority
+    r.attempt = j.fails + j.retries + 1
+    r.num = j.num
+    r.den = j.den
+    r.n_data = j.n_data
+    r.n_warning = j.n_warning
     r.submitted_us = e.now_wall_us - (e.now_us - j.created_us)
     r.started_us = (e.now_wall_us - (e.now_us - j.started_us)) if j.started_us else 0
     r.finished_us = e.now_wall_us
     r.expires_us = e.now_us + e.keep_us
     r.size = size
     r.newer = NULL
+    r.older = e.r_newest
+    r.id = e.r_next_id
+    e.r_next_id += 1
     if e.r_newest != NULL:
         e.r_newest.newer = r
     else:

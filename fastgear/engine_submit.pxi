@@ -57,6 +57,14 @@ cdef int sched_next(Engine *e, Packet *pkt, int64_t *when) noexcept nogil:
     return -1
 
 
+cdef int submit_refuse(Engine *e, Conn *c, const char *code, const char *text) noexcept nogil:
+    # Submissions without a connection (replay, takeover, requeue) have nobody to
+    # answer: engine_error would write to a NULL connection.
+    if c == NULL:
+        return E_REFUSED
+    return engine_error(e, c, code, text)
+
+
 cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     cdef uint32_t t = pkt.type
     cdef uint8_t prio = PRIO_NORMAL
@@ -89,8 +97,8 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     elif t == CMD_SUBMIT_JOB_SCHED:
         data_field = 7
         if sched_next(e, pkt, &when) != 0:
-            return engine_error(e, c, b"INVALID_ARGUMENT",
-                                b"Schedule never matches a time in the next five years")
+            return submit_refuse(e, c, b"INVALID_ARGUMENT",
+                                 b"Schedule never matches a time in the next five years")
     elif t == CMD_SUBMIT_REDUCE_JOB or t == CMD_SUBMIT_REDUCE_JOB_BACKGROUND:
         data_field = 4
         reducer = pkt.f[2]
@@ -99,9 +107,9 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     if c == NULL:
         when = e.replay_when       # replaying a stored row: no submitter
     if pkt.flen[1] > e.max_unique or reducer_len > e.max_unique:
-        return engine_error(e, c, b"ARGUMENT_TOO_LARGE", b"Unique value too large")
+        return submit_refuse(e, c, b"ARGUMENT_TOO_LARGE", b"Unique value too large")
     if pkt.flen[0] > e.max_function_name:
-        return engine_error(e, c, b"ARGUMENT_TOO_LARGE", b"Function name too large")
+        return submit_refuse(e, c, b"ARGUMENT_TOO_LARGE", b"Function name too large")
     f = func_get(e, pkt.f[0], pkt.flen[0], 1)
     if f == NULL:
         return E_NOMEM
@@ -125,14 +133,17 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
             if j.state == JOB_STORING:
                 return add_ack(e, j, c)
             return out1(e, c, CMD_JOB_CREATED, j.handle, j.handle_len)
-    if f.max_queue[prio] and f.total >= f.max_queue[prio]:
-        return engine_error(e, c, b"QUEUE_ERROR", b"Job queue is full")
+    # Stored jobs replayed or taken over (c NULL) were acknowledged once already: they
+    # are taken back over the limit, as over the memory budget below. A dead-letter
+    # requeue checks the limit itself first.
+    if c != NULL and f.max_queue[prio] and f.total >= f.max_queue[prio]:
+        return submit_refuse(e, c, b"QUEUE_ERROR", b"Job queue is full")
     n = sizeof(Job) + pkt.flen[1] + 1 + reducer_len + 1 + pkt.flen[data_field] + 1
     if c != NULL and e.max_queued_bytes and e.queued_bytes + n > e.max_queued_bytes:
         # Refuse rather than grow into swap; stored jobs replayed at start-up (c NULL)
         # are always taken back.
         e.n_budget_refused += 1
-        return engine_error(e, c, b"QUEUE_ERROR", b"Job memory budget exhausted")
+        return submit_refuse(e, c, b"QUEUE_ERROR", b"Job memory budget exhausted")
     if e.jobs >= e.hmask + 1 and grow_jtab(e, &e.htab, &e.hmask, 0) != 0:
         return E_NOMEM
     if ukind and e.ujobs >= e.umask + 1 and grow_jtab(e, &e.utab, &e.umask, 1) != 0:
@@ -255,8 +266,10 @@ cdef void engine_job_store_failed(Engine *e, Job *j) noexcept nogil:
 
 cdef Job *engine_replay(Engine *e, const char *func, size_t fn, const char *uniq, size_t un,
                         const char *data, size_t dn, int prio, int64_t when_s,
-                        int64_t row_id) noexcept nogil:
-    """Recreate a stored background job at start-up (no submitter to answer)."""
+                        int64_t row_id, int *rc) noexcept nogil:
+    """Recreate a stored background job at start-up (no submitter to answer). NULL
+    with rc E_OK: it coalesced with a job in memory; rc E_REFUSED: its function name
+    or unique key is over this server's limits; E_NOMEM."""
     cdef Packet pkt
     cdef Job *j
     cdef uint8_t durable = e.durable
@@ -271,10 +284,10 @@ cdef Job *engine_replay(Engine *e, const char *func, size_t fn, const char *uniq
     pkt.flen[2] = dn
     e.durable = 0
     e.replay_when = when_s
-    handle_submit(e, NULL, &pkt)
+    rc[0] = handle_submit(e, NULL, &pkt)
     e.replay_when = 0
     e.durable = durable
-    j = e.last_job
+    j = e.last_job if rc[0] == E_OK else NULL
     if j != NULL:
         j.store_id = row_id
         j.persisted = 1

@@ -275,6 +275,10 @@ cdef int handle_work(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
                                 b"An exception was received for a job that does not exist")
         return engine_error(e, c, b"JOB_NOT_FOUND", b"Job given in work result not found")
     if t == CMD_WORK_DATA or t == CMD_WORK_WARNING:
+        if t == CMD_WORK_DATA:
+            j.n_data += 1
+        else:
+            j.n_warning += 1
         send_clients(e, j, t, pkt.f[1], pkt.flen[1], 1)
         return E_OK
     if t == CMD_WORK_STATUS:

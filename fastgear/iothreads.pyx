@@ -41,6 +41,8 @@ from fastgear.engine cimport *
 from fastgear.coreconfig cimport CoreConfig, CoreSettings
 from fastgear.includes.sys cimport *
 
+import logging
+
 # epoll tags: a connection's tag is its IOConn pointer (16-byte aligned, low bits 0);
 # the eventfd and listening sockets are told apart by their low bits.
 cdef uint64_t TAG_WAKE = 1
@@ -769,6 +771,17 @@ EVENT_REFUSED = EV_REFUSED
 EVENT_ACCEPT_FAILED = EV_ACCEPT_FAILED
 
 
+def _log_refused(refused):
+    # Stored rows the engine would not take back (over this server's name or unique
+    # key limits, or out of memory) stay in the store: nothing is deleted or lost.
+    if refused:
+        logging.getLogger("fastgear.store").error(
+            "%d stored jobs not taken back (left in the store), e.g. row %d of %r: %s",
+            len(refused), refused[0][0], refused[0][1],
+            "over the function name or unique key limit" if refused[0][2] == E_REFUSED
+            else "out of memory")
+
+
 def _check(int rc, what):
     if rc < 0:
         raise OSError(f"{what} failed")
@@ -1062,19 +1075,22 @@ cdef class IOLoop:
         cdef Job *j
         cdef int64_t rid, when
         cdef int prio
+        cdef int rc = E_OK
         dup = []
+        refused = []
         for rid, func, unique, prio, data, when in rows:
             with nogil:
                 lock(self.S)
             try:
                 j = engine_replay(&self.S.eng, func, len(func), unique, len(unique), data,
                                   len(data), prio if 0 <= prio <= 2 else PRIO_NORMAL,
-                                  when, rid)
+                                  when, rid, &rc)
             finally:
                 unlock(self.S)
             if j == NULL:
-                dup.append(rid)
-        return dup
+                (dup if rc == E_OK else refused).append((rid, func, rc))
+        _log_refused(refused)
+        return [r[0] for r in dup]
 
     def adopt(self, rows):
         """Take over stored jobs while serving (rows claimed from a server that died),
@@ -1083,7 +1099,9 @@ cdef class IOLoop:
         cdef Job *j
         cdef int64_t rid, when
         cdef int prio
+        cdef int rc = E_OK
         dup = []
+        refused = []
         with nogil:
             lock(self.S)
         try:
@@ -1091,9 +1109,12 @@ cdef class IOLoop:
             for rid, func, unique, prio, data, when in rows:
                 j = engine_replay(&self.S.eng, func, len(func), unique, len(unique), data,
                                   len(data), prio if 0 <= prio <= 2 else PRIO_NORMAL,
-                                  when, rid)
+                                  when, rid, &rc)
                 if j == NULL:
-                    dup.append(rid)
+                    if rc == E_OK:
+                        dup.append(rid)
+                    else:
+                        refused.append((rid, func, rc))
             route(self.S, NULL)
             if (self.S.eng.heap_len and (self.S.timer_wake_ms < 0 or
                                          self.S.eng.heap[0].timer_ms < self.S.timer_wake_ms)):
@@ -1101,6 +1122,7 @@ cdef class IOLoop:
                 poke_fd(self.S.loops[0].wakefd)
         finally:
             unlock(self.S)
+        _log_refused(refused)
         return dup
 
     def forget_stored(self):

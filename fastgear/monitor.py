@@ -9,7 +9,8 @@ keeps the last ten minutes of totals for the dashboard's chart and computes rate
 the deltas between samples; requests reuse a sample younger than 250 ms, so a busy
 scraper or many open dashboards cost the engine at most a few lock acquisitions per
 second, never one per request. Endpoints: `/status` (JSON), `/metrics` (Prometheus text
-0.0.4), `/jobs/<handle>` and `/jobs?unique=<key>` (kept results), `/dead` (dead letters:
+0.0.4), `/jobs/<handle>`, `/jobs?unique=<key>` and `/jobs?function=F&outcome=O&since=T`
+(kept results, newest first, paged with `before=<next>`), `/dead` (dead letters:
 GET lists, `/dead/<handle>` shows one, POST `/dead/<handle>/requeue` and
 `/dead/requeue?function=F` queue them again, DELETE `/dead/<handle>` discards one; a
 request carrying an Origin header from another site is refused, so a web page cannot
@@ -291,20 +292,33 @@ def _worker_json(w: dict, now: float) -> dict:
     }
 
 
-def result_json(r: dict) -> dict:
-    """A kept result for JSON: data as UTF-8 text when it is valid UTF-8, always base64."""
-    data = r["data"]
+def _utf8_or_none(data: bytes):
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
-        text = None
+        return None
+
+
+def result_json(r: dict) -> dict:
+    """A kept result for JSON: data (the result, or the exception's text) and the job's
+    payload (its first bytes) as UTF-8 text when they are valid UTF-8, always base64."""
+    data = r["data"]
+    payload = r.get("payload", b"")
     return {
         "handle": _text(r["handle"]), "function": _text(r["function"]),
         "unique": _text(r["unique"]), "outcome": r["outcome"],
-        "background": r["background"], "data": text,
-        "data_base64": base64.b64encode(data).decode("ascii"), "data_size": len(data),
+        "background": r["background"], "data": _utf8_or_none(data),
+        "data_base64": base64.b64encode(data).decode("ascii"),
+        "data_size": r.get("data_size", len(data)),
+        "data_truncated": len(data) < r.get("data_size", len(data)),
         "submitted_at": r["submitted_at"], "started_at": r["started_at"],
         "finished_at": r["finished_at"], "worker": r["worker"],
+        "peer": r.get("peer"), "priority": r.get("priority"), "attempt": r.get("attempt"),
+        "queue_wait_s": r.get("queue_wait_s"), "run_time_s": r.get("run_time_s"),
+        "progress": r.get("progress"), "data_packets": r.get("data_packets"),
+        "warnings": r.get("warnings"), "payload": _utf8_or_none(payload),
+        "payload_base64": base64.b64encode(payload).decode("ascii"),
+        "payload_size": r.get("payload_size"), "id": r.get("id"),
     }
 
 
@@ -611,10 +625,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if path in ("/", "/index.html"):
             return 200, _dashboard(), "text/html; charset=utf-8"
         if path == "/jobs":
-            unique = _query(url.query).get("unique")
-            if unique is None:
-                return 400, b'{"error":"give ?unique=KEY or /jobs/HANDLE"}', "application/json"
-            return self._results(unique=unique)
+            q = _query(url.query)
+            if "unique" in q:
+                return self._results(unique=q["unique"])
+            return self._browse(q)
         if path.startswith("/jobs/") and len(path) > 6:
             return self._results(handle=unquote_to_bytes(path[6:]))
         return 404, b'{"error":"not found"}', "application/json"
@@ -661,6 +675,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return 409, _dumps({"error": "the function's queue is at its maxqueue "
                                              "limit", "handle": _text(handle)}), \
                     "application/json"
+            if status == "refused":
+                return 409, _dumps({"error": "its function name or unique key is over "
+                                             "this server's limits",
+                                    "handle": _text(handle)}), "application/json"
             return 200, _dumps({"handle": _text(handle), "coalesced": status == "coalesced",
                                 "new_handle": _text(new) if new else None}), \
                 "application/json"
@@ -696,6 +714,30 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                 "unique": _text(unique)}), "application/json"
         return 200, _dumps({"unique": _text(unique),
                             "results": [result_json(r) for r in found]}), "application/json"
+
+    def _browse(self, q):
+        """GET /jobs?function=F&outcome=O&since=UNIX&limit=N&before=CURSOR: kept outcomes
+        newest first, a page at a time; `next` is the cursor for the next page."""
+        if not self.monitor.keep_results:
+            return 404, _dumps({"error": "results are not kept: start the server with "
+                                         "--keep-results SECONDS"}), "application/json"
+        outcome = q.get("outcome", b"").decode("ascii", "replace")
+        if outcome and outcome not in snapshot.OUTCOMES:
+            return 400, b'{"error":"outcome is complete, fail or exception"}', \
+                "application/json"
+        try:
+            limit = max(1, min(int(q.get("limit", b"100")), 1000))
+            before = int(q.get("before", b"0"))
+            since = float(q.get("since", b"0"))
+        except ValueError:
+            return 400, b'{"error":"limit, before and since must be numbers"}', \
+                "application/json"
+        rows, cursor = snapshot.results_page(
+            self.monitor.loop, q.get("function"),
+            snapshot.OUTCOMES.index(outcome) if outcome else -1, since, limit,
+            max(before, 0))
+        return 200, _dumps({"results": [result_json(r) for r in rows],
+                            "next": cursor or None}), "application/json"
 
     def _send(self, status, payload, ctype, body=True, extra=()):
         self.send_response(status)

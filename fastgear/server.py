@@ -400,6 +400,9 @@ class Control:
     def results_by_unique(self, unique):
         return snapshot.results_by_unique(self.loop, unique)
 
+    def results_page(self, function, outcome, limit):
+        return snapshot.results_page(self.loop, function, outcome, 0, limit)[0]
+
     def set_retry(self, name, retries, backoff_s):
         control.set_retry(self.loop, name, retries, backoff_s)
         if self.server.store_thread is not None:

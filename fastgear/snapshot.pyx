@@ -606,32 +606,55 @@ def function_stats(IOLoop io):
 
 # ---- kept results ------------------------------------------------------------------------
 
-cdef Result *copy_result(Result *r) noexcept nogil:
-    """(lock) A private copy of a kept result: one block, its strings moved along."""
-    cdef Result *c = <Result *>malloc(r.size)
-    cdef char *base = <char *>r
+cdef inline char *put_at(char *to, char **field, const char *p, size_t n) noexcept nogil:
+    field[0] = to
+    if n:
+        memcpy(to, p, n)
+    to[n] = 0
+    return to + n + 1
+
+
+cdef Result *copy_result(Result *r, size_t preview) noexcept nogil:
+    """(lock) A private copy of a kept result in one block, its data (the result or the
+    exception text) cut to preview bytes; data_len stays the whole size."""
+    cdef size_t dn = r.data_len if r.data_len < preview else preview
+    cdef Result *c = <Result *>malloc(sizeof(Result) + r.func_len + r.unique_len
+                                      + r.worker_len + r.peer_len + r.payload_len
+                                      + dn + 6)
     cdef char *to
     if c == NULL:
         return NULL
-    memcpy(c, r, r.size)
-    to = <char *>c
-    c.func = to + (r.func - base)
-    c.unique = to + (r.unique - base)
-    c.worker = to + (r.worker - base)
-    c.data = to + (r.data - base)
-    c.h_next = c.h_prev = c.u_next = c.u_prev = c.newer = NULL
+    memcpy(c, r, sizeof(Result))
+    to = <char *>(c + 1)
+    to = put_at(to, &c.func, r.func, r.func_len)
+    to = put_at(to, &c.unique, r.unique, r.unique_len)
+    to = put_at(to, &c.worker, r.worker, r.worker_len)
+    to = put_at(to, &c.peer, r.peer, r.peer_len)
+    to = put_at(to, &c.payload, r.payload, r.payload_len)
+    put_at(to, &c.data, r.data, dn)
+    c.size = dn          # (in the copy: how much of the data it holds)
+    c.h_next = c.h_prev = c.u_next = c.u_prev = c.newer = c.older = NULL
     return c
 
 
 cdef dict _result_dict(Result *r):
+    started = r.started_us / 1e6 if r.started_us else None
     return {"handle": r.handle[:r.handle_len], "function": r.func[:r.func_len],
             "unique": r.unique[:r.unique_len],
             "outcome": ("complete", "fail", "exception")[r.outcome],
-            "data": r.data[:r.data_len], "background": bool(r.background),
+            "data": r.data[:r.size], "data_size": r.data_len,
+            "background": bool(r.background),
             "submitted_at": r.submitted_us / 1e6,
-            "started_at": r.started_us / 1e6 if r.started_us else None,
+            "started_at": started,
             "finished_at": r.finished_us / 1e6,
-            "worker": r.worker[:r.worker_len].decode("utf-8", "replace")}
+            "queue_wait_s": (r.started_us - r.submitted_us) / 1e6 if started else None,
+            "run_time_s": (r.finished_us - r.started_us) / 1e6 if started else None,
+            "worker": r.worker[:r.worker_len].decode("utf-8", "replace"),
+            "peer": r.peer[:r.peer_len].decode("utf-8", "replace"),
+            "payload": r.payload[:r.payload_len], "payload_size": r.payload_size,
+            "priority": ("high", "normal", "low")[r.priority] if r.priority < 3 else "normal",
+            "attempt": r.attempt, "progress": [r.num, r.den],
+            "data_packets": r.n_data, "warnings": r.n_warning, "id": r.id}
 
 
 def result(IOLoop io, bytes handle):
@@ -646,7 +669,7 @@ def result(IOLoop io, bytes handle):
         engine_clock(&io.S.eng)
         r = result_by_handle(&io.S.eng, h, n)
         if r != NULL:
-            c = copy_result(r)
+            c = copy_result(r, r.data_len)
             failed = c == NULL
         unlock(io.S)
     if failed:
@@ -675,7 +698,7 @@ def results_by_unique(IOLoop io, bytes unique):
                 if grow_reserve(&found, sizeof(Result *)) != 0:
                     break
                 slot = <Result **>grow_add(&found, sizeof(Result *))
-                slot[0] = copy_result(r)
+                slot[0] = copy_result(r, r.data_len)
                 if slot[0] == NULL:
                     found.failed = 1
                     found.len -= sizeof(Result *)
@@ -694,6 +717,78 @@ def results_by_unique(IOLoop io, bytes unique):
         grow_free(&found)
     out.sort(key=lambda d: d["finished_at"], reverse=True)
     return out
+
+
+OUTCOMES = ("complete", "fail", "exception")
+
+
+def results_page(IOLoop io, bytes function=None, int outcome=-1, double since=0,
+                 size_t limit=100, uint64_t before=0, size_t preview=256):
+    """Kept outcomes newest first, at most `limit`: of one function or all, of one
+    outcome (OUT_*) or all (-1), finished at or after Unix time `since`, and older than
+    the one with id `before` (0: from the newest); each result's data cut to `preview`
+    bytes (data_size is the whole). Returns (dicts, cursor): the cursor is the id to
+    pass as `before` for the next page, 0 when there is none.
+
+    Copied in slices of SLICE results per lock hold. Between slices the walk keeps its
+    place by pointer: results are only ever dropped oldest first, so the result it
+    stopped at still exists while the oldest one's id is not above its own."""
+    cdef Engine *e = &io.S.eng
+    cdef Result *r = NULL
+    cdef Result **rows = <Result **>malloc((limit if limit else 1) * sizeof(Result *))
+    cdef size_t k = 0, i, visited
+    cdef uint64_t pos_id = 0
+    cdef int failed = 0, done = limit == 0, first = 1
+    cdef int64_t since_us = <int64_t>(since * 1e6) if since > 0 else 0
+    cdef bytes fname = function if function is not None else b""
+    cdef const char *fp = fname
+    cdef size_t fn = len(fname)
+    cdef int all_functions = function is None
+    if rows == NULL:
+        raise MemoryError()
+    with nogil:
+        while not done:
+            lock(io.S)
+            if first:
+                engine_clock(e)
+                results_expire(e)
+                r = e.r_newest
+                first = 0
+            elif e.r_oldest == NULL or e.r_oldest.id > pos_id:
+                r = NULL             # it and everything older expired meanwhile
+            visited = 0
+            while r != NULL and k < limit and visited < SLICE:
+                visited += 1
+                if r.finished_us < since_us:
+                    r = NULL
+                    break
+                if ((before == 0 or r.id < before) and
+                        (outcome < 0 or r.outcome == outcome) and
+                        (all_functions or (r.func_len == fn and
+                                           (fn == 0 or memcmp(r.func, fp, fn) == 0)))):
+                    rows[k] = copy_result(r, preview)
+                    if rows[k] == NULL:
+                        failed = 1
+                        r = NULL
+                        break
+                    k += 1
+                r = r.older
+            if r == NULL or k == limit:
+                done = 1
+            else:
+                pos_id = r.id
+            unlock(io.S)
+            if not done:
+                between_slices()
+    try:
+        if failed:
+            raise MemoryError()
+        out = [_result_dict(rows[i]) for i in range(k)]
+    finally:
+        for i in range(k):
+            free(rows[i])
+        free(rows)
+    return out, (out[k - 1]["id"] if k == limit and k else 0)
 
 
 def results_stats(IOLoop io):

@@ -250,3 +250,49 @@ def test_the_dashboard_follows_queues_and_workers_without_a_reload(monitored, ch
         wait_for(lambda: page.js("document.querySelectorAll('#workers tbody tr').length")
                  >= 1, timeout=20, what="the worker in the workers table")
         assert page.js("document.getElementById('t-workers').textContent") == "1"
+
+
+def test_failed_jobs_are_filtered_opened_and_requeued_from_the_dead_letters(start_server,
+                                                                            chromium):
+    from gearproto import GRAB_JOB_UNIQ, JOB_ASSIGN_UNIQ, WORK_FAIL
+    port = free_port()
+    srv = start_server("fastgear", "--monitor", f"127.0.0.1:{port}", "--keep-results", "60")
+    page = chromium(f"http://127.0.0.1:{port}/")
+    with Conn(srv) as client, Conn(srv) as worker:
+        worker.send(CAN_DO, b"flaky")
+        client.submit(b"flaky", b"good", kind=SUBMIT_JOB_BG)
+        worker.send(GRAB_JOB)
+        worker.send(WORK_COMPLETE, worker.expect(JOB_ASSIGN)[0], b"fine")
+        failed = client.submit(b"flaky", b"payload \x00\xff", b"u-9",
+                               kind=SUBMIT_JOB_BG).decode()
+        worker.send(GRAB_JOB)
+        worker.send(WORK_FAIL, worker.expect(JOB_ASSIGN)[0])
+        worker.echo()
+        page.js("document.getElementById('f-outcome').value = 'fail';"
+                "document.getElementById('f-outcome').dispatchEvent(new Event('change'))")
+        outcomes = "[...document.querySelectorAll('#outcomes tbody tr')]"
+        wait_for(lambda: page.js(f"{outcomes}.map(r => r.dataset.handle + ' ' + r.className)"
+                                 ) == [failed + " pick bad"], timeout=20,
+                 what="only the failed job, highlighted, in the outcomes panel")
+        page.js(f"{outcomes}[0].click()")
+        field = "(k) => document.querySelector(`#job-detail dd[data-field=\"${k}\"]`)"
+        wait_for(lambda: page.js(f"(({field})('unique') || {{}}).textContent") == "u-9",
+                 timeout=20, what="the job's detail view")
+        assert page.js(f"({field})('outcome').textContent") == "fail"
+        assert page.js(f"({field})('payload').textContent").startswith("(binary) 70 61")
+        dead_rows = "[...document.querySelectorAll('#dead tbody tr')]"
+        wait_for(lambda: page.js(f"{dead_rows}.map(r => r.dataset.handle)") == [failed],
+                 timeout=20, what="the dead letter in its panel")
+        page.js(f"{dead_rows}[0].querySelector('button.re-queue').click()")
+        worker.send(GRAB_JOB_UNIQ)
+        again = worker.expect(JOB_ASSIGN_UNIQ)
+        assert again[2:] == [b"u-9", b"payload \x00\xff"]
+        worker.send(WORK_COMPLETE, again[0], b"second time lucky")
+        worker.echo()
+        wait_for(lambda: page.js(f"{dead_rows}.length") == 0, timeout=20,
+                 what="the dead-letter panel to empty")
+        page.js("document.getElementById('f-outcome').value = 'complete';"
+                "document.getElementById('f-function').value = 'flaky';"
+                "document.getElementById('f-outcome').dispatchEvent(new Event('change'))")
+        wait_for(lambda: page.js(f"{outcomes}.map(r => r.cells[3].textContent)")
+                 == ["u-9", "–"], timeout=20, what="the re-queued job's completion")

@@ -177,6 +177,9 @@ def test_a_job_whose_workers_vanish_job_retries_times_becomes_a_dead_letter(star
                 worker.send(CAN_DO, b"crashy")
                 worker.send(GRAB_JOB_UNIQ)
                 assert worker.expect(JOB_ASSIGN_UNIQ)[0] == handle
+            # The next worker may be served by another I/O thread before this close.
+            wait_for(lambda: admin.admin("status").split(b"\t")[2] == b"0",
+                     what="the job back in its queue")
         rows = wait_for(lambda: dead(admin), what="the dead letter")
         assert [(r["handle"], r["reason"], r["attempts"]) for r in rows] == \
             [(handle, b"worker_lost", b"2")]
@@ -255,6 +258,39 @@ def test_dead_letters_and_retry_settings_survive_sigkill_with_a_store(start_serv
         assert run_next(worker, WORK_COMPLETE)[3] == b"c"
         assert run_next(worker, WORK_COMPLETE)[2:] == [b"u-a", b"a"]
         wait_for(lambda: _rows(db) == (0, 0, 1), what="the requeued job's rows to go")
+
+
+def test_rows_over_the_limits_are_neither_a_crash_nor_lost_on_replay_or_requeue(
+        start_server, tmp_path):
+    # Replay and requeue submit without a connection: a refusal used to answer a NULL
+    # connection (a crash). Now a stored row over --max-unique stays in the store (the
+    # others are replayed) and a dead letter over it answers ERR.
+    db = str(tmp_path / "q.db")
+    srv = start_server("fastgear", "--store", db)
+    with Conn(srv) as client, Conn(srv) as worker, Conn(srv) as admin:
+        worker.send(CAN_DO, b"g")
+        client.submit(b"f", b"x", b"a-long-unique-key", kind=SUBMIT_JOB_BG)
+        long_dead = client.submit(b"g", b"y", b"another-long-key", kind=SUBMIT_JOB_BG)
+        run_next(worker, WORK_FAIL)
+        short_dead = client.submit(b"g", b"z", b"k", kind=SUBMIT_JOB_BG)
+        run_next(worker, WORK_FAIL)
+        for i in range(2):
+            client.submit(b"h", b"%d" % i, kind=SUBMIT_JOB_BG)
+        wait_for(lambda: _rows(db) == (3, 2, 0), what="the rows to be written")
+    srv.stop(signal.SIGKILL)
+    srv2 = start_server("fastgear", "--store", db, "--max-unique", "8")
+    with Conn(srv2) as client, Conn(srv2) as admin:
+        assert admin.admin("status") == b"h\t2\t0\t0\n.\n"
+        assert "1 stored jobs not taken back" in srv2.log_text()
+        assert admin.admin(f"dead requeue {long_dead.decode()}") == \
+            b"ERR ARGUMENT_TOO_LARGE function+name+or+unique+key+over+this+server's+limits\r\n"
+        assert admin.admin("maxqueue g 1") == b"OK\n"
+        client.submit(b"g", b"w", kind=SUBMIT_JOB_BG)
+        assert admin.admin(f"dead requeue {short_dead.decode()}").startswith(
+            b"ERR QUEUE_FULL")
+        assert admin.admin("dead requeue-function g") == b"OK 0\n"
+        assert {r["handle"] for r in dead(admin)} == {long_dead, short_dead}
+    assert _rows(db)[:2] == (4, 2)      # the refused row is still stored
 
 
 def _rows(db):
@@ -428,7 +464,8 @@ def test_dead_letters_over_http_list_show_requeue_and_discard(start_server):
     srv = start_server("fastgear", "--monitor", f"127.0.0.1:{port}",
                        "--job-handle-prefix", "H:a/b")
     srv.http = ("127.0.0.1", port)
-    wait_for(lambda: _http(srv, "GET", "/dead")[0] == 200, what="the monitor")
+    from test_monitor import _answers
+    wait_for(lambda: _answers(srv.http), what="the monitor")
     h = _fail_some(srv, [(b"f", b"one", b"k1"), (b"f", b"two\xff", b"k2"),
                          (b"g", b"three", b"k3")])
     code, doc = _http(srv, "GET", "/dead")
