@@ -291,3 +291,13 @@ def dead_restore(IOLoop io, rows):
             unlock(io.S)
         if d == NULL:
             raise MemoryError()
+
+
+def dead_id_floor(IOLoop io, uint64_t floor):
+    """New dead letters take ids from `floor` up (an id never goes down): a store shared
+    by several servers gives each server its own range, so their rows never collide."""
+    with nogil:
+        lock(io.S)
+        if io.S.eng.next_dead_id < floor:
+            io.S.eng.next_dead_id = floor
+        unlock(io.S)

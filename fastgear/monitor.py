@@ -287,7 +287,10 @@ def _worker_json(w: dict, now: float) -> dict:
         "sleeping": w["sleeping"], "jobs_done": w["jobs_done"],
         "current": [{"handle": _text(j["handle"]), "function": _text(j["function"]),
                      "started_at": j["started_at"],
-                     "running_s": round(max(now - j["started_at"], 0.0), 3)}
+                     "running_s": round(max(now - j["started_at"], 0.0), 3),
+                     # The job's last WORK_STATUS as [numerator, denominator]; [0, 0]
+                     # until the worker sends one.
+                     "progress": list(j.get("progress", (0, 0)))}
                     for j in w["current"]],
     }
 

@@ -352,6 +352,10 @@ def open_store(cfg, loop):
             for function, retries, backoff_s in store.replay_retry():
                 control.set_retry(loop, function, retries, backoff_s)
             control.dead_restore(loop, store.replay_dead())
+            # A shared store gives each server a range of dead-letter ids of its own.
+            floor = getattr(store, "dead_id_floor", 0)
+            if floor:
+                control.dead_id_floor(loop, floor)
     except Exception as exc:  # any failure here is a start-up error
         store.close()
         raise StoreError(f"cannot replay {where}: {exc}") from exc

@@ -306,6 +306,8 @@ cdef struct HeldRow:
     Str handle
     Str func
     double started_at        # Unix time
+    uint32_t num             # its last WORK_STATUS (0/0: none yet)
+    uint32_t den
 
 
 cdef struct ConnCopy:
@@ -395,6 +397,8 @@ cdef size_t conns_slice(Shared *S, size_t fd, int workers_only, ConnCopy *k) noe
             put_str(&k.text, &h.handle, j.handle, j.handle_len)
             put_str(&k.text, &h.func, j.func.name, j.func.name_len)
             h.started_at = _wall(e, j.started_us)
+            h.num = j.num
+            h.den = j.den
             j = j.q_next
         n += 1 + nabil + nheld
         fd += 1
@@ -477,7 +481,8 @@ def workers(IOLoop io):
                 h = &(<HeldRow *>k.held.p)[m]
                 current.append({"handle": take(&k.text, h.handle),
                                 "function": take(&k.text, h.func),
-                                "started_at": h.started_at})
+                                "started_at": h.started_at,
+                                "progress": [h.num, h.den]})
             peer = take(&k.text, row.ip).decode("ascii", "replace")
             out.append({"id": row.id, "fd": row.fd, "peer": peer,
                         "client_id": take(&k.text, row.client_id),

@@ -20,7 +20,7 @@ import urllib.request
 
 import pytest
 from conftest import free_port, missing, wait_for
-from gearproto import CAN_DO, GRAB_JOB, JOB_ASSIGN, SUBMIT_JOB_BG, WORK_COMPLETE, Conn
+from gearproto import CAN_DO, GRAB_JOB, JOB_ASSIGN, SUBMIT_JOB_BG, WORK_COMPLETE, WORK_STATUS, Conn
 
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser",
                                                        "google-chrome")) if p), None)
@@ -240,9 +240,15 @@ def test_the_dashboard_follows_queues_and_workers_without_a_reload(monitored, ch
         assert page.js(f"{ROWS}.find(r => r.dataset.function === 'arrives_later')"
                        ".className") == "bad"  # jobs waiting and no worker: flagged
         worker.send(CAN_DO, b"arrives_later")
-        for handle in handles:
+        for i, handle in enumerate(handles):
             worker.send(GRAB_JOB)
             assert worker.expect(JOB_ASSIGN)[0] == handle
+            if i == 0:
+                # A running job's WORK_STATUS shows in the workers table as num/den.
+                worker.send(WORK_STATUS, handle, b"3", b"10")
+                wait_for(lambda: "3/10" in (page.js(
+                    "document.querySelector('#workers tbody tr')?.cells[4].textContent")
+                    or ""), timeout=20, what="the running job's progress 3/10")
             worker.send(WORK_COMPLETE, handle, b"done")
         worker.echo()
         wait_row(page, "arrives_later", lambda c: c[1] == "0" and c[7] == "1" and c[12] == "3",

@@ -41,6 +41,7 @@ from gearproto import (
     WORK_COMPLETE,
     WORK_EXCEPTION,
     WORK_FAIL,
+    WORK_STATUS,
     Conn,
 )
 
@@ -330,7 +331,13 @@ def test_status_lists_workers_with_their_current_job_and_since_when(start_server
         assert (job["handle"], job["function"]) == (handle.decode(), "resize")
         assert before - 1 <= job["started_at"] <= time.time() + 1
         assert job["running_s"] >= 0
+        assert job["progress"] == [0, 0]
         assert w["jobs_done"] == 0
+        # The worker's WORK_STATUS shows on its current job while the job runs.
+        worker.send(WORK_STATUS, handle, b"3", b"10")
+        doc = wait_status(srv, lambda d: d["workers"][0]["current"]
+                          and d["workers"][0]["current"][0]["progress"] == [3, 10],
+                          "the running job's progress 3/10")
         worker.send(WORK_COMPLETE, handle, b"")
         doc = wait_status(srv, lambda d: d["workers"][0]["jobs_done"] == 1,
                           "the worker's count of jobs done")

@@ -21,6 +21,7 @@ import urllib.request
 import pytest
 from conftest import free_port, missing, need_gearmand, need_module, wait_for
 from gearproto import (
+    CAN_DO,
     ERROR,
     GRAB_JOB,
     JOB_ASSIGN,
@@ -31,6 +32,8 @@ from gearproto import (
     SUBMIT_JOB_HIGH_BG,
     SUBMIT_JOB_LOW_BG,
     WORK_COMPLETE,
+    WORK_EXCEPTION,
+    WORK_FAIL,
     Closed,
     Conn,
     packet,
@@ -473,3 +476,64 @@ def test_bad_conninfo_and_missing_privilege_exit_1(pg, table, tmp_path):
         check=False, capture_output=True, text=True, timeout=60)
     assert blocked.returncode == 1 and "fastgear[postgres]" in blocked.stderr
 
+
+
+# -- dead letters and retry settings ------------------------------------------------------
+
+def _dead_rows(pg, table):
+    return pg.sql(f"SELECT id, owner, function_name FROM {table}_dead ORDER BY id")
+
+
+def test_dead_letters_and_retry_settings_survive_sigkill_and_restart(pg, table, fastgear):
+    from test_dead_letters import dead, listing, run_next
+    port = free_port()
+    srv = fastgear(table, port=port)
+    with Conn(srv.host, srv.port) as client, Conn(srv.host, srv.port) as worker, \
+            Conn(srv.host, srv.port) as admin:
+        assert admin.admin("retry keep 2 0.5") == b"OK\r\n"
+        worker.send(CAN_DO, b"other")
+        handle = client.submit(b"other", b"a\x00a", b"u-a", kind=SUBMIT_JOB_BG)
+        run_next(worker, WORK_EXCEPTION, b"trace a")
+        before = dead(admin)
+        assert [r["handle"] for r in before] == [handle]
+        # The dead letter's row replaces its job's row, in the same transaction.
+        wait_for(lambda: len(_dead_rows(pg, table)) == 1 and rows(pg, table) == [],
+                 what="the dead letter's row")
+        wait_for(lambda: len(pg.sql(f"SELECT 1 FROM {table}_retry")) == 1,
+                 what="the retry setting's row")
+    srv.stop(signal.SIGKILL)
+    # Back on the same address: it takes over its predecessor's rows at once.
+    srv2 = fastgear(table, port=port)
+    with Conn(srv2.host, srv2.port) as worker, Conn(srv2.host, srv2.port) as admin:
+        assert dead(admin) == before
+        assert [b"keep", b"2", b"0.5"] in listing(admin, "retry")
+        assert admin.admin(f"dead requeue {handle.decode()}").startswith(b"OK ")
+        worker.send(CAN_DO, b"other")
+        assert run_next(worker, WORK_COMPLETE)[2:] == [b"u-a", b"a\x00a"]
+        wait_for(lambda: _dead_rows(pg, table) == [] and rows(pg, table) == [],
+                 what="the requeued dead letter's rows to go")
+
+
+def test_a_survivor_takes_over_a_killed_servers_dead_letters(pg, table, fastgear):
+    from test_dead_letters import dead, run_next
+    a = fastgear(table)
+    b = fastgear(table)
+    with Conn(a.host, a.port) as client, Conn(a.host, a.port) as worker:
+        worker.send(CAN_DO, b"doomed")
+        handle = client.submit(b"doomed", b"x", kind=SUBMIT_JOB_BG)
+        run_next(worker, WORK_FAIL)
+    wait_for(lambda: len(_dead_rows(pg, table)) == 1, what="a's dead letter's row")
+    a.stop(signal.SIGKILL)
+    with Conn(b.host, b.port) as client, Conn(b.host, b.port) as worker, \
+            Conn(b.host, b.port) as admin:
+        wait_for(lambda: [r["handle"] for r in dead(admin)] == [handle],
+                 timeout=LEASE + 10, what="b to take over a's dead letter")
+        # b's own dead letters take ids of its own range: no row collides with a's.
+        worker.send(CAN_DO, b"doomed")
+        client.submit(b"doomed", b"y", kind=SUBMIT_JOB_BG)
+        run_next(worker, WORK_FAIL)
+        wait_for(lambda: len(_dead_rows(pg, table)) == 2, what="b's dead letter's row")
+        ids = [r[0] for r in _dead_rows(pg, table)]
+        assert len(set(ids)) == 2 and all(i >= 1 << 32 for i in ids)
+        assert len({r[1] for r in _dead_rows(pg, table)}) == 1   # both b's now
+        assert len(dead(admin)) == 2

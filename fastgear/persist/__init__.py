@@ -16,7 +16,9 @@ the next one, so the commit rate stays bounded while throughput follows the load
 Between commits it runs the store's `maintain()` and keeps the loops' fence in step
 with the store's lease. A store with `supports_dead` also keeps dead letters
 (`write(..., dead_adds, dead_deletes)`, `replay_dead()`) and per-function retry
-settings (`set_retry()`, `replay_retry()`).
+settings (`set_retry()`, `replay_retry()`); a shared one also hands over the dead
+letters it claimed in a takeover (`adopted_dead()`) and gives each server a range of
+dead-letter ids of its own (`dead_id_floor`).
 """
 import logging
 import select
@@ -82,9 +84,17 @@ class StoreThread(threading.Thread):
             if forget:
                 log.warning("dropped %d stored jobs whose rows other servers took over",
                             self.loop.forget_stored())
+                if self.keeps_dead:
+                    self.forget_dead()
             if rows:
                 duplicates = self.loop.adopt(rows)
                 self.pending_deletes.extend(duplicates)
+            adopted = getattr(self.store, "adopted_dead", None)
+            if self.keeps_dead and adopted is not None:
+                from fastgear import control
+                dead = adopted()
+                if dead:
+                    control.dead_restore(self.loop, dead)
         fenced = self.store.fenced()
         if fenced != self.fenced:
             self.fenced = fenced
@@ -94,6 +104,24 @@ class StoreThread(threading.Thread):
                           "until the database answers again")
             else:
                 log.warning("store lease renewed: serving again")
+
+    def forget_dead(self):
+        """This server's registration was taken over: its dead letters' rows belong to
+        the survivors now, so the engine drops its copies (the deletes they queue find
+        no row of ours), and the new registration's id range starts."""
+        from fastgear import control, snapshot
+        self.pending_dead = ([], [])
+        dropped = 0
+        while True:
+            page = snapshot.dead_letters(self.loop, None, 1000)
+            gone = sum(bool(control.discard_dead(self.loop, d["handle"])) for d in page)
+            dropped += gone
+            if not gone:
+                break
+        control.dead_take(self.loop)
+        control.dead_id_floor(self.loop, getattr(self.store, "dead_id_floor", 0))
+        if dropped:
+            log.warning("dropped %d dead letters whose rows other servers took over", dropped)
 
     def set_retry(self, function, retries, backoff_s):
         """(control thread) Keep a function's retry setting with the next commit."""

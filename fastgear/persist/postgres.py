@@ -13,6 +13,13 @@ Tables (created in an empty database, as gearmand does):
   rows keep their order and become unowned, so the first server to start claims them).
 * `<table>_servers`: one row per running server process: `server_id` (unique per
   process), `epoch` (from the sequence `<table>_epoch`), `addr`, `lease_until`.
+* `<table>_dead`: dead letters, owned like job rows (`owner`, `owner_epoch`), so a
+  survivor's takeover claims a dead server's dead letters with its jobs. Their ids are the
+  engine's dead-letter ids, which start at `epoch << 32` on every server (control.
+  dead_id_floor): servers never collide. A dead letter's row is written in the same
+  transaction that deletes its job's row.
+* `<table>_retry`: per-function retry settings (`retry F N BACKOFF`), one row per function
+  for every server on the table; a server reads them at start-up.
 
 Writes: one statement per group commit renews this server's lease, deletes finished rows
 (only where `owner` and `owner_epoch` are still ours) and inserts the new rows through
@@ -93,6 +100,7 @@ class PostgresStore:
         self.last_takeover = None       # wall clock
         self.peers = []                 # [(server_id, addr, epoch, lease age s)]
         self.reconnects = 0
+        self.claimed_dead = []          # dead letters claimed, for adopted_dead()
         self._q = self._sql_names()
 
     # -- names and connection -------------------------------------------------------
@@ -105,6 +113,8 @@ class PostgresStore:
         def ident(n):
             return sql.Identifier(schema, n) if schema else sql.Identifier(n)
         return {"q": ident(name), "servers": ident(name + "_servers"),
+                "dead": ident(name + "_dead"), "retry": ident(name + "_retry"),
+                "dead_idx": sql.Identifier(name + "_dead_owner"),
                 "seq": sql.Literal(f"{schema + '.' if schema else ''}{name}_epoch"),
                 "seq_ident": ident(name + "_epoch"),
                 "owner_idx": sql.Identifier(name + "_owner"), "name": name,
@@ -221,6 +231,14 @@ class PostgresStore:
                    "renewed timestamptz NOT NULL DEFAULT now(), "
                    "lease_until timestamptz NOT NULL)").format(q["servers"]))
         ex(sql.SQL("CREATE SEQUENCE IF NOT EXISTS {}").format(q["seq_ident"]))
+        ex(sql.SQL("CREATE TABLE IF NOT EXISTS {} (id bigint PRIMARY KEY, owner text, "
+                   "owner_epoch bigint, handle bytea, function_name bytea, unique_key bytea, "
+                   "priority integer, data bytea, error bytea, reason integer, "
+                   "attempts integer, submitted_us bigint, failed_us bigint)").format(q["dead"]))
+        ex(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (owner, owner_epoch)").format(
+            q["dead_idx"], q["dead"]))
+        ex(sql.SQL("CREATE TABLE IF NOT EXISTS {} (function_name bytea PRIMARY KEY, "
+                   "retries integer NOT NULL, backoff_ms bigint NOT NULL)").format(q["retry"]))
 
     def _migrate_gearmand(self, cols):
         """gearmand's `-q postgres` table: (unique_key varchar, function_name varchar,
@@ -250,7 +268,8 @@ class PostgresStore:
            .format(q["q"]))
 
     def _check_privileges(self, table=None):
-        for name in (table,) if table else (self.table, f"{self.table}_servers"):
+        for name in (table,) if table else (self.table, f"{self.table}_servers",
+                                            f"{self.table}_dead", f"{self.table}_retry"):
             for priv in ("SELECT", "INSERT", "UPDATE", "DELETE"):
                 ok = self.con.execute("SELECT has_table_privilege(%s, %s)",
                                       (name, priv)).fetchone()[0]
@@ -290,11 +309,52 @@ class PostgresStore:
         rows = self._takeover(startup=True)
         return rows
 
+    supports_dead = True
+
+    @property
+    def dead_id_floor(self):
+        """The first dead-letter id of this registration: epochs are unique, so each
+        server writes its dead letters' rows in a range of its own."""
+        return (self.epoch or 0) << 32
+
+    def replay_dead(self):
+        """The dead letters claimed with the jobs at start-up, oldest first (a new
+        registration owns no others)."""
+        return self.adopted_dead()
+
+    def adopted_dead(self):
+        """Dead letters claimed since the last call, as dicts (control.dead_restore)."""
+        rows, self.claimed_dead = self.claimed_dead, []
+        rows.sort(key=lambda r: r["id"])
+        return rows
+
+    def replay_retry(self):
+        """[(function, retries, backoff_s)]: the per-function retry settings."""
+        from psycopg import sql
+        return [(_bytes(f), int(n), int(ms) / 1000.0) for f, n, ms in self._run(
+            lambda con: con.execute(sql.SQL("SELECT function_name, retries, backoff_ms "
+                                            "FROM {}").format(self._q["retry"])).fetchall())]
+
+    def set_retry(self, function, retries, backoff_s):
+        """Keep a function's retry setting (retries < 0: forget it)."""
+        from psycopg import sql
+        if retries < 0:
+            stmt = sql.SQL("DELETE FROM {} WHERE function_name = %s").format(self._q["retry"])
+            params = (function,)
+        else:
+            stmt = sql.SQL("INSERT INTO {} VALUES (%s, %s, %s) ON CONFLICT (function_name) "
+                           "DO UPDATE SET retries = EXCLUDED.retries, "
+                           "backoff_ms = EXCLUDED.backoff_ms").format(self._q["retry"])
+            params = (function, retries, round(backoff_s * 1000))
+        self._run(lambda con: con.execute(stmt, params))
+
     # -- group commit ------------------------------------------------------------------
 
-    def write(self, adds, deletes):
+    def write(self, adds, deletes, dead_adds=(), dead_deletes=()):
         """One statement: renew the lease, delete our finished rows, insert adds
-        (function, unique, priority, data, when); returns the new rows' ids in order."""
+        (function, unique, priority, data, when); returns the new rows' ids in order.
+        With dead letters to insert (dicts) or delete (ids), one transaction: that
+        statement, then the dead letters' rows, under the same lease check."""
         if self.fenced():
             # maintain() re-registers; until then nothing is acknowledged.
             raise StoreError("store lease lost (database unreachable)" if self.con is None
@@ -319,13 +379,49 @@ class PostgresStore:
                   "dels": list(deletes), "f": funcs, "u": uniqs, "p": prios, "d": datas,
                   "w": whens}
         t0 = time.monotonic()
-        leased, ids = self._run(lambda con: con.execute(stmt, params).fetchone())
+        if dead_adds or dead_deletes:
+            leased, ids = self._run(lambda con: self._write_with_dead(
+                con, stmt, params, dead_adds, dead_deletes))
+        else:
+            leased, ids = self._run(lambda con: con.execute(stmt, params).fetchone())
         if not leased:
             self._lost()
             raise StoreError("store lease lost: another server took over this one's jobs")
         self._renewed(t0)
         # Ids come from one sequence in insertion order (ORDER BY n).
         return sorted(ids or [])
+
+    def _write_with_dead(self, con, stmt, params, dead_adds, dead_deletes):
+        from psycopg import sql
+        q = self._q
+        mine = sql.SQL("EXISTS (SELECT 1 FROM {} WHERE server_id = %(me)s AND "
+                       "epoch = %(ep)s)").format(q["servers"])
+        with con.transaction():
+            leased, ids = con.execute(stmt, params).fetchone()
+            if not leased:
+                return leased, ids
+            if dead_adds:
+                with con.cursor() as cur:
+                    cur.executemany(sql.SQL(
+                        "INSERT INTO {d} (id, owner, owner_epoch, handle, function_name, "
+                        "unique_key, priority, data, error, reason, attempts, submitted_us, "
+                        "failed_us) SELECT %(id)s, %(me)s, %(ep)s, %(handle)s, %(function)s, "
+                        "%(unique)s, %(priority)s, %(data)s, %(error)s, %(reason)s, %(attempts)s, "
+                        "%(submitted_us)s, %(failed_us)s WHERE {mine} ON CONFLICT (id) DO UPDATE "
+                        "SET owner = EXCLUDED.owner, owner_epoch = EXCLUDED.owner_epoch, "
+                        "handle = EXCLUDED.handle, function_name = EXCLUDED.function_name, "
+                        "unique_key = EXCLUDED.unique_key, priority = EXCLUDED.priority, "
+                        "data = EXCLUDED.data, error = EXCLUDED.error, reason = EXCLUDED.reason, "
+                        "attempts = EXCLUDED.attempts, submitted_us = EXCLUDED.submitted_us, "
+                        "failed_us = EXCLUDED.failed_us").format(d=q["dead"], mine=mine),
+                        [dict(d, me=self.server_id, ep=self.epoch) for d in dead_adds])
+            if dead_deletes:
+                con.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%(ids)s::bigint[]) AND "
+                                    "owner = %(me)s AND owner_epoch = %(ep)s").format(
+                                        q["dead"]),
+                            {"ids": list(dead_deletes), "me": self.server_id,
+                             "ep": self.epoch})
+        return leased, ids
 
     def delete_rows(self, row_ids):
         self.write([], list(row_ids))
@@ -395,9 +491,10 @@ class PostgresStore:
                     (self.lease_s, self.server_id, old)).fetchone()
                 if row is None:
                     return None, t0
-                con.execute(sql.SQL("UPDATE {} SET owner_epoch = %s WHERE owner = %s AND "
-                                    "owner_epoch = %s").format(q["q"]),
-                            (row[0], self.server_id, old))
+                for t in (q["q"], q["dead"]):
+                    con.execute(sql.SQL("UPDATE {} SET owner_epoch = %s WHERE owner = %s "
+                                        "AND owner_epoch = %s").format(t),
+                                (row[0], self.server_id, old))
                 return row[0], t0
         if not self.lost:
             try:
@@ -440,9 +537,11 @@ class PostgresStore:
             orphans = []
             if startup:
                 orphans = [r[0] for r in con.execute(
-                    sql.SQL("SELECT DISTINCT owner FROM {} WHERE owner IS NULL OR NOT EXISTS "
-                            "(SELECT 1 FROM {} s WHERE s.server_id = owner)").format(
-                                q["q"], q["servers"])).fetchall()]
+                    sql.SQL("SELECT DISTINCT owner FROM {q} WHERE owner IS NULL OR NOT EXISTS "
+                            "(SELECT 1 FROM {s} s WHERE s.server_id = owner) UNION SELECT "
+                            "owner FROM {d} WHERE NOT EXISTS (SELECT 1 FROM {s} s WHERE "
+                            "s.server_id = owner)").format(
+                                q=q["q"], s=q["servers"], d=q["dead"])).fetchall()]
             return peers, orphans
         peers, orphans = self._run(scan)
         self.peers = [(sid, addr, ep, float(age) if age is not None else None)
@@ -491,14 +590,43 @@ class PostgresStore:
                          int(w or 0)) for rid, f, u, p, d, w in got)
             if len(got) < CLAIM_SLICE:
                 break
+        self._claim_dead(victim)
         if fence:
             # Gone once every row of it is claimed (rows another survivor still holds
             # locked keep it until that survivor commits).
             self._run(lambda con: con.execute(
                 sql.SQL("DELETE FROM {s} WHERE server_id = %s AND lease_until < now() AND "
-                        "NOT EXISTS (SELECT 1 FROM {q} WHERE owner = %s)").format(
-                            s=q["servers"], q=q["q"]), (victim, victim)))
+                        "NOT EXISTS (SELECT 1 FROM {q} WHERE owner = %s) AND "
+                        "NOT EXISTS (SELECT 1 FROM {d} WHERE owner = %s)").format(
+                            s=q["servers"], q=q["q"], d=q["dead"]),
+                (victim, victim, victim)))
         return rows
+
+    def _claim_dead(self, victim):
+        """The victim's dead letters become ours (kept in claimed_dead for the engine)."""
+        from psycopg import sql
+        if victim is None:
+            return
+        q = self._q
+        stmt = sql.SQL(
+            "UPDATE {d} SET owner = %(me)s, owner_epoch = %(ep)s WHERE owner = %(v)s AND "
+            "NOT EXISTS (SELECT 1 FROM {s} WHERE server_id = %(v)s AND lease_until >= now()) "
+            "AND EXISTS (SELECT 1 FROM {s} WHERE server_id = %(me)s AND epoch = %(ep)s AND "
+            "lease_until >= now()) RETURNING id, handle, function_name, unique_key, priority, "
+            "data, error, reason, attempts, submitted_us, failed_us").format(
+                d=q["dead"], s=q["servers"])
+        got = self._run(lambda con: con.execute(
+            stmt, {"v": victim, "me": self.server_id, "ep": self.epoch}).fetchall())
+        for r in got:
+            d = dict(zip(("id", "handle", "function", "unique", "priority", "data", "error",
+                          "reason", "attempts", "submitted_us", "failed_us"), r))
+            for k in ("handle", "function", "unique", "data", "error"):
+                d[k] = _bytes(d[k])
+            for k in ("priority", "reason", "attempts", "submitted_us", "failed_us"):
+                d[k] = int(d[k] or 0)
+            self.claimed_dead.append(d)
+        if got:
+            log.warning("took over %d dead letters of server %s", len(got), victim)
 
     # -- visibility and close --------------------------------------------------------------
 
