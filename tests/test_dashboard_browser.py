@@ -260,7 +260,7 @@ def test_the_dashboard_follows_queues_and_workers_without_a_reload(monitored, ch
 
 def test_failed_jobs_are_filtered_opened_and_requeued_from_the_dead_letters(start_server,
                                                                             chromium):
-    from gearproto import GRAB_JOB_UNIQ, JOB_ASSIGN_UNIQ, WORK_FAIL
+    from gearproto import GRAB_JOB_UNIQ, JOB_ASSIGN_UNIQ, WORK_FAIL, status_table
     port = free_port()
     srv = start_server("fastgear", "--monitor", f"127.0.0.1:{port}", "--keep-results", "60")
     page = chromium(f"http://127.0.0.1:{port}/")
@@ -290,6 +290,9 @@ def test_failed_jobs_are_filtered_opened_and_requeued_from_the_dead_letters(star
         wait_for(lambda: page.js(f"{dead_rows}.map(r => r.dataset.handle)") == [failed],
                  timeout=20, what="the dead letter in its panel")
         page.js(f"{dead_rows}[0].querySelector('button.re-queue').click()")
+        # The click's request runs in the page: grab once the job is queued again.
+        wait_for(lambda: status_table(client).get(b"flaky", (0,))[0] == 1,
+                 timeout=20, what="the re-queued job")
         worker.send(GRAB_JOB_UNIQ)
         again = worker.expect(JOB_ASSIGN_UNIQ)
         assert again[2:] == [b"u-9", b"payload \x00\xff"]
