@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 
+from fastgear.bench.procstat import cpu_seconds
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -152,7 +154,9 @@ def worker(port, func, stop_at):
     s.close()
 
 
-def measure(port, hport, bg, keep, seconds, clients, nworkers, tag):
+def measure(port, hport, bg, keep, seconds, clients, nworkers, tag, pid):
+    """(jobs/s, server CPU µs per job): the CPU shows whether the server or the Python
+    clients on the same cores set the rate."""
     func = f"{tag}{'bg' if bg else 'fg'}{int(keep)}".encode()
     ctx = mp.get_context("fork")
     q = ctx.Queue()
@@ -165,15 +169,17 @@ def measure(port, hport, bg, keep, seconds, clients, nworkers, tag):
         time.sleep(0.3)
     ps = [ctx.Process(target=client, args=(hport, func, bg, keep, seconds, q))
           for _ in range(clients)]
+    cpu0 = cpu_seconds(pid)
     for p in ps:
         p.start()
     total = sum(q.get(timeout=seconds + 30) for _ in ps)
+    cpu = cpu_seconds(pid) - cpu0
     for p in ps:
         p.join()
     for w in ws:
         w.terminate()
         w.join()
-    return total / seconds
+    return total / seconds, cpu * 1e6 / total if total else float("nan")
 
 
 def main():
@@ -193,19 +199,23 @@ def main():
                     for bg, keep in cases:
                         results[(kind, (bg, keep))].append(
                             measure(port, hport, bg, keep, args.seconds, args.clients,
-                                    args.workers, f"r{rnd}"))
+                                    args.workers, f"r{rnd}", proc.pid))
                 finally:
                     proc.terminate()
                     proc.wait(10)
     print(f"median jobs/s over {args.rounds} rounds of {args.seconds:g} s, "
           f"{args.clients} client processes, {args.workers} workers (foreground)\n")
-    print("| workload | keep-alive | fastgear | gearmand -r http | ratio |")
-    print("|---|---|---|---|---|")
+    print("| workload | keep-alive | fastgear | gearmand -r http | ratio "
+          "| server CPU µs/job fastgear / gearmand |")
+    print("|---|---|---|---|---|---|")
     for bg, keep in cases:
-        f = statistics.median(results[("fastgear", (bg, keep))])
-        g = statistics.median(results[("gearmand", (bg, keep))])
+        f = statistics.median(r[0] for r in results[("fastgear", (bg, keep))])
+        g = statistics.median(r[0] for r in results[("gearmand", (bg, keep))])
+        fc = statistics.median(r[1] for r in results[("fastgear", (bg, keep))])
+        gc = statistics.median(r[1] for r in results[("gearmand", (bg, keep))])
         print(f"| {'background' if bg else 'foreground'} | {'on' if keep else 'off'} | "
-              f"{f:,.0f} | {g:,.0f} | {f / g if g else float('inf'):.1f}x |")
+              f"{f:,.0f} | {g:,.0f} | {f / g if g else float('inf'):.1f}x "
+              f"| {fc:.1f} / {gc:.1f} |")
 
 
 if __name__ == "__main__":
