@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the real peers the tests run against, from Debian, and prove that each works.
-# The packages and their checks come from one list, ci/peers.list (the tests read it
-# too, to name the package a missing peer comes from). Each package is installed when
+# The packages and their checks come from one list, PEERS below (tests/conftest.py reads
+# it too, to name the package a missing peer comes from). Each package is installed when
 # dpkg does not have it, then checked whether it was installed now or long ago: a check
 # proves what the tests use (gearmand answers --version, PHP loads its gearman
 # extension, clang links an ASan + fuzzer shared object), so a machine where a package
@@ -12,8 +12,33 @@
 # servers on free loopback ports and port 4730 must not be taken by a stray daemon.
 set -euo pipefail
 
-here="$(cd "$(dirname "$0")" && pwd)"
-LIST="$here/peers.list"
+# The one list of Debian packages the test suite needs. One package a line:
+#
+#   package | check: a bash command that exits 0 only when the package does its job here
+#
+# A check proves what the tests use, not only that dpkg knows the package: the sanitizer
+# runtime is checked by linking a shared object the way the fuzzer's build does.
+# PEERS_FILE names another list in this format (tests/test_suite_rules.py uses it).
+read -r -d '' PEERS <<'END_OF_PEERS' || true
+gearman-job-server     | "$(command -v gearmand || echo /usr/sbin/gearmand)" --version | grep -q '^gearmand 1\.1\.'
+gearman-tools          | command -v gearman && command -v gearadmin
+libgearman-client-perl | perl -MGearman::Client -MGearman::Worker -e 1
+php-cli                | php -r 'exit(0);'
+php-gearman            | php -r 'exit(class_exists("GearmanClient") && class_exists("GearmanWorker") ? 0 : 1);'
+chromium               | timeout 60 chromium --headless --no-sandbox --disable-gpu --dump-dom 'data:text/html,<p id=x>ok</p>' 2>/dev/null | grep -q '<p id="x">ok</p>'
+clang                  | clang --version | grep -q 'clang version'
+libclang-rt-dev        | d=$(mktemp -d) && echo 'int f(int x) { return x + 1; }' > "$d/t.c" && clang -fsanitize=address,fuzzer-no-link -shared -fPIC "$d/t.c" -o "$d/t.so"; rc=$?; rm -rf "$d"; exit $rc
+gcc                    | d=$(mktemp -d) && echo 'int main(void) { return 0; }' > "$d/t.c" && gcc -O2 "$d/t.c" -o "$d/t" && "$d/t"; rc=$?; rm -rf "$d"; exit $rc
+iproute2               | ss -ltn >/dev/null
+binutils               | nm --version >/dev/null
+procps                 | pgrep --version >/dev/null
+postgresql             | d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1) && [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && "$d/postgres" --version | grep -q 'PostgreSQL'
+curl                   | curl --version | grep -q '^curl '
+END_OF_PEERS
+if [ -n "${PEERS_FILE:-}" ]; then
+    PEERS=$(cat "$PEERS_FILE")
+fi
+LIST="${PEERS_FILE:-the PEERS list in $0}"
 SERVICE=gearman-job-server
 
 log() { printf 'install-peers: %s\n' "$*" >&2; }
@@ -29,7 +54,7 @@ while IFS= read -r line; do
     fi
     PACKAGES+=("$pkg")
     CHECK[$pkg]="$check"
-done < "$LIST"
+done <<< "$PEERS"
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'

@@ -10,7 +10,7 @@ teardown.
 
 Missing peers: outside CI a test whose tool or peer is absent skips with the package to
 install; under CI (CI=true) it fails instead, because a skip in CI hides a missing
-install step. `missing()` names the Debian package from ci/peers.list (the list
+install step. `missing()` names the Debian package from the PEERS list in ci/install-peers.sh (the list
 ci/install-peers.sh installs) or the pip package of the `[test]` extra, and the report
 hook below turns any other skip in CI into a failure too. Scenarios that do not apply
 to a server kind (a deliberate difference run against gearmand) are deselected, not
@@ -43,12 +43,11 @@ IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _debian_peers():
-    """Package names from ci/peers.list, the one list install-peers.sh installs."""
-    names = set()
-    for line in (ROOT / "ci" / "peers.list").read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            names.add(line.split("|", 1)[0].strip())
-    return frozenset(names)
+    """Package names from the PEERS list in ci/install-peers.sh, the one list it installs."""
+    script = (ROOT / "ci" / "install-peers.sh").read_text()
+    body = script.split("<<'END_OF_PEERS'", 1)[1].split("\nEND_OF_PEERS", 1)[0]
+    return frozenset(line.split("|", 1)[0].strip() for line in body.splitlines()[1:]
+                     if line.strip() and "|" in line)
 
 
 DEBIAN_PEERS = _debian_peers()
@@ -59,7 +58,7 @@ def missing(what, *, debian=None, pip=None):
     if debian is not None:
         if debian not in DEBIAN_PEERS:
             # A peer the install script does not install would skip for ever.
-            pytest.fail(f"{debian} is not in ci/peers.list; add it there", pytrace=False)
+            pytest.fail(f"{debian} is not in ci/install-peers.sh's PEERS list; add it there", pytrace=False)
         source = f"Debian package {debian} (bash ci/install-peers.sh installs it)"
     elif pip is not None:
         source = f"pip package {pip} (pip install -e '.[test]' installs it)"

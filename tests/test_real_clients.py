@@ -33,7 +33,7 @@ TEN_MIB = 10 * 1024 * 1024
 
 # --------------------------------------------------------------------------- peers
 
-# Where each tool comes from: the Debian package in ci/peers.list, or the pip package of
+# Where each tool comes from: the Debian package in install-peers.sh's PEERS list, or the pip package of
 # the `[test]` extra, named when a test finds it missing.
 DEBIAN = {"gearman": "gearman-tools", "gearadmin": "gearman-tools",
           "perl": "libgearman-client-perl", "php": "php-cli"}

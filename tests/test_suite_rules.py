@@ -1,7 +1,7 @@
-"""The suite's own rules on a fresh machine: every Debian peer comes from ci/peers.list
+"""The suite's own rules on a fresh machine: every Debian peer comes from the PEERS list in ci/install-peers.sh
 and is checked by ci/install-peers.sh after installing it, and a peer missing under CI
 fails the test that needs it (naming the package) instead of skipping it."""
-import shutil
+import os
 import subprocess
 from types import SimpleNamespace
 
@@ -26,7 +26,7 @@ def test_missing_peer_fails_under_ci_naming_its_package(monkeypatch):
 
 def test_a_package_that_install_peers_does_not_install_is_refused(monkeypatch):
     monkeypatch.setattr(conftest, "IN_CI", False)
-    with pytest.raises(pytest.fail.Exception, match="not in ci/peers.list"):
+    with pytest.raises(pytest.fail.Exception, match="PEERS list"):
         conftest.missing("nmap", debian="nmap")
 
 
@@ -53,10 +53,10 @@ def test_peer_list_names_the_packages_the_suite_uses():
 def run_install_peers(tmp_path, lines):
     """ci/install-peers.sh against a list of installed packages with the given checks:
     nothing is missing, so apt-get is not run and only the checks are."""
-    shutil.copy(ROOT / "ci" / "install-peers.sh", tmp_path / "install-peers.sh")
-    (tmp_path / "peers.list").write_text("# test list\n" + "\n".join(lines) + "\n")
-    return subprocess.run(["bash", str(tmp_path / "install-peers.sh")], capture_output=True,
-                          text=True, timeout=120, check=False)
+    (tmp_path / "peers").write_text("\n".join(lines) + "\n")
+    env = dict(os.environ, PEERS_FILE=str(tmp_path / "peers"))
+    return subprocess.run(["bash", str(ROOT / "ci" / "install-peers.sh")], capture_output=True,
+                          text=True, timeout=120, check=False, env=env)
 
 
 def test_install_peers_fails_naming_a_package_whose_check_fails(tmp_path):
