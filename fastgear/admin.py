@@ -18,7 +18,8 @@ import base64
 import logging
 from typing import Protocol, Union
 
-__all__ = ["CLOSE", "AdminContext", "handle_line", "tokenize"]
+__all__ = ["CHANGE", "CLOSE", "READ", "AdminContext", "command_kind", "denied", "handle_line",
+           "tokenize"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,64 @@ ERR_RESULTS_NOT_KEPT = (
 ERR_QUEUE_FULL = b"ERR QUEUE_FULL the+function+is+at+its+maxqueue+limit\r\n"
 ERR_ARGUMENT_TOO_LARGE = (
     b"ERR ARGUMENT_TOO_LARGE function+name+or+unique+key+over+this+server's+limits\r\n")
+
+
+# What `command_kind` says a line is, for the access checks of --admin-allow and
+# --admin-allow-read (access.py).
+READ = "read"
+CHANGE = "change"
+# The read-only commands; anything not here and not a changing command is answered as
+# gearmand answers an unknown command, whoever sends it.
+_READ_COMMANDS = frozenset({b"workers", b"status", b"prioritystatus", b"show", b"getpid",
+                            b"version", b"result", b"results"})
+# Commands that change the server whatever their arguments. `verbose` only reports the log
+# level in gearmand 1.1.20, but the issue that brought access control lists it with the
+# commands that change the server (gearmand's level is a server setting), so it is gated
+# as one: a peer outside --admin-allow learns nothing from it it needs.
+_CHANGE_COMMANDS = frozenset({b"shutdown", b"cancel", b"create", b"drop", b"maxqueue",
+                              b"verbose"})
+# fastgear's commands that list without arguments and change with them.
+_DEAD_CHANGES = frozenset({b"requeue", b"requeue-function", b"discard"})
+
+
+def command_kind(line: bytes) -> tuple[str | None, str]:
+    """(READ, CHANGE or None, the command's name for a log line) of an admin line.
+
+    None: an unknown command or a line gearmand would close the connection for; those
+    are answered as usual. The name is the command words only (`cancel job`, `dead
+    discard`), never a handle, function name or other argument, and is made printable
+    so that a peer cannot forge log lines."""
+    tokens = tokenize(line)
+    if len(tokens) > MAX_TOKENS:
+        return None, ""
+    args = [_c_str(token).lower() for token in tokens]
+    command = args[0]
+    if command in _CHANGE_COMMANDS:
+        words = args[:2] if command in (b"cancel", b"create", b"drop") else args[:1]
+        return CHANGE, _printable(b" ".join(words))
+    if command == b"dead" and len(args) >= 2 and args[1] in _DEAD_CHANGES:
+        return CHANGE, _printable(b"dead " + args[1])
+    if command == b"retry" and len(args) >= 2:
+        return CHANGE, "retry"
+    if command in _READ_COMMANDS or command in (b"dead", b"retry"):
+        return READ, _printable(b" ".join(args[:3] if command == b"show" else args[:1]))
+    return None, ""
+
+
+def _printable(words: bytes) -> str:
+    return words[:40].decode("ascii", "backslashreplace").encode(
+        "unicode_escape").decode("ascii")
+
+
+def denied(kind: str, ip: str, flag: str) -> bytes:
+    """The ERR line for a refused command, in gearmand's `ERR CODE text+with+pluses`
+    style; it names the address the server saw, which is what the operator must list,
+    and the flag that refused it."""
+    if kind == CHANGE:
+        text = f"{ip} may not change the server ({flag})"
+    else:
+        text = f"{ip} may not use admin commands ({flag})"
+    return b"ERR ACCESS_DENIED %s\r\n" % text.replace(" ", "+").encode("ascii", "replace")
 
 
 class AdminContext(Protocol):

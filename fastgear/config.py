@@ -31,6 +31,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+from fastgear import access
+
 GEARMAND_PORT = 4730
 DEFAULT_PID_FILE = "/var/gearmand.pid"
 DEFAULT_LOG_FILE = "/var/log/gearmand.log"
@@ -265,6 +267,17 @@ OPTIONS: tuple[Option, ...] = (
            "kept, at most this many, to be listed, re-queued or discarded; 0 keeps none."),
     Option("dead-letters-bytes", None, "dead_letters_bytes", decimal, 64 << 20,
            "fastgear: memory bound of the dead letters; the oldest go first."),
+    # fastgear's admin access control (gearmand has none)
+    Option("admin-allow", None, "admin_allow", text, None,
+           "fastgear: only these peers may use the admin commands that change the server "
+           "(shutdown, cancel job, create/drop function, maxqueue, verbose, retry, dead "
+           "requeue/discard) and the monitor's changing actions: comma-separated CIDRs, "
+           "addresses, cn:NAME (TLS client certificate CN), or 'none'. Default: everyone, "
+           "as gearmand (shutdown from loopback only)."),
+    Option("admin-allow-read", None, "admin_allow_read", text, None,
+           "fastgear: only these peers (and those of --admin-allow) may use the read-only "
+           "admin commands (status, workers, show jobs, version, ...) and the monitor's "
+           "pages; same list syntax. Default: everyone."),
     # fastgear's limits (gearmand has none of these; defaults sized in the README)
     Option("max-packet", None, "max_packet", decimal, 256 << 20,
            "fastgear: largest packet accepted, in bytes; a bigger one gets ERROR and the "
@@ -371,6 +384,8 @@ class Config:
     bg_retry_backoff_max: float = 300.0
     dead_letters: int = 10000            # 0: keep none
     dead_letters_bytes: int = 64 << 20
+    admin_allow: str | None = None       # None: everyone (gearmand); see access.py
+    admin_allow_read: str | None = None  # None: everyone
     max_packet: int = 256 << 20
     max_function_name: int = 8192
     max_unique: int = 64
@@ -551,6 +566,13 @@ def validate(cfg: Config) -> Config:
                                 f"({cfg.max_packet + OUTPUT_SLACK})")
     if cfg.ssl:
         fail("ssl", "TLS is not supported by this fastgear version yet")
+    for name in ("admin_allow", "admin_allow_read"):
+        value = getattr(cfg, name)
+        if value is not None:
+            try:
+                access.parse_list(value)
+            except access.AccessError as exc:
+                fail(name, str(exc), False)
     if cfg.syslog and not cfg.syslog_socket:
         fail("syslog_socket", "must name the syslog socket", False)
     return cfg

@@ -28,6 +28,9 @@ cdef struct AdminReq:
     int fd
     uint64_t conn_id
     uint8_t loopback
+    uint16_t port
+    char ip[48]              # the peer, for --admin-allow and the refusal's log line
+    char cn[65]              # its client certificate's CN ("" without one)
     char *line
     size_t len
     AdminReq *next
@@ -81,6 +84,7 @@ cdef struct IOConn:
     uint8_t in_unpause
     uint8_t fence_sleep      # sent PRE_SLEEP while fenced: handed to the engine on unfence
     uint8_t http             # accepted on the --http-port listener: speaks HTTP/1.x
+    char cn[65]
     HttpReq hr
     IOConn *remote_next      # owner's list of connections made dirty by other threads
     IOConn *flush_next

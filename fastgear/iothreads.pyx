@@ -154,6 +154,11 @@ cdef int queue_admin(Shared *S, IOConn *io, const char *line, size_t n) noexcept
     r.fd = io.c.fd
     r.conn_id = io.c.id
     r.loopback = io.loopback
+    r.port = io.port
+    memcpy(r.ip, io.c.ip, sizeof(r.ip))
+    memcpy(r.cn, io.cn, sizeof(r.cn))
+    r.ip[sizeof(r.ip) - 1] = 0
+    r.cn[sizeof(r.cn) - 1] = 0
     r.line = <char *>(r + 1)
     memcpy(r.line, line, n)
     r.line[n] = 0
@@ -1005,7 +1010,8 @@ cdef class IOLoop:
         return self.S.adminfd
 
     def admin_take(self):
-        """[(fd, conn_id, line, loopback)] waiting for an answer; clears the queue."""
+        """[(fd, conn_id, line, loopback, ip, port, cn)] waiting for an answer; clears
+        the queue. cn is the peer's client certificate CN, "" without one."""
         cdef AdminReq *head
         cdef AdminReq *r
         with nogil:
@@ -1019,7 +1025,9 @@ cdef class IOLoop:
         while head != NULL:
             r = head
             head = r.next
-            out.append((r.fd, r.conn_id, r.line[:r.len], bool(r.loopback)))
+            out.append((r.fd, r.conn_id, r.line[:r.len], bool(r.loopback),
+                        r.ip.decode("ascii", "replace"), r.port,
+                        r.cn.decode("utf-8", "replace")))
             free(r)
         return out
 

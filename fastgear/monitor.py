@@ -15,7 +15,8 @@ GET lists, `/dead/<handle>` shows one, POST `/dead/<handle>/requeue` and
 `/dead/requeue?function=F` queue them again, DELETE `/dead/<handle>` discards one; a
 request carrying an Origin header from another site is refused, so a web page cannot
 act on them through an operator's browser), `/healthz`, `/` (the page in
-dashboard.html). Names, handles and data are bytes in the engine; JSON gives them
+dashboard.html). `--admin-allow` limits the changing actions (POST, DELETE) and
+`--admin-allow-read` every page but `/healthz` to the peers they list (403 otherwise). Names, handles and data are bytes in the engine; JSON gives them
 as text (invalid UTF-8 escaped with backslashes) and result data also as base64.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ import time
 from importlib import resources
 from urllib.parse import unquote_to_bytes, urlsplit
 
-from fastgear import config, control, snapshot
+from fastgear import access, config, control, snapshot
 
 try:
     import orjson
@@ -598,7 +599,33 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._send(405, b'{"error":"method not allowed"}', "application/json",
                    extra=(("Allow", "GET, HEAD"),))
 
+    def _allowed(self) -> bool:
+        """--admin-allow for the changing actions (POST, DELETE), --admin-allow-read for
+        every page but /healthz (a load balancer's probe, which tells nothing); a refusal
+        is answered 403 and logged. The monitor has no TLS, so cn: entries never match."""
+        mon = self.monitor
+        policy = mon.access
+        if policy.open:
+            return True
+        change = self.command not in ("GET", "HEAD")
+        if not change and urlsplit(self.path).path == "/healthz":
+            return True
+        peer = access.Peer(self.client_address[0])
+        if policy.may_change(peer) if change else policy.may_read(peer):
+            return True
+        flag = policy.flag_for(change)
+        name = f"{self.command} {urlsplit(self.path).path[:60]}"
+        mon.refusals.refused("monitor request", repr(name), peer, self.client_address[1],
+                             flag)
+        self.close_connection = True  # a POST body, if any, is not read
+        what = "change the server" if change else "read the monitor"
+        self._send(403, _dumps({"error": f"{peer.ip} may not {what} ({flag})"}),
+                   "application/json", body=self.command != "HEAD")
+        return False
+
     def _serve(self, body: bool):
+        if not self._allowed():
+            return
         try:
             status, payload, ctype = self._route()
         except Exception:  # never let a bug end the connection without an answer
@@ -821,6 +848,8 @@ class Monitor:
         self.sampler = sampler
         self.loop = loop
         self.keep_results = keep_results
+        self.access = access.Policy()        # everyone, unless start() is given lists
+        self.refusals = access.RefusalLog()
         host, port = httpd.server_address[:2]
         self.host, self.port = host, port
         self.url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
@@ -877,6 +906,9 @@ def start(cfg, server):
     sampler = Sampler(server.loop, version)
     sampler.store_status = getattr(server, "store_status", None)
     mon = Monitor(httpd, sampler, server.loop, getattr(cfg, "keep_results", 0))
+    mon.access = access.Policy.from_config(cfg)
+    # One log (and one rate limit) for the admin port's refusals and the monitor's.
+    mon.refusals = getattr(server, "refusals", None) or mon.refusals
     handler.monitor = mon
     mon._start()
     log.info("monitor listening on %s", mon.url)

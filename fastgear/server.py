@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 
-from fastgear import __version__, admin, control, monitor, snapshot
+from fastgear import __version__, access, admin, control, monitor, snapshot
 from fastgear.persist import StoreThread
 from fastgear.persist.sqlite import SQLiteStore, StoreError
 
@@ -453,6 +453,10 @@ class Server:
         self.max_connections = connection_limit(cfg)
         self.loop = IOLoop(core_settings(cfg, self.max_connections))
         self.control = Control(self.loop, cfg, self)
+        # --admin-allow / --admin-allow-read, parsed once (validate() checked them).
+        self.access = access.Policy.from_config(cfg)
+        self.refusals = access.RefusalLog(
+            lambda message: log_always(logging.WARNING, "WARNING", message))
         self.sockets = []
         self.threads = []
         self._stop = False
@@ -503,9 +507,22 @@ class Server:
         self.sockets = []
 
     def serve_admin(self):
-        for fd, conn_id, line, loopback in self.loop.admin_take():
+        policy = self.access
+        for fd, conn_id, line, loopback, ip, port, cn in self.loop.admin_take():
+            # Without --admin-allow, `shutdown` keeps its loopback-only rule; with it,
+            # the list decides, as for every other changing command.
+            shutdown_ok = loopback if policy.write is None else True
+            if not policy.open:
+                kind, name = admin.command_kind(line)
+                peer = access.Peer(ip, cn)
+                if kind is not None and not (policy.may_change(peer) if kind == admin.CHANGE
+                                             else policy.may_read(peer)):
+                    flag = policy.flag_for(kind == admin.CHANGE)
+                    self.refusals.refused("admin command", name, peer, port, flag)
+                    self.loop.admin_reply(fd, conn_id, admin.denied(kind, ip, flag))
+                    continue
             try:
-                reply = admin.handle_line(line, self.control, loopback)
+                reply = admin.handle_line(line, self.control, shutdown_ok)
             except Exception:
                 log.exception("admin command %r failed", line[:80])
                 reply = b"ERR UNKNOWN_ERROR Internal+server+error\r\n"
@@ -635,6 +652,9 @@ def run(cfg):
         return 1
     srv = Server(cfg)
     srv.install_signal_handlers()
+    if srv.access.has_names() and not cfg.ssl:
+        log.warning("cn: entries of --admin-allow / --admin-allow-read match only TLS "
+                    "peers with a client certificate; without --ssl none will match")
     sockets, http_sockets, store, pid_path, replayed = [], [], None, None, 0
     try:
         stopping = lambda: srv._stop or srv._term
