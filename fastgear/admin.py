@@ -91,9 +91,8 @@ CHANGE = "change"
 _READ_COMMANDS = frozenset({b"workers", b"status", b"prioritystatus", b"show", b"getpid",
                             b"version", b"result", b"results"})
 # Commands that change the server whatever their arguments. `verbose` only reports the log
-# level in gearmand 1.1.20, but the issue that brought access control lists it with the
-# commands that change the server (gearmand's level is a server setting), so it is gated
-# as one: a peer outside --admin-allow learns nothing from it it needs.
+# level (in gearmand 1.1.20 too), but the level is a server setting, so it is gated with
+# the commands that change them, as the README lists.
 _CHANGE_COMMANDS = frozenset({b"shutdown", b"cancel", b"create", b"drop", b"maxqueue",
                               b"verbose"})
 # fastgear's commands that list without arguments and change with them.
