@@ -12,7 +12,7 @@ line gearmand accepts parses here and means the same: numbers are plain decimal,
 only their low 8 bits. Where gearmand accepts nonsense that only fails later or silently
 (negative thread counts, port 70000, an unknown queue or protocol module), `validate()`
 refuses it up front, naming the flag. Features fastgear does not have yet (the queue
-modules other than SQLite and PostgreSQL, TLS) are refused the same way rather
+modules other than SQLite, PostgreSQL and MySQL, TLS) are refused the same way rather
 than ignored, so nobody believes background jobs are durable when they are not.
 
 Deliberate differences from gearmand 1.1.20, all more lenient or earlier:
@@ -46,12 +46,13 @@ VERBOSE_LEVELS = ("FATAL", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "I
 # libdrizzle exist only in upstream builds. Only SUPPORTED_QUEUE_TYPES start.
 QUEUE_TYPES = ("builtin", "libsqlite3", "postgres", "mysql", "redis", "libmemcached",
                "libtokyocabinet", "libdrizzle")
-SUPPORTED_QUEUE_TYPES = frozenset({"builtin", "libsqlite3", "postgres"})
+SUPPORTED_QUEUE_TYPES = frozenset({"builtin", "libsqlite3", "postgres", "mysql"})
 # PRAGMA synchronous for the SQLite store. NORMAL in WAL mode survives a crash of the
 # process (the OS still has the data) but not of the machine; FULL survives power loss.
 STORE_SYNC = ("off", "normal", "full")
 # gearmand fails at start-up without these; enforced once such a queue type is supported.
-REQUIRED_QUEUE_OPTIONS = {"libsqlite3": ("libsqlite3_db",), "postgres": ("libpq_conninfo",)}
+REQUIRED_QUEUE_OPTIONS = {"libsqlite3": ("libsqlite3_db",), "postgres": ("libpq_conninfo",),
+                          "mysql": ("mysql_db",)}
 # `--store URL` with one of these schemes selects the PostgreSQL store.
 POSTGRES_URL_SCHEMES = ("postgresql://", "postgres://")
 
@@ -191,7 +192,8 @@ OPTIONS: tuple[Option, ...] = (
            "assign work in the order of functions added by the worker (fastgear: a "
            "worker's functions with work always take turns; accepted, changes nothing)."),
     Option("queue-type", "q", "queue_type", lower, "builtin",
-           "Persistent queue type to use (fastgear: builtin, libsqlite3 or postgres)."),
+           "Persistent queue type to use (fastgear: builtin, libsqlite3, postgres or "
+           "mysql)."),
     Option("config-file", None, "config_file", text, DEFAULT_CONFIG_FILE,
            "Read options from this file (whitespace-separated words; the command line "
            "wins). Can be specified with '@name', too."),
@@ -323,12 +325,17 @@ OPTIONS: tuple[Option, ...] = (
            "Redis server password/service"),
     # gearmand sets this in the plugin's constructor, so its --help shows no default.
     Option("redis-prefix", None, "redis_prefix", text, "_gear_", "Prefix to use in redis keys"),
-    Option("mysql-host", None, "mysql_host", text, "localhost", "MySQL host."),
+    Option("mysql-host", None, "mysql_host", text, "localhost",
+           "MySQL host (localhost: the unix socket, MYSQL_UNIX_PORT or "
+           "/run/mysqld/mysqld.sock, as gearmand's client library does)."),
     Option("mysql-port", None, "mysql_port", int32, 3306, "Port of server."),
     Option("mysql-user", None, "mysql_user", text, None, "MySQL user."),
     Option("mysql-password", None, "mysql_password", text, None, "MySQL user password."),
     Option("mysql-db", None, "mysql_db", text, None, "MySQL database."),
     Option("mysql-table", None, "mysql_table", text, "gearman_queue", "MySQL table name."),
+    Option("mysql-timeout", None, "mysql_timeout", decimal, 10,
+           "fastgear: seconds a MySQL connect, read or write may take; past it the batch "
+           "being written gets QUEUE_ERROR and the next one reconnects."),
 )
 OPTIONS_BY_FIELD: Mapping[str, Option] = {opt.field: opt for opt in OPTIONS}
 
@@ -405,6 +412,7 @@ class Config:
     mysql_password: str | None = None
     mysql_db: str | None = None
     mysql_table: str = "gearman_queue"
+    mysql_timeout: int = 10              # seconds (MySQL store: connect, read, write)
     redis_server: str | None = None
     redis_port: str | None = None        # a port or a service name, as hiredis takes it
     redis_password: str | None = None
@@ -549,6 +557,7 @@ def validate(cfg: Config) -> Config:
                             ("max_queued_bytes", 0, 1 << 56),
                             ("shutdown_timeout", 0, 86400),
                             ("store_lease", 1, 3600),
+                            ("mysql_timeout", 1, 3600),
                             ("bind_retry_timeout", 0, 3600),
                             ("wakeup_timeout", 0, 3600 * 1000)):
         value = getattr(cfg, name)

@@ -136,6 +136,8 @@ def startup_line(cfg, sockets, threads, replayed, mon, http_sockets=()):
     elif cfg.queue_type == "postgres":
         store = (f"PostgreSQL table {cfg.libpq_table}, lease {cfg.store_lease}s "
                  f"({replayed} jobs replayed)")
+    elif cfg.queue_type == "mysql":
+        store = f"MySQL table {cfg.mysql_db}.{cfg.mysql_table} ({replayed} jobs replayed)"
     else:
         store = "memory (background jobs are lost on exit; --store FILE keeps them)"
     monitor_at = mon.url if mon is not None else "off"
@@ -339,6 +341,11 @@ def open_store(cfg, loop):
         from fastgear.persist.postgres import PostgresStore
         store = PostgresStore(cfg.libpq_conninfo, cfg.libpq_table, cfg.store_lease, cfg.port)
         where = f"PostgreSQL table {cfg.libpq_table}"
+    elif cfg.queue_type == "mysql":
+        from fastgear.persist.mysql import MySQLStore
+        store = MySQLStore(cfg.mysql_host, cfg.mysql_port, cfg.mysql_user, cfg.mysql_password,
+                           cfg.mysql_db, cfg.mysql_table, cfg.mysql_timeout)
+        where = store.where()
     else:
         store = SQLiteStore(cfg.libsqlite3_db, cfg.libsqlite3_table, cfg.store_sync)
         where = f"queue file {cfg.libsqlite3_db}"
@@ -665,7 +672,7 @@ def run(cfg):
                                           stopping)
         # Opened and replayed before detaching, so a bad queue file is reported on the
         # terminal; its thread starts after the fork (threads do not survive fork()).
-        if cfg.queue_type in ("libsqlite3", "postgres"):
+        if cfg.queue_type in ("libsqlite3", "postgres", "mysql"):
             store, replayed = open_store(cfg, srv.loop)
         if cfg.daemon:
             daemonize()

@@ -41,6 +41,7 @@ GEARMAND_DEFAULTS = {
     "libpq_conninfo": None, "libpq_table": "queue",
     "mysql_host": "localhost", "mysql_port": 3306, "mysql_user": None,
     "mysql_password": None, "mysql_db": None, "mysql_table": "gearman_queue",
+    "mysql_timeout": 10,
     "redis_server": None, "redis_port": None, "redis_password": None,
     "redis_prefix": "_gear_", "libmemcached_servers": None, "libmemcached_prefix": "gear_",
     "config_file": "/etc/gearmand.conf", "check_args": False,
@@ -125,6 +126,7 @@ FLAGS = [
     ("mysql-password", None, "mysql_password", "pw", "pw"),
     ("mysql-db", None, "mysql_db", "g", "g"),
     ("mysql-table", None, "mysql_table", "jobs", "jobs"),
+    ("mysql-timeout", None, "mysql_timeout", "3", 3),
 ]
 
 
@@ -270,11 +272,15 @@ def test_zero_threads_is_accepted_as_gearmands_guess():
 # --- refusals name the flag ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("queue_type", ["mysql", "redis", "libmemcached"])
+@pytest.mark.parametrize("queue_type", ["redis", "libmemcached"])
 def test_persistent_queue_types_are_refused_naming_the_flag(queue_type):
     message = refusal("-q", queue_type)
     assert message == (f"--queue-type {queue_type}: this queue type is not supported by "
-                       "this fastgear version yet (only builtin, libsqlite3, postgres)")
+                       "this fastgear version yet (only builtin, libsqlite3, mysql, postgres)")
+
+
+def test_mysql_queue_without_a_database_is_refused_as_gearmand_fails_without_one():
+    assert refusal("-q", "mysql") == "--mysql-db: is required with --queue-type mysql"
 
 
 def test_unknown_queue_type_is_refused_naming_the_flag():
@@ -454,8 +460,8 @@ def test_serve_hands_the_validated_config_to_the_server(fake_server):
 
 
 def test_serve_does_not_start_the_server_when_config_is_refused(fake_server, capsys):
-    assert cli.main(["serve", "-q", "mysql", "--mysql-db", "x"]) == 1
-    assert "--queue-type mysql" in capsys.readouterr().err
+    assert cli.main(["serve", "-p", "0"]) == 1
+    assert "--port 0" in capsys.readouterr().err
     assert fake_server == []
 
 

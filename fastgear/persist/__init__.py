@@ -1,10 +1,10 @@
 """Persistent stores for background jobs, and the thread that feeds them.
 
-Every backend (sqlite.py, postgres.py) implements one interface: `kind`, `open()`
+Every backend (sqlite.py, postgres.py, mysql.py) implements one interface: `kind`, `open()`
 (create or migrate its tables), `replay()` (the jobs this server takes at start-up,
 FIFO, as (row_id, function, unique, priority, data, when_to_run)), `write(adds,
 deletes)` (one transaction: insert the new rows, delete finished ones; returns the new
-row ids), `delete_rows(ids)`, `close()`. A store shared by several servers also has
+row ids, or for a job the backend cannot take a StoreRefused in its place), `delete_rows(ids)`, `close()`. A store shared by several servers also has
 `tick_s`, `maintain()` (lease renewal and takeover: returns rows to load into the engine
 while serving, and whether the engine must first drop the stored jobs it holds),
 `fenced()` (the lease lapsed: dispatch and acknowledgements stop) and `status()`.
@@ -30,6 +30,12 @@ log = logging.getLogger("fastgear.store")
 
 class StoreError(Exception):
     """A store cannot be opened, replayed or written (start-up errors exit with 1)."""
+
+
+class StoreRefused(Exception):
+    """In place of a row id in what `write()` returns: this one job cannot be stored
+    (too large for the backend); its submitter gets QUEUE_ERROR with this text, and the
+    rest of the batch is written."""
 
 
 class StoreThread(threading.Thread):
@@ -176,9 +182,27 @@ class StoreThread(threading.Thread):
             self.loop.store_done([], [a[0] for a in adds], text)
             return
         self.commits += 1
-        self.rows_added += len(adds)
         self.rows_deleted += len(deletes)
-        self.loop.store_done(list(zip([a[0] for a in adds], row_ids)), [])
+        if not any(isinstance(r, StoreRefused) for r in row_ids):
+            self.rows_added += len(adds)
+            self.loop.store_done(list(zip([a[0] for a in adds], row_ids)), [])
+            return
+        # Answered in submission order: a client matches replies to its submits in order.
+        run, refused = [], None
+        for add, rid in zip(adds, row_ids):
+            if isinstance(rid, StoreRefused):
+                if run:
+                    self.loop.store_done(run, [])
+                    run = []
+                refused = rid
+                text = f"QUEUE_ERROR {rid}".encode("utf-8", "replace")[:200]
+                self.loop.store_done([], [add[0]], text)
+            else:
+                self.rows_added += 1
+                run.append((add[0], rid))
+        if run:
+            self.loop.store_done(run, [])
+        log.error("store refused a job: %s", refused)
 
     def status(self):
         """The store's kind and health for /status, /metrics and the dashboard."""
