@@ -319,3 +319,13 @@ def test_unusable_mysql_at_start_up_is_a_clear_error_and_exit_1(mdb, db, start_s
     res = _serve(tmp_path, *flags)
     assert res.returncode == 1, res.stderr
     assert expect[case] in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_missing_driver_is_a_clear_error_and_exit_1(mdb, db, tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-c", ("import sys; sys.modules['pymysql'] = None; "
+                                "from fastgear.cli import main; sys.exit(main(sys.argv[1:]))"),
+         "serve", "-p", str(free_port()), "-L", "127.0.0.1", "--log-file", "none",
+         "--monitor", "off", "-P", str(tmp_path / "y.pid"), *mdb.flags(db)],
+        check=False, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "fastgear[mysql]" in res.stderr, res.stderr
