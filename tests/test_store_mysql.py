@@ -19,6 +19,7 @@ import time
 import pytest
 from conftest import free_port, missing, need_gearmand, need_module, wait_for
 from gearproto import (
+    CAN_DO,
     ERROR,
     GRAB_JOB,
     JOB_ASSIGN,
@@ -29,6 +30,7 @@ from gearproto import (
     SUBMIT_JOB_HIGH_BG,
     SUBMIT_JOB_LOW_BG,
     WORK_COMPLETE,
+    WORK_EXCEPTION,
     Closed,
     Conn,
     packet,
@@ -217,6 +219,34 @@ def test_a_queue_written_by_gearmand_with_mysql_replays_and_is_migrated(mdb, db,
         c.submit(b"old-fn", b"a", kind=SUBMIT_JOB_BG)
         c.submit(b"old-fn", b"b", kind=SUBMIT_JOB_BG)
     assert [r[3:] for r in rows(mdb, db)] == [(b"epoch", later), (b"a", 0), (b"b", 0)]
+
+
+def test_dead_letters_and_retry_settings_survive_sigkill(mdb, db, start_server):
+    from test_dead_letters import dead, listing, run_next
+    flags = mdb.flags(db)
+    srv = start_server("fastgear", *flags)
+    with Conn(srv) as client, Conn(srv) as worker, Conn(srv) as admin:
+        assert admin.admin("retry keep 2 0.5") == b"OK\r\n"
+        worker.send(CAN_DO, b"other")
+        handle = client.submit(b"other", b"a\x00a", b"u-a", kind=SUBMIT_JOB_BG)
+        run_next(worker, WORK_EXCEPTION, b"trace a")
+        before = dead(admin)
+        assert [r["handle"] for r in before] == [handle]
+        # The dead letter's row replaces its job's row, in the same transaction.
+        wait_for(lambda: len(rows(mdb, db, "id", "gearman_queue_dead")) == 1
+                 and rows(mdb, db, "id") == [], what="the dead letter's row")
+        wait_for(lambda: mdb.sql("SELECT retries FROM gearman_queue_retry", database=db)
+                 == ((2,),), what="the retry setting's row")
+    srv.stop(signal.SIGKILL)
+    again = start_server("fastgear", *flags)
+    with Conn(again) as worker, Conn(again) as admin:
+        assert dead(admin) == before
+        assert [b"keep", b"2", b"0.5"] in listing(admin, "retry")
+        assert admin.admin(f"dead requeue {handle.decode()}").startswith(b"OK ")
+        worker.send(CAN_DO, b"other")
+        assert run_next(worker, WORK_COMPLETE)[2:] == [b"u-a", b"a\x00a"]
+        wait_for(lambda: rows(mdb, db, "id", "gearman_queue_dead") == []
+                 and rows(mdb, db, "id") == [], what="the requeued dead letter's rows to go")
 
 
 # -- failures ----------------------------------------------------------------------------------
