@@ -413,3 +413,30 @@ def test_memcached_says_it_is_not_durable(start_server):
     srv = start_server("fastgear", *b.flags())
     wait_for(lambda: "NOT durable" in srv.log_text(), what="the start-up line")
     assert "WARNING the memcached store is not durable" in srv.log_text()
+
+
+@pytest.mark.parametrize("rest, func, unique", [
+    (b"resize-image-" + b"0f8fad5b-d9cb-469f-a165-70867728950e", b"resize-image",
+     b"0f8fad5b-d9cb-469f-a165-70867728950e"),
+    (b"resize-image-k1", b"resize-image", b"k1"),
+    (b"plain-", b"plain", b""),
+    (b"nohyphen", b"nohyphen", b""),
+])
+def test_gearmands_names_split_at_a_trailing_uuid_or_the_last_hyphen(rest, func, unique):
+    from fastgear.persist.redis import split_gearmand_name
+    assert split_gearmand_name(rest) == (func, unique)
+
+
+@pytest.mark.parametrize("module, flags, extra", [
+    ("redis", ("-q", "redis"), "fastgear[redis]"),
+    ("pymemcache", ("-q", "libmemcached", "--libmemcached-servers", "127.0.0.1:1"),
+     "fastgear[memcached]"),
+])
+def test_a_missing_driver_names_the_extra_and_exits_1(tmp_path, module, flags, extra):
+    out = subprocess.run(
+        [sys.executable, "-c", (f"import sys; sys.modules[{module!r}] = None; "
+                                "from fastgear.cli import main; sys.exit(main(sys.argv[1:]))"),
+         "serve", "-p", str(free_port()), "-L", "127.0.0.1", "--log-file", "none", "-P",
+         str(tmp_path / "x.pid"), "--monitor", "off", *flags],
+        check=False, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and extra in out.stderr, out.stderr
