@@ -34,7 +34,7 @@ MAGIC = b"FGQ1"
 # magic, priority, when_to_run, len(function), len(unique)
 HEADER = struct.Struct(">4sBqII")
 CONNECT_TIMEOUT_S = 3.0
-IO_TIMEOUT_S = 10.0
+IO_TIMEOUT_S = 5.0
 CHUNK = 500
 # What memcached adds to an item beyond key and value (item header, CAS, suffix).
 ITEM_OVERHEAD = 96

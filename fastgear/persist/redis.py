@@ -29,7 +29,7 @@ log = logging.getLogger("fastgear.store")
 # Row ids taken from the counter per round trip: one INCRBY per this many jobs.
 ID_BLOCK = 4096
 CONNECT_TIMEOUT_S = 3.0
-IO_TIMEOUT_S = 10.0
+IO_TIMEOUT_S = 5.0
 SCAN_COUNT = 1000
 # Redis's own default for proto-max-bulk-len, used when CONFIG GET is not allowed.
 DEFAULT_MAX_BULK = 512 << 20
