@@ -35,6 +35,8 @@ procps                 | pgrep --version >/dev/null
 postgresql             | d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1) && [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && "$d/postgres" --version | grep -q 'PostgreSQL'
 curl                   | curl --version | grep -q '^curl '
 mariadb-server         | command -v mariadb-install-db && m=$(command -v mariadbd || echo /usr/sbin/mariadbd) && "$m" --version | grep -q 'MariaDB'
+redis-server           | redis-server --version | grep -q 'Redis server v=' && command -v redis-cli >/dev/null
+memcached              | memcached -V | grep -q '^memcached 1\.6'
 END_OF_PEERS
 if [ -n "${PEERS_FILE:-}" ]; then
     PEERS=$(cat "$PEERS_FILE")

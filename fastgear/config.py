@@ -12,7 +12,7 @@ line gearmand accepts parses here and means the same: numbers are plain decimal,
 only their low 8 bits. Where gearmand accepts nonsense that only fails later or silently
 (negative thread counts, port 70000, an unknown queue or protocol module), `validate()`
 refuses it up front, naming the flag. Features fastgear does not have yet (the queue
-modules other than SQLite, PostgreSQL and MySQL, TLS) are refused the same way rather
+modules other than SQLite, PostgreSQL, MySQL, Redis and memcached) are refused the same way rather
 than ignored, so nobody believes background jobs are durable when they are not.
 
 Deliberate differences from gearmand 1.1.20, all more lenient or earlier:
@@ -46,13 +46,15 @@ VERBOSE_LEVELS = ("FATAL", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "I
 # libdrizzle exist only in upstream builds. Only SUPPORTED_QUEUE_TYPES start.
 QUEUE_TYPES = ("builtin", "libsqlite3", "postgres", "mysql", "redis", "libmemcached",
                "libtokyocabinet", "libdrizzle")
-SUPPORTED_QUEUE_TYPES = frozenset({"builtin", "libsqlite3", "postgres", "mysql"})
+SUPPORTED_QUEUE_TYPES = frozenset({"builtin", "libsqlite3", "postgres", "mysql",
+                                   "redis", "libmemcached"})
 # PRAGMA synchronous for the SQLite store. NORMAL in WAL mode survives a crash of the
 # process (the OS still has the data) but not of the machine; FULL survives power loss.
 STORE_SYNC = ("off", "normal", "full")
 # gearmand fails at start-up without these; enforced once such a queue type is supported.
 REQUIRED_QUEUE_OPTIONS = {"libsqlite3": ("libsqlite3_db",), "postgres": ("libpq_conninfo",),
-                          "mysql": ("mysql_db",)}
+                          "mysql": ("mysql_db",),
+                          "libmemcached": ("libmemcached_servers",)}
 # `--store URL` with one of these schemes selects the PostgreSQL store.
 POSTGRES_URL_SCHEMES = ("postgresql://", "postgres://")
 
@@ -192,8 +194,8 @@ OPTIONS: tuple[Option, ...] = (
            "assign work in the order of functions added by the worker (fastgear: a "
            "worker's functions with work always take turns; accepted, changes nothing)."),
     Option("queue-type", "q", "queue_type", lower, "builtin",
-           "Persistent queue type to use (fastgear: builtin, libsqlite3, postgres or "
-           "mysql)."),
+           "Persistent queue type to use (fastgear: builtin, libsqlite3, postgres, mysql, "
+           "redis or libmemcached)."),
     Option("config-file", None, "config_file", text, DEFAULT_CONFIG_FILE,
            "Read options from this file (whitespace-separated words; the command line "
            "wins). Can be specified with '@name', too."),
@@ -225,7 +227,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("ssl-key", None, "ssl_key", text, None, "SSL key for certificate."),
     # queue modules, as Debian's build has them
     Option("libmemcached-servers", None, "libmemcached_servers", text, None,
-           "List of Memcached servers to use."),
+           "List of Memcached servers to use (HOST:PORT, comma separated). memcached is "
+           "not durable: an eviction or a restart of memcached loses queued jobs."),
     Option("libmemcached-prefix", None, "libmemcached_prefix", text, "gear_",
            "Prefix to use in memcached keys"),
     Option("libsqlite3-db", None, "libsqlite3_db", text, None, "Database file to use."),
@@ -319,8 +322,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("libpq-conninfo", None, "libpq_conninfo", text, None,
            "PostgreSQL connection information string."),
     Option("libpq-table", None, "libpq_table", text, "queue", "Table to use."),
-    Option("redis-server", None, "redis_server", text, None, "Redis server"),
-    Option("redis-port", None, "redis_port", text, None, "Redis server port/service"),
+    Option("redis-server", None, "redis_server", text, None,
+           "Redis server (fastgear: 127.0.0.1 when not given). Jobs are as durable as "
+           "the server's persistence: appendonly yes with appendfsync always loses none."),
+    Option("redis-port", None, "redis_port", text, None,
+           "Redis server port/service (fastgear: 6379 when not given)"),
     Option("redis-password", None, "redis_password", text, None,
            "Redis server password/service"),
     # gearmand sets this in the plugin's constructor, so its --help shows no default.

@@ -29,7 +29,8 @@ def core_settings(cfg, long long max_connections):
     s.c.exceptions = bool(cfg.exceptions)
     # Background jobs wait for their commit only with a store; replay at start-up is
     # not held up by it (engine_replay).
-    s.c.durable = cfg.queue_type in ("libsqlite3", "postgres", "mysql")
+    # Every -q other than builtin that validate() lets through is a store.
+    s.c.durable = cfg.queue_type != "builtin"
     s.c.max_unique = cfg.max_unique
     s.c.max_function_name = cfg.max_function_name
     s.c.max_queued_bytes = budget

@@ -138,6 +138,12 @@ def startup_line(cfg, sockets, threads, replayed, mon, http_sockets=()):
                  f"({replayed} jobs replayed)")
     elif cfg.queue_type == "mysql":
         store = f"MySQL table {cfg.mysql_db}.{cfg.mysql_table} ({replayed} jobs replayed)"
+    elif cfg.queue_type == "redis":
+        store = (f"Redis {cfg.redis_server or '127.0.0.1'}:{cfg.redis_port or 6379} "
+                 f"prefix {cfg.redis_prefix} ({replayed} jobs replayed)")
+    elif cfg.queue_type == "libmemcached":
+        store = (f"memcached {cfg.libmemcached_servers} prefix {cfg.libmemcached_prefix}, "
+                 f"NOT durable ({replayed} jobs replayed)")
     else:
         store = "memory (background jobs are lost on exit; --store FILE keeps them)"
     monitor_at = mon.url if mon is not None else "off"
@@ -346,6 +352,17 @@ def open_store(cfg, loop):
         store = MySQLStore(cfg.mysql_host, cfg.mysql_port, cfg.mysql_user, cfg.mysql_password,
                            cfg.mysql_db, cfg.mysql_table, cfg.mysql_timeout)
         where = store.where()
+    elif cfg.queue_type == "redis":
+        from fastgear.persist.redis import RedisStore
+        store = RedisStore(cfg.redis_server, cfg.redis_port, cfg.redis_password,
+                           cfg.redis_prefix)
+        where = store.where
+    elif cfg.queue_type == "libmemcached":
+        from fastgear.persist.memcached import NOT_DURABLE, MemcachedStore
+        store = MemcachedStore(cfg.libmemcached_servers, cfg.libmemcached_prefix)
+        where = store.where
+        # Whatever --verbose says: nobody should believe these jobs are safe.
+        log_always(logging.WARNING, "WARNING", NOT_DURABLE)
     else:
         store = SQLiteStore(cfg.libsqlite3_db, cfg.libsqlite3_table, cfg.store_sync)
         where = f"queue file {cfg.libsqlite3_db}"
@@ -672,7 +689,7 @@ def run(cfg):
                                           stopping)
         # Opened and replayed before detaching, so a bad queue file is reported on the
         # terminal; its thread starts after the fork (threads do not survive fork()).
-        if cfg.queue_type in ("libsqlite3", "postgres", "mysql"):
+        if cfg.queue_type != "builtin":
             store, replayed = open_store(cfg, srv.loop)
         if cfg.daemon:
             daemonize()

@@ -272,15 +272,23 @@ def test_zero_threads_is_accepted_as_gearmands_guess():
 # --- refusals name the flag ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("queue_type", ["redis", "libmemcached"])
+@pytest.mark.parametrize("queue_type", ["libtokyocabinet", "libdrizzle"])
 def test_persistent_queue_types_are_refused_naming_the_flag(queue_type):
     message = refusal("-q", queue_type)
     assert message == (f"--queue-type {queue_type}: this queue type is not supported by "
-                       "this fastgear version yet (only builtin, libsqlite3, mysql, postgres)")
+                       "this fastgear version yet (only builtin, libmemcached, libsqlite3, "
+                       "mysql, postgres, redis)")
 
 
 def test_mysql_queue_without_a_database_is_refused_as_gearmand_fails_without_one():
     assert refusal("-q", "mysql") == "--mysql-db: is required with --queue-type mysql"
+
+
+def test_redis_and_memcached_queues_take_gearmands_flags():
+    cfg = config.validate(parse("-q", "redis", "--redis-port", "6380", "--redis-prefix", "p"))
+    assert (cfg.queue_type, cfg.redis_port, cfg.redis_prefix) == ("redis", "6380", "p")
+    assert refusal("-q", "libmemcached") == (
+        "--libmemcached-servers: is required with --queue-type libmemcached")
 
 
 def test_unknown_queue_type_is_refused_naming_the_flag():

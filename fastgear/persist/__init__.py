@@ -7,7 +7,9 @@ deletes)` (one transaction: insert the new rows, delete finished ones; returns t
 row ids, or for a job the backend cannot take a StoreRefused in its place), `delete_rows(ids)`, `close()`. A store shared by several servers also has
 `tick_s`, `maintain()` (lease renewal and takeover: returns rows to load into the engine
 while serving, and whether the engine must first drop the stored jobs it holds),
-`fenced()` (the lease lapsed: dispatch and acknowledgements stop) and `status()`.
+`fenced()` (the lease lapsed: dispatch and acknowledgements stop) and `status()`. A
+store whose server limits the size of a value (redis.py, memcached.py) has `refuse(add)`:
+the reason one job cannot be stored, or None; such jobs get QUEUE_ERROR at once.
 
 `StoreThread` runs the group commit: it waits until the I/O loops have rows to write,
 takes *all* of them at once, writes them in one transaction, and then tells the loops,
@@ -59,6 +61,8 @@ class StoreThread(threading.Thread):
         self.keeps_dead = getattr(store, "supports_dead", False)
         self.pending_dead = ([], [])
         self.pending_meta = []
+        # A store whose server caps the size of a value says which jobs it cannot hold.
+        self.refuse = getattr(store, "refuse", None)
 
     def run(self):
         poller = select.poll()
@@ -155,6 +159,8 @@ class StoreThread(threading.Thread):
                 self.store.set_retry(function, retries, backoff_s)
             except Exception as exc:  # noqa: BLE001 (kept in memory; logged)
                 log.error("store: keeping the retry setting of %r failed: %s", function, exc)
+        if adds and self.refuse is not None:
+            adds = self.refuse_some(adds)
         if not adds and not deletes and not dead_adds and not dead_deletes:
             return
         if not adds and self.fenced:
@@ -203,6 +209,22 @@ class StoreThread(threading.Thread):
         if run:
             self.loop.store_done(run, [])
         log.error("store refused a job: %s", refused)
+
+    def refuse_some(self, adds):
+        """Answer at once the jobs the store cannot hold (too big for its server) with
+        QUEUE_ERROR and the reason; the others are written."""
+        kept, refused = [], {}
+        for a in adds:
+            why = self.refuse(a[1:])
+            if why is None:
+                kept.append(a)
+            else:
+                refused.setdefault(why, []).append(a[0])
+        for why, tokens in refused.items():
+            self.failures += 1
+            log.error("store refused %d jobs: %s", len(tokens), why)
+            self.loop.store_done([], tokens, f"QUEUE_ERROR {why}".encode("utf-8", "replace")[:200])
+        return kept
 
     def status(self):
         """The store's kind and health for /status, /metrics and the dashboard."""
