@@ -37,6 +37,7 @@ curl                   | curl --version | grep -q '^curl '
 mariadb-server         | command -v mariadb-install-db && m=$(command -v mariadbd || echo /usr/sbin/mariadbd) && "$m" --version | grep -q 'MariaDB'
 redis-server           | redis-server --version | grep -q 'Redis server v=' && command -v redis-cli >/dev/null
 memcached              | memcached -V | grep -q '^memcached 1\.6'
+liburing-dev           | test -f /usr/include/liburing.h
 END_OF_PEERS
 if [ -n "${PEERS_FILE:-}" ]; then
     PEERS=$(cat "$PEERS_FILE")
