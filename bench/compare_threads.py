@@ -3,8 +3,10 @@
 For each `-t` value, starts fastgear and gearmand with that many threads on free
 loopback ports, runs the same gearload workload against them alternately (A B A B ...)
 and prints medians, min-max and the fastgear/gearmand ratio as a Markdown table. The
-generator is ../shared/tools/gearload.c (compiled here on first use); it is a reference
-instrument, not part of fastgear.
+floor server (bench/floor/floor.c, one thread whatever -t says) runs the same load as a
+third server, so each row also shows fastgear / floor: what any epoll server must spend
+here. The generator is ../shared/tools/gearload.c (compiled here on first use); it and
+the floor are reference instruments, not part of fastgear.
 
     python bench/compare_threads.py --threads 0 1 2 4 --rounds 5 --jobs 200000
 """
@@ -49,6 +51,10 @@ def start(kind, threads, tmp):
     port = free_port()
     if kind == "fastgear":
         cmd = [sys.executable, "-m", "fastgear", "serve"]
+    elif kind == "floor":
+        sys.path.insert(0, str(ROOT))
+        from fastgear.bench.servers import find_floor
+        cmd = [find_floor()]
     else:
         cmd = [shutil.which("gearmand") or "/usr/sbin/gearmand"]
     cmd += ["-p", str(port), "-L", "127.0.0.1", "-t", str(threads), "--log-file", "none",
@@ -110,15 +116,17 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--jobs", type=int, default=200000)
     ap.add_argument("--gen-threads", type=int, default=1)
+    ap.add_argument("--no-floor", action="store_true", help="leave out the floor server")
     args = ap.parse_args(argv)
+    kinds = ("fastgear", "gearmand") if args.no_floor else ("fastgear", "gearmand", "floor")
     binary = gearload_binary()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for threads in args.threads:
-            servers = {k: start(k, threads, tmp) for k in ("fastgear", "gearmand")}
+            servers = {k: start(k, threads, tmp) for k in kinds}
             try:
                 for workload in args.workloads:
-                    got = {"fastgear": [], "gearmand": []}
+                    got = {k: [] for k in kinds}
                     for _ in range(args.rounds):
                         for kind, (proc, port) in servers.items():
                             f = run_load(binary, port, proc.pid, workload, args.jobs,
@@ -129,9 +137,12 @@ def main(argv=None):
                     rows.append((threads, workload, got))
             finally:
                 stop_all(proc for proc, _ in servers.values())
+    floor = "floor" in kinds
     print("| -t | workload | fastgear jobs/s (median, min-max) | gearmand jobs/s | ratio "
-          "| fastgear µs CPU/job | gearmand µs CPU/job | fg p99 ms fastgear / gearmand |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| fastgear µs CPU/job | gearmand µs CPU/job | fg p99 ms fastgear / gearmand |"
+          + (" floor jobs/s | floor µs CPU/job | fastgear ÷ floor jobs/s, CPU/job |"
+             if floor else ""))
+    print("|---|---|---|---|---|---|---|---|" + ("---|---|---|" if floor else ""))
     for threads, workload, got in rows:
         fj, fv = med(got["fastgear"], "jobs_per_s")
         gj, gv = med(got["gearmand"], "jobs_per_s")
@@ -143,7 +154,13 @@ def main(argv=None):
         print(f"| {threads} | {workload} | {fj:,.0f} ({min(fv):,.0f}-{max(fv):,.0f}) "
               f"| {gj:,.0f} ({min(gv):,.0f}-{max(gv):,.0f}) | {fj / gj:.2f}x "
               f"| {cpu_per_job(got['fastgear']):.1f} | {cpu_per_job(got['gearmand']):.1f} "
-              f"| {p99} |")
+              f"| {p99} |", end="")
+        if floor:
+            lj, _ = med(got["floor"], "jobs_per_s")
+            lc = cpu_per_job(got["floor"])
+            print(f" {lj:,.0f} | {lc:.1f} | {fj / lj:.2f}x, "
+                  f"{cpu_per_job(got['fastgear']) / lc:.2f}x |", end="")
+        print()
     return 0
 
 
