@@ -17,6 +17,7 @@ cdef enum:
     MAX_CLIENT_ID = 128
     MIN_CAN_DO_TIMEOUT_MS = 1000   # gearmand raises smaller timeouts to one second
     NHIST = 20               # queue-wait and run-time histogram buckets (last: +Inf)
+    FREE_MAX = 4096          # records kept on each free list
 
 # kept results' outcomes
 cdef enum:
@@ -345,6 +346,15 @@ cdef struct Engine:
     int64_t *d_del           # dead-letter ids whose rows to delete
     uint64_t d_del_len
     uint64_t d_del_cap
+    # Free lists of the fixed-size records made and dropped per job or per registration
+    # (at most FREE_MAX each, so a burst's records go back to malloc); freed at teardown.
+    Attach *free_attach
+    Ability *free_ability
+    Ack *free_ack
+    uint32_t n_free_attach
+    uint32_t n_free_ability
+    uint32_t n_free_ack
+    uint64_t n_reused       # records taken from a free list instead of malloc
     int64_t live_allocs      # debug build: engine allocations not freed yet (fgalloc.h)
 
 # The engine's intrusive lists: each binds the macros of includes/dlist.h to one list's
@@ -433,6 +443,7 @@ cdef extern from "includes/fgalloc.h" nogil:
 cdef int engine_init(Engine *e, const CoreConfig *cfg) noexcept nogil
 cdef void engine_free(Engine *e) noexcept nogil
 cdef void engine_release(Engine *e, void *p) noexcept nogil
+cdef void ack_put(Engine *e, Ack *k) noexcept nogil
 cdef int64_t engine_live_allocs(Engine *e) noexcept nogil
 cdef void engine_clock(Engine *e) noexcept nogil
 cdef void conn_attach(Engine *e, Conn *c) noexcept nogil

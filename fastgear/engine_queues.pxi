@@ -200,7 +200,7 @@ cdef void job_free(Engine *e, Job *j) noexcept nogil:
     while a != NULL:
         an = a.j_next
         attached_unlink(&a.conn.attached, a)
-        fg_free(e, a)
+        attach_put(e, a)
         a = an
     j.func.total -= 1
     e.queued_bytes -= job_size(j)
@@ -209,7 +209,7 @@ cdef void job_free(Engine *e, Job *j) noexcept nogil:
     while j.acks != NULL:
         k = j.acks
         j.acks = k.next
-        fg_free(e, k)
+        ack_put(e, k)
     fg_free(e, j)
 
 

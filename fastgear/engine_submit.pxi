@@ -79,8 +79,9 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     cdef Job *j
     cdef Attach *a
     cdef uint8_t ukind
-    cdef size_t n
+    cdef size_t n, nd
     cdef char *w
+    cdef char num[20]
     if t == CMD_SUBMIT_JOB_HIGH or t == CMD_SUBMIT_JOB_HIGH_BG:
         prio = PRIO_HIGH
     elif t == CMD_SUBMIT_JOB_LOW or t == CMD_SUBMIT_JOB_LOW_BG:
@@ -126,7 +127,7 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
             if c == NULL:
                 return E_OK
             if not bg:
-                a = <Attach *>fg_calloc(e, 1, sizeof(Attach))
+                a = attach_new(e)
                 if a == NULL:
                     return E_NOMEM
                 attach_client(j, c, a)
@@ -178,10 +179,16 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     j.created_us = e.now_us
     j.seq = e.next_seq
     e.next_seq += 1
-    j.handle_len = <uint32_t>snprintf(j.handle, MAX_HANDLE, "%.*s:%llu", <int>e.prefix_len,
-                                      e.prefix, <unsigned long long>e.next_handle)
-    if j.handle_len >= MAX_HANDLE:
-        j.handle_len = MAX_HANDLE - 1
+    # prefix ":" number, cut at 63 bytes as snprintf did (a 47-byte prefix and a
+    # 20-digit number would not fit).
+    memcpy(j.handle, e.prefix, e.prefix_len)
+    j.handle[e.prefix_len] = b':'
+    nd = fmt_u64(num, e.next_handle)
+    if e.prefix_len + 1 + nd > MAX_HANDLE - 1:
+        nd = MAX_HANDLE - 1 - e.prefix_len - 1
+    memcpy(j.handle + e.prefix_len + 1, num, nd)
+    j.handle_len = e.prefix_len + 1 + <uint32_t>nd
+    j.handle[j.handle_len] = 0
     e.next_handle += 1
     j.handle_hash = hash_bytes(j.handle, j.handle_len, 0)
     j.h_next = e.htab[j.handle_hash & e.hmask]
@@ -196,7 +203,7 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     f.n_submitted += 1
     e.queued_bytes += n
     if not bg:
-        a = <Attach *>fg_calloc(e, 1, sizeof(Attach))
+        a = attach_new(e)
         if a == NULL:
             job_free(e, j)
             return E_NOMEM
@@ -223,7 +230,7 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
 
 
 cdef int add_ack(Engine *e, Job *j, Conn *c) noexcept nogil:
-    cdef Ack *k = <Ack *>fg_malloc(e, sizeof(Ack))
+    cdef Ack *k = ack_new(e)
     if k == NULL:
         return E_NOMEM
     k.fd = c.fd

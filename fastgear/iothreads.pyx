@@ -321,13 +321,18 @@ cdef void stage(Loop *L, IOConn *io) noexcept nogil:
     cdef Shared *S = L.S
     cdef Conn *c = &io.c
     cdef size_t pending
+    cdef Buf spare
     if io.http and buf_len(&c.outbuf):
         http_translate(L, io)
     if buf_len(&c.outbuf):
         if buf_len(&io.wbuf) == 0:
-            buf_free(&io.wbuf)
+            # Swap, not free-and-allocate: the engine writes the next batch into the
+            # memory this one's send emptied.
+            spare = io.wbuf
             io.wbuf = c.outbuf
-            buf_init(&c.outbuf)
+            c.outbuf = spare
+            c.outbuf.start = 0
+            c.outbuf.end = 0
         elif buf_append(&io.wbuf, buf_head(&c.outbuf), buf_len(&c.outbuf)) == 0:
             buf_consume(&c.outbuf, buf_len(&c.outbuf))
         else:
@@ -1247,5 +1252,5 @@ cdef class IOLoop:
                     conn_dirty(&self.S.eng, &io.c)
                     encode1(&io.c.outbuf, CMD_JOB_CREATED, j.handle, j.handle_len)
             j.acks = k.next
-            engine_release(&self.S.eng, k)
+            ack_put(&self.S.eng, k)
             k = j.acks
