@@ -315,6 +315,10 @@ cdef struct Engine:
     uint32_t max_function_name
     uint64_t max_queued_bytes  # 0: unlimited
     uint64_t n_budget_refused
+    # giving memory back after a drain (--trim-after-jobs): the I/O layer trims when
+    # jobs is 0 and jobs_peak reached trim_after_jobs, then resets jobs_peak
+    uint64_t trim_after_jobs     # 0: never
+    uint64_t jobs_peak
     # kept results (--keep-results, --keep-results-bytes)
     int64_t keep_us          # 0: off
     uint64_t keep_max_bytes

@@ -241,6 +241,7 @@ cdef int engine_init(Engine *e, const CoreConfig *cfg) noexcept nogil:
     e.max_unique = cfg.max_unique
     e.max_function_name = cfg.max_function_name
     e.max_queued_bytes = cfg.max_queued_bytes
+    e.trim_after_jobs = cfg.trim_after_jobs
     e.wakeup_timeout_ms = cfg.wakeup_timeout_ms
     engine_clock(e)
     results_configure(e, cfg.keep_results_us, cfg.keep_results_bytes)

@@ -194,6 +194,8 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     j.h_next = e.htab[j.handle_hash & e.hmask]
     e.htab[j.handle_hash & e.hmask] = j
     e.jobs += 1
+    if e.jobs > e.jobs_peak:
+        e.jobs_peak = e.jobs
     if ukind:
         j.unique_hash = unique_key(j.unique, j.unique_len, j.data, j.data_len, ukind)
         j.u_next = e.utab[j.unique_hash & e.umask]

@@ -109,6 +109,7 @@ cdef struct Loop:
     uint64_t refused         # over --max-connections (or out of fds)
     uint64_t paused          # times a connection's input was paused (--max-output)
     uint64_t hard_closed     # connections dropped past --max-output-hard
+    uint64_t trims           # (lock) malloc_trim calls after a drain (--trim-after-jobs)
 
 cdef struct Shared:
     Engine eng

@@ -239,6 +239,7 @@ def status_json(sampler: Sampler, since: float | None = None) -> dict:
             "rss_per_job": round(s["rss"] / jobs, 1) if jobs else None,
             "job_bytes_limit": st.get("max_queued_bytes"),
             "jobs_refused_for_memory": st.get("budget_refused"),
+            "memory_trims": st.get("memory_trims"),
         },
         "sampled_at": s["t"],
         "rate_window_s": RATE_WINDOW_S,

@@ -4,11 +4,11 @@
 # are valid until the caller consumes those bytes. Text admin lines are recognised at
 # any packet boundary by a non-zero first byte, so binary and text can be mixed on one
 # connection. The Python functions at the bottom exist for tests and benchmarks only.
-from libc.string cimport memchr, memcmp, memcpy
+from libc.string cimport memchr, memcmp
 from libc.stdint cimport uint32_t
 
-from fastgear.buffer cimport Buf, buf_reserve, buf_init, buf_free, buf_len, buf_head
-from fastgear.buffer cimport get_be32, put_be32
+from fastgear.buffer cimport Buf, buf_init, buf_free, buf_len, buf_head
+from fastgear.buffer cimport get_be32
 
 
 cdef void _cmd(int t, const char *name, int argc, int has_data, int request,
