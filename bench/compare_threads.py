@@ -86,9 +86,9 @@ def stop_all(procs, timeout=15):
             proc.kill()
 
 
-def run_load(binary, port, pid, workload, jobs, gen_threads):
+def run_load(binary, port, pid, workload, jobs, gen_threads, functions=1):
     cmd = [binary, "--port", str(port), "--jobs", str(jobs), "--threads", str(gen_threads),
-           "--server-pid", str(pid)] + WORKLOADS[workload]
+           "--server-pid", str(pid), "--functions", str(functions)] + WORKLOADS[workload]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     line = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
     fields = dict(re.findall(r"(\w+)=(\S+)", line))
@@ -117,6 +117,8 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=200000)
     ap.add_argument("--gen-threads", type=int, default=1)
     ap.add_argument("--no-floor", action="store_true", help="leave out the floor server")
+    ap.add_argument("--functions", type=int, default=1,
+                    help="spread jobs over this many functions (every worker registers all)")
     args = ap.parse_args(argv)
     kinds = ("fastgear", "gearmand") if args.no_floor else ("fastgear", "gearmand", "floor")
     binary = gearload_binary()
@@ -130,7 +132,7 @@ def main(argv=None):
                     for _ in range(args.rounds):
                         for kind, (proc, port) in servers.items():
                             f = run_load(binary, port, proc.pid, workload, args.jobs,
-                                         args.gen_threads)
+                                         args.gen_threads, args.functions)
                             got[kind].append(f)
                             print(f"-t {threads} {workload} {kind}: {f['jobs_per_s']} jobs/s "
                                   f"cpu {f.get('server_cpu_pct')}%", file=sys.stderr)

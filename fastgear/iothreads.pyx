@@ -973,7 +973,8 @@ cdef class IOLoop:
         return {"open_connections": fg_load_i64(&self.S.open_conns), "accepted": accepted,
                 "refused": refused, "paused": paused,
                 "output_hard_closed": hard, "protocol_errors": errors,
-                "memory_trims": trims, "max_connections": self.S.max_connections,
+                "memory_trims": trims, "lock_held_ns": self.S.lock_ns,
+                "lock_holds": self.S.lock_holds, "max_connections": self.S.max_connections,
                 "max_output": self.S.max_output, "max_output_hard": self.S.max_output_hard,
                 "max_packet": self.S.max_packet}
 
