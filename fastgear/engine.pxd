@@ -114,28 +114,16 @@ cdef struct Ack:
     Ack *next
 
 cdef struct Job:
+    # One allocation: this struct, then the handle, unique key, reducer and payload,
+    # each NUL-terminated. Fields are ordered by size so that the struct has no holes.
     Function *func
-    char handle[MAX_HANDLE]
-    uint32_t handle_len
-    uint64_t handle_hash
-    uint64_t unique_hash
+    char *handle             # prefix:number, at most MAX_HANDLE - 1 bytes
     char *unique
-    uint32_t unique_len
-    uint8_t ukind            # 0 none (never coalesces), 1 unique key, 2 '-' (by payload)
     char *reducer
-    uint32_t reducer_len
     char *data
     size_t data_len
-    uint8_t priority
-    uint8_t background
-    uint8_t persisted
-    uint8_t state            # JOB_QUEUED, JOB_FUTURE, JOB_RUNNING, JOB_STORING
-    uint32_t retries
-    uint32_t fails           # WORK_FAIL/EXCEPTION/timeouts so far (--bg-retries)
-    uint32_t num
-    uint32_t den
-    uint32_t n_data          # WORK_DATA and WORK_WARNING packets, for the kept result
-    uint32_t n_warning
+    uint64_t handle_hash
+    uint64_t unique_hash
     uint64_t seq             # submission order, for FIFO across functions
     int64_t when_s           # wall-clock epoch for EPOCH/SCHED jobs, 0 = now
     int64_t timer_ms         # monotonic deadline while in the timer heap
@@ -152,6 +140,20 @@ cdef struct Job:
     int64_t store_id         # row id in the persistent store, 0 when not stored
     Ack *acks                # submitters to answer once the row is committed
     Job *store_next          # the engine's list of jobs waiting for the store
+    uint32_t handle_len
+    uint32_t unique_len
+    uint32_t reducer_len
+    uint32_t retries
+    uint32_t fails           # WORK_FAIL/EXCEPTION/timeouts so far (--bg-retries)
+    uint32_t num
+    uint32_t den
+    uint32_t n_data          # WORK_DATA and WORK_WARNING packets, for the kept result
+    uint32_t n_warning
+    uint8_t ukind            # 0 none (never coalesces), 1 unique key, 2 '-' (by payload)
+    uint8_t priority
+    uint8_t background
+    uint8_t persisted
+    uint8_t state            # JOB_QUEUED, JOB_FUTURE, JOB_RUNNING, JOB_STORING
 
 cdef struct Conn:
     # The engine's part of a connection. The I/O layer allocates a larger struct that

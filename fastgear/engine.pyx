@@ -3,7 +3,8 @@
 # C compiled from Cython: every entry point is nogil noexcept and returns a status, and
 # no Python object is touched per packet. The engine does no I/O: replies are encoded
 # into each connection's output buffer and the connection is put on the dirty list for
-# the I/O loop to flush. A job is one allocation (struct + unique + reducer + payload).
+# the I/O loop to flush. A job is one allocation (struct + handle + unique + reducer
+# + payload).
 # Deliberate differences from gearmand 1.1.20 (README, compatibility): the grab order is
 # global priority across a worker's functions, the functions with work taking turns
 # (FIFO within each); one sleeper is woken per job, and another if it does not grab

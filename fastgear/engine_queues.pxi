@@ -175,7 +175,8 @@ cdef void job_unlink_state(Engine *e, Job *j) noexcept nogil:
 
 
 cdef inline size_t job_size(Job *j) noexcept nogil:
-    return sizeof(Job) + j.unique_len + 1 + j.reducer_len + 1 + j.data_len + 1
+    return (sizeof(Job) + j.handle_len + 1 + j.unique_len + 1 + j.reducer_len + 1
+            + j.data_len + 1)
 
 
 cdef void job_free(Engine *e, Job *j) noexcept nogil:

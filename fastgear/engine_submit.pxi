@@ -79,7 +79,7 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     cdef Job *j
     cdef Attach *a
     cdef uint8_t ukind
-    cdef size_t n, nd
+    cdef size_t n, nd, hl
     cdef char *w
     cdef char num[20]
     if t == CMD_SUBMIT_JOB_HIGH or t == CMD_SUBMIT_JOB_HIGH_BG:
@@ -139,7 +139,13 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     # requeue checks the limit itself first.
     if c != NULL and f.max_queue[prio] and f.total >= f.max_queue[prio]:
         return submit_refuse(e, c, b"QUEUE_ERROR", b"Job queue is full")
-    n = sizeof(Job) + pkt.flen[1] + 1 + reducer_len + 1 + pkt.flen[data_field] + 1
+    # The handle is prefix ":" number, cut at 63 bytes as snprintf did (a 47-byte
+    # prefix and a 20-digit number would not fit); it goes first after the struct.
+    nd = fmt_u64(num, e.next_handle)
+    if e.prefix_len + 1 + nd > MAX_HANDLE - 1:
+        nd = MAX_HANDLE - 1 - e.prefix_len - 1
+    hl = e.prefix_len + 1 + nd
+    n = sizeof(Job) + hl + 1 + pkt.flen[1] + 1 + reducer_len + 1 + pkt.flen[data_field] + 1
     if c != NULL and e.max_queued_bytes and e.queued_bytes + n > e.max_queued_bytes:
         # Refuse rather than grow into swap; stored jobs replayed at start-up (c NULL)
         # are always taken back.
@@ -154,6 +160,13 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
         return E_NOMEM
     memset(j, 0, sizeof(Job))
     w = <char *>(j + 1)
+    j.handle = w
+    memcpy(w, e.prefix, e.prefix_len)
+    w[e.prefix_len] = b':'
+    memcpy(w + e.prefix_len + 1, num, nd)
+    w[hl] = 0
+    j.handle_len = <uint32_t>hl
+    w += hl + 1
     j.unique = w
     memcpy(w, pkt.f[1], pkt.flen[1])
     w[pkt.flen[1]] = 0
@@ -179,16 +192,6 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     j.created_us = e.now_us
     j.seq = e.next_seq
     e.next_seq += 1
-    # prefix ":" number, cut at 63 bytes as snprintf did (a 47-byte prefix and a
-    # 20-digit number would not fit).
-    memcpy(j.handle, e.prefix, e.prefix_len)
-    j.handle[e.prefix_len] = b':'
-    nd = fmt_u64(num, e.next_handle)
-    if e.prefix_len + 1 + nd > MAX_HANDLE - 1:
-        nd = MAX_HANDLE - 1 - e.prefix_len - 1
-    memcpy(j.handle + e.prefix_len + 1, num, nd)
-    j.handle_len = e.prefix_len + 1 + <uint32_t>nd
-    j.handle[j.handle_len] = 0
     e.next_handle += 1
     j.handle_hash = hash_bytes(j.handle, j.handle_len, 0)
     j.h_next = e.htab[j.handle_hash & e.hmask]
