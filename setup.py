@@ -20,6 +20,9 @@ else:
     directives = {"boundscheck": False, "wraparound": False, "cdivision": True,
                   "initializedcheck": False}
 directives["language_level"] = 3
+# FASTGEAR_LOCKSTATS=1: time every hold of the engine lock (bench/lock_hold.py).
+if os.environ.get("FASTGEAR_LOCKSTATS", "") not in ("", "0"):
+    cflags.append("-DFASTGEAR_LOCKSTATS=1")
 
 # Dotted names live in subpackages: "bench._loop" is fastgear/bench/_loop.pyx.
 MODULES = ["protocol", "coreconfig", "engine", "engine_harness", "iothreads", "snapshot",

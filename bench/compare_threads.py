@@ -3,8 +3,10 @@
 For each `-t` value, starts fastgear and gearmand with that many threads on free
 loopback ports, runs the same gearload workload against them alternately (A B A B ...)
 and prints medians, min-max and the fastgear/gearmand ratio as a Markdown table. The
-generator is ../shared/tools/gearload.c (compiled here on first use); it is a reference
-instrument, not part of fastgear.
+floor server (bench/floor/floor.c, one thread whatever -t says) runs the same load as a
+third server, so each row also shows fastgear / floor: what any epoll server must spend
+here. The generator is ../shared/tools/gearload.c (compiled here on first use); it and
+the floor are reference instruments, not part of fastgear.
 
     python bench/compare_threads.py --threads 0 1 2 4 --rounds 5 --jobs 200000
 """
@@ -49,6 +51,10 @@ def start(kind, threads, tmp):
     port = free_port()
     if kind == "fastgear":
         cmd = [sys.executable, "-m", "fastgear", "serve"]
+    elif kind == "floor":
+        sys.path.insert(0, str(ROOT))
+        from fastgear.bench.servers import find_floor
+        cmd = [find_floor()]
     else:
         cmd = [shutil.which("gearmand") or "/usr/sbin/gearmand"]
     cmd += ["-p", str(port), "-L", "127.0.0.1", "-t", str(threads), "--log-file", "none",
@@ -80,9 +86,9 @@ def stop_all(procs, timeout=15):
             proc.kill()
 
 
-def run_load(binary, port, pid, workload, jobs, gen_threads):
+def run_load(binary, port, pid, workload, jobs, gen_threads, functions=1):
     cmd = [binary, "--port", str(port), "--jobs", str(jobs), "--threads", str(gen_threads),
-           "--server-pid", str(pid)] + WORKLOADS[workload]
+           "--server-pid", str(pid), "--functions", str(functions)] + WORKLOADS[workload]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     line = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
     fields = dict(re.findall(r"(\w+)=(\S+)", line))
@@ -110,28 +116,35 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--jobs", type=int, default=200000)
     ap.add_argument("--gen-threads", type=int, default=1)
+    ap.add_argument("--no-floor", action="store_true", help="leave out the floor server")
+    ap.add_argument("--functions", type=int, default=1,
+                    help="spread jobs over this many functions (every worker registers all)")
     args = ap.parse_args(argv)
+    kinds = ("fastgear", "gearmand") if args.no_floor else ("fastgear", "gearmand", "floor")
     binary = gearload_binary()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for threads in args.threads:
-            servers = {k: start(k, threads, tmp) for k in ("fastgear", "gearmand")}
+            servers = {k: start(k, threads, tmp) for k in kinds}
             try:
                 for workload in args.workloads:
-                    got = {"fastgear": [], "gearmand": []}
+                    got = {k: [] for k in kinds}
                     for _ in range(args.rounds):
                         for kind, (proc, port) in servers.items():
                             f = run_load(binary, port, proc.pid, workload, args.jobs,
-                                         args.gen_threads)
+                                         args.gen_threads, args.functions)
                             got[kind].append(f)
                             print(f"-t {threads} {workload} {kind}: {f['jobs_per_s']} jobs/s "
                                   f"cpu {f.get('server_cpu_pct')}%", file=sys.stderr)
                     rows.append((threads, workload, got))
             finally:
                 stop_all(proc for proc, _ in servers.values())
+    floor = "floor" in kinds
     print("| -t | workload | fastgear jobs/s (median, min-max) | gearmand jobs/s | ratio "
-          "| fastgear µs CPU/job | gearmand µs CPU/job | fg p99 ms fastgear / gearmand |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| fastgear µs CPU/job | gearmand µs CPU/job | fg p99 ms fastgear / gearmand |"
+          + (" floor jobs/s | floor µs CPU/job | fastgear ÷ floor jobs/s, CPU/job |"
+             if floor else ""))
+    print("|---|---|---|---|---|---|---|---|" + ("---|---|---|" if floor else ""))
     for threads, workload, got in rows:
         fj, fv = med(got["fastgear"], "jobs_per_s")
         gj, gv = med(got["gearmand"], "jobs_per_s")
@@ -143,7 +156,13 @@ def main(argv=None):
         print(f"| {threads} | {workload} | {fj:,.0f} ({min(fv):,.0f}-{max(fv):,.0f}) "
               f"| {gj:,.0f} ({min(gv):,.0f}-{max(gv):,.0f}) | {fj / gj:.2f}x "
               f"| {cpu_per_job(got['fastgear']):.1f} | {cpu_per_job(got['gearmand']):.1f} "
-              f"| {p99} |")
+              f"| {p99} |", end="")
+        if floor:
+            lj, _ = med(got["floor"], "jobs_per_s")
+            lc = cpu_per_job(got["floor"])
+            print(f" {lj:,.0f} | {lc:.1f} | {fj / lj:.2f}x, "
+                  f"{cpu_per_job(got['fastgear']) / lc:.2f}x |", end="")
+        print()
     return 0
 
 

@@ -14,4 +14,5 @@ FASTGEAR_DEBUG=1 python setup.py build_ext --inplace -q
 PYTHONPATH="$work" python -m pytest -q -p no:cacheprovider -k "not gearmand" \
     tests/test_engine.py tests/test_wire_jobs.py tests/test_wire_workers.py \
     tests/test_wire_errors.py tests/test_stress_threads.py tests/test_wakeups.py \
-    tests/test_limits.py tests/test_http.py tests/test_dead_letters.py tests/test_outcomes.py
+    tests/test_limits.py tests/test_http.py tests/test_dead_letters.py tests/test_outcomes.py \
+    tests/test_memory_return.py

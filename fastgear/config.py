@@ -304,6 +304,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("max-queued-bytes", None, "max_queued_bytes", decimal, 0,
            "fastgear: memory budget for jobs held (payloads, keys and bookkeeping); "
            "submissions beyond it get ERROR QUEUE_ERROR. 0: half of physical memory."),
+    Option("trim-after-jobs", None, "trim_after_jobs", decimal, 100000,
+           "fastgear: once the jobs in memory fall to 0 after peaking at this many or "
+           "more, the I/O thread that emptied the queue gives the freed memory back to "
+           "the system (malloc_trim, outside the engine lock); 0: never."),
     Option("shutdown-timeout", None, "shutdown_timeout", decimal, 0,
            "fastgear: on SIGTERM stop accepting and starting jobs, and wait up to this many "
            "seconds for running jobs to finish before exiting (a second SIGTERM exits at "
@@ -406,6 +410,7 @@ class Config:
     max_output_hard: int = 512 << 20      # above max_packet: one largest reply fits
     max_connections: int = 0             # 0: RLIMIT_NOFILE less a reserve
     max_queued_bytes: int = 0            # 0: half of physical memory
+    trim_after_jobs: int = 100000        # 0: never give memory back after a drain
     shutdown_timeout: int = 0            # seconds; 0: SIGTERM exits at once
     wakeup_timeout: int = 1000           # ms; 0: never wake another sleeper
     bind_retry_timeout: int = 20         # seconds of bind() retries on EADDRINUSE
@@ -561,6 +566,7 @@ def validate(cfg: Config) -> Config:
                             ("max_output_hard", 4096, 1 << 48),
                             ("max_connections", 0, 1 << 31),
                             ("max_queued_bytes", 0, 1 << 56),
+                            ("trim_after_jobs", 0, 1 << 56),
                             ("shutdown_timeout", 0, 86400),
                             ("store_lease", 1, 3600),
                             ("mysql_timeout", 1, 3600),

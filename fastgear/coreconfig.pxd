@@ -18,6 +18,7 @@ cdef struct CoreConfig:
     uint32_t max_unique
     uint32_t max_function_name
     uint64_t max_queued_bytes  # 0: unlimited
+    uint64_t trim_after_jobs   # 0: never malloc_trim after a drain
     int64_t wakeup_timeout_ms  # 0: never wake another sleeper for a silent one
     int64_t keep_results_us    # 0: keep no results
     uint64_t keep_results_bytes

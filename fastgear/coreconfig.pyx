@@ -34,6 +34,7 @@ def core_settings(cfg, long long max_connections):
     s.c.max_unique = cfg.max_unique
     s.c.max_function_name = cfg.max_function_name
     s.c.max_queued_bytes = budget
+    s.c.trim_after_jobs = cfg.trim_after_jobs
     s.c.wakeup_timeout_ms = cfg.wakeup_timeout
     s.c.keep_results_us = cfg.keep_results * 1000000
     s.c.keep_results_bytes = cfg.keep_results_bytes

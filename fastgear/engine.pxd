@@ -17,6 +17,7 @@ cdef enum:
     MAX_CLIENT_ID = 128
     MIN_CAN_DO_TIMEOUT_MS = 1000   # gearmand raises smaller timeouts to one second
     NHIST = 20               # queue-wait and run-time histogram buckets (last: +Inf)
+    FREE_MAX = 4096          # records kept on each free list
 
 # kept results' outcomes
 cdef enum:
@@ -113,28 +114,16 @@ cdef struct Ack:
     Ack *next
 
 cdef struct Job:
+    # One allocation: this struct, then the handle, unique key, reducer and payload,
+    # each NUL-terminated. Fields are ordered by size so that the struct has no holes.
     Function *func
-    char handle[MAX_HANDLE]
-    uint32_t handle_len
-    uint64_t handle_hash
-    uint64_t unique_hash
+    char *handle             # prefix:number, at most MAX_HANDLE - 1 bytes
     char *unique
-    uint32_t unique_len
-    uint8_t ukind            # 0 none (never coalesces), 1 unique key, 2 '-' (by payload)
     char *reducer
-    uint32_t reducer_len
     char *data
     size_t data_len
-    uint8_t priority
-    uint8_t background
-    uint8_t persisted
-    uint8_t state            # JOB_QUEUED, JOB_FUTURE, JOB_RUNNING, JOB_STORING
-    uint32_t retries
-    uint32_t fails           # WORK_FAIL/EXCEPTION/timeouts so far (--bg-retries)
-    uint32_t num
-    uint32_t den
-    uint32_t n_data          # WORK_DATA and WORK_WARNING packets, for the kept result
-    uint32_t n_warning
+    uint64_t handle_hash
+    uint64_t unique_hash
     uint64_t seq             # submission order, for FIFO across functions
     int64_t when_s           # wall-clock epoch for EPOCH/SCHED jobs, 0 = now
     int64_t timer_ms         # monotonic deadline while in the timer heap
@@ -151,6 +140,20 @@ cdef struct Job:
     int64_t store_id         # row id in the persistent store, 0 when not stored
     Ack *acks                # submitters to answer once the row is committed
     Job *store_next          # the engine's list of jobs waiting for the store
+    uint32_t handle_len
+    uint32_t unique_len
+    uint32_t reducer_len
+    uint32_t retries
+    uint32_t fails           # WORK_FAIL/EXCEPTION/timeouts so far (--bg-retries)
+    uint32_t num
+    uint32_t den
+    uint32_t n_data          # WORK_DATA and WORK_WARNING packets, for the kept result
+    uint32_t n_warning
+    uint8_t ukind            # 0 none (never coalesces), 1 unique key, 2 '-' (by payload)
+    uint8_t priority
+    uint8_t background
+    uint8_t persisted
+    uint8_t state            # JOB_QUEUED, JOB_FUTURE, JOB_RUNNING, JOB_STORING
 
 cdef struct Conn:
     # The engine's part of a connection. The I/O layer allocates a larger struct that
@@ -314,6 +317,10 @@ cdef struct Engine:
     uint32_t max_function_name
     uint64_t max_queued_bytes  # 0: unlimited
     uint64_t n_budget_refused
+    # giving memory back after a drain (--trim-after-jobs): the I/O layer trims when
+    # jobs is 0 and jobs_peak reached trim_after_jobs, then resets jobs_peak
+    uint64_t trim_after_jobs     # 0: never
+    uint64_t jobs_peak
     # kept results (--keep-results, --keep-results-bytes)
     int64_t keep_us          # 0: off
     uint64_t keep_max_bytes
@@ -345,6 +352,15 @@ cdef struct Engine:
     int64_t *d_del           # dead-letter ids whose rows to delete
     uint64_t d_del_len
     uint64_t d_del_cap
+    # Free lists of the fixed-size records made and dropped per job or per registration
+    # (at most FREE_MAX each, so a burst's records go back to malloc); freed at teardown.
+    Attach *free_attach
+    Ability *free_ability
+    Ack *free_ack
+    uint32_t n_free_attach
+    uint32_t n_free_ability
+    uint32_t n_free_ack
+    uint64_t n_reused       # records taken from a free list instead of malloc
     int64_t live_allocs      # debug build: engine allocations not freed yet (fgalloc.h)
 
 # The engine's intrusive lists: each binds the macros of includes/dlist.h to one list's
@@ -433,6 +449,7 @@ cdef extern from "includes/fgalloc.h" nogil:
 cdef int engine_init(Engine *e, const CoreConfig *cfg) noexcept nogil
 cdef void engine_free(Engine *e) noexcept nogil
 cdef void engine_release(Engine *e, void *p) noexcept nogil
+cdef void ack_put(Engine *e, Ack *k) noexcept nogil
 cdef int64_t engine_live_allocs(Engine *e) noexcept nogil
 cdef void engine_clock(Engine *e) noexcept nogil
 cdef void conn_attach(Engine *e, Conn *c) noexcept nogil

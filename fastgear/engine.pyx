@@ -3,7 +3,8 @@
 # C compiled from Cython: every entry point is nogil noexcept and returns a status, and
 # no Python object is touched per packet. The engine does no I/O: replies are encoded
 # into each connection's output buffer and the connection is put on the dirty list for
-# the I/O loop to flush. A job is one allocation (struct + unique + reducer + payload).
+# the I/O loop to flush. A job is one allocation (struct + handle + unique + reducer
+# + payload).
 # Deliberate differences from gearmand 1.1.20 (README, compatibility): the grab order is
 # global priority across a worker's functions, the functions with work taking turns
 # (FIFO within each); one sleeper is woken per job, and another if it does not grab
@@ -19,7 +20,6 @@
 # retries and dead letters).
 from libc.stdlib cimport strtoll
 from libc.string cimport memcpy, memcmp, memset, strlen
-from libc.stdio cimport snprintf
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
 from fastgear.protocol cimport *
@@ -73,8 +73,106 @@ cdef inline int eq(const char *a, size_t an, const char *b, size_t bn) noexcept 
     return an == bn and (an == 0 or memcmp(a, b, an) == 0)
 
 
-cdef size_t fmt_u64(char *out, uint64_t v) noexcept nogil:
-    return <size_t>snprintf(out, 24, "%llu", <unsigned long long>v)
+cdef inline size_t fmt_u64(char *out, uint64_t v) noexcept nogil:
+    """v in decimal at out (at most 20 bytes, no NUL): the printf family costs more
+    than the rest of a job's handle."""
+    cdef char tmp[20]
+    cdef size_t n = 0, i
+    while True:
+        tmp[n] = <char>(48 + v % 10)
+        n += 1
+        v //= 10
+        if v == 0:
+            break
+    for i in range(n):
+        out[i] = tmp[n - 1 - i]
+    return n
+
+
+# ---- free lists of fixed-size records ------------------------------------------------
+# Attachments (one per foreground job), acks (durable submissions) and registrations
+# are made and dropped at packet rate: a bounded free list each spares malloc and free.
+# The debug build counts records on a list as live; engine_free frees them.
+
+cdef inline Attach *attach_new(Engine *e) noexcept nogil:
+    cdef Attach *a = e.free_attach
+    if a == NULL:
+        return <Attach *>fg_calloc(e, 1, sizeof(Attach))
+    e.free_attach = a.j_next
+    e.n_free_attach -= 1
+    e.n_reused += 1
+    memset(a, 0, sizeof(Attach))
+    return a
+
+
+cdef inline void attach_put(Engine *e, Attach *a) noexcept nogil:
+    if e.n_free_attach >= FREE_MAX:
+        fg_free(e, a)
+        return
+    a.j_next = e.free_attach
+    e.free_attach = a
+    e.n_free_attach += 1
+
+
+cdef inline Ability *ability_new(Engine *e) noexcept nogil:
+    cdef Ability *a = e.free_ability
+    if a == NULL:
+        return <Ability *>fg_calloc(e, 1, sizeof(Ability))
+    e.free_ability = a.c_next
+    e.n_free_ability -= 1
+    e.n_reused += 1
+    memset(a, 0, sizeof(Ability))
+    return a
+
+
+cdef inline void ability_put(Engine *e, Ability *a) noexcept nogil:
+    if e.n_free_ability >= FREE_MAX:
+        fg_free(e, a)
+        return
+    a.c_next = e.free_ability
+    e.free_ability = a
+    e.n_free_ability += 1
+
+
+cdef inline Ack *ack_new(Engine *e) noexcept nogil:
+    cdef Ack *k = e.free_ack
+    if k == NULL:
+        return <Ack *>fg_malloc(e, sizeof(Ack))
+    e.free_ack = k.next
+    e.n_free_ack -= 1
+    e.n_reused += 1
+    return k
+
+
+cdef void ack_put(Engine *e, Ack *k) noexcept nogil:
+    """Give back an Ack (also one the I/O layer took off a job and answered)."""
+    if e.n_free_ack >= FREE_MAX:
+        fg_free(e, k)
+        return
+    k.next = e.free_ack
+    e.free_ack = k
+    e.n_free_ack += 1
+
+
+cdef void free_lists_clear(Engine *e) noexcept nogil:
+    cdef Attach *a
+    cdef Ability *b
+    cdef Ack *k
+    while e.free_attach != NULL:
+        a = e.free_attach
+        e.free_attach = a.j_next
+        fg_free(e, a)
+    while e.free_ability != NULL:
+        b = e.free_ability
+        e.free_ability = b.c_next
+        fg_free(e, b)
+    while e.free_ack != NULL:
+        k = e.free_ack
+        e.free_ack = k.next
+        fg_free(e, k)
+    e.n_free_attach = 0
+    e.n_free_ability = 0
+    e.n_free_ack = 0
 
 
 # ---- output ---------------------------------------------------------------------------
@@ -144,6 +242,7 @@ cdef int engine_init(Engine *e, const CoreConfig *cfg) noexcept nogil:
     e.max_unique = cfg.max_unique
     e.max_function_name = cfg.max_function_name
     e.max_queued_bytes = cfg.max_queued_bytes
+    e.trim_after_jobs = cfg.trim_after_jobs
     e.wakeup_timeout_ms = cfg.wakeup_timeout_ms
     engine_clock(e)
     results_configure(e, cfg.keep_results_us, cfg.keep_results_bytes)
@@ -184,12 +283,12 @@ cdef void engine_free(Engine *e) noexcept nogil:
             a = j.clients
             while a != NULL:
                 an = a.j_next
-                fg_free(e, a)
+                attach_put(e, a)
                 a = an
             while j.acks != NULL:
                 k = j.acks
                 j.acks = k.next
-                fg_free(e, k)
+                ack_put(e, k)
             fg_free(e, j)
             j = nx
     f = e.f_first
@@ -207,6 +306,7 @@ cdef void engine_free(Engine *e) noexcept nogil:
     fg_free(e, e.rtab)
     fg_free(e, e.rutab)
     dead_free_all(e)
+    free_lists_clear(e)
     leaked = e.live_allocs
     memset(e, 0, sizeof(Engine))
     e.live_allocs = leaked
@@ -361,7 +461,7 @@ cdef void conn_detach(Engine *e, Conn *c) noexcept nogil:
         an = a.c_next
         j = a.job
         clients_unlink(&j.clients, a)
-        fg_free(e, a)
+        attach_put(e, a)
         # A foreground job nobody waits for any more is not worth running (gearmand
         # drops it when it reaches the head of the queue; we drop it now).
         if j.clients == NULL and not j.background and j.state != JOB_RUNNING:
@@ -385,7 +485,7 @@ cdef int engine_cancel(Engine *e, Job *j) noexcept nogil:
         while a != NULL:
             an = a.j_next
             attached_unlink(&a.conn.attached, a)
-            fg_free(e, a)
+            attach_put(e, a)
             a = an
         j.clients = NULL
         return 0

@@ -53,7 +53,7 @@ cdef int job_try_retry(Engine *e, Job *j) noexcept nogil:
     while a != NULL:
         an = a.j_next
         attached_unlink(&a.conn.attached, a)
-        fg_free(e, a)
+        attach_put(e, a)
         a = an
     j.clients = NULL
     job_unlink_state(e, j)

@@ -159,6 +159,11 @@ cdef class EngineHarness:
         return {"jobs": self.e.jobs, "functions": self.e.fcount, "connections": self.e.nconns,
                 "queued_bytes": self.e.queued_bytes}
 
+    def free_lists(self):
+        """Records waiting for reuse on each free list, and how many were reused."""
+        return {"attach": self.e.n_free_attach, "ability": self.e.n_free_ability,
+                "ack": self.e.n_free_ack, "reused": self.e.n_reused}
+
     def live_allocs(self):
         """The engine's allocations not freed yet (counted in debug builds only)."""
         return engine_live_allocs(&self.e)

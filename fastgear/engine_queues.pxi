@@ -175,7 +175,8 @@ cdef void job_unlink_state(Engine *e, Job *j) noexcept nogil:
 
 
 cdef inline size_t job_size(Job *j) noexcept nogil:
-    return sizeof(Job) + j.unique_len + 1 + j.reducer_len + 1 + j.data_len + 1
+    return (sizeof(Job) + j.handle_len + 1 + j.unique_len + 1 + j.reducer_len + 1
+            + j.data_len + 1)
 
 
 cdef void job_free(Engine *e, Job *j) noexcept nogil:
@@ -200,7 +201,7 @@ cdef void job_free(Engine *e, Job *j) noexcept nogil:
     while a != NULL:
         an = a.j_next
         attached_unlink(&a.conn.attached, a)
-        fg_free(e, a)
+        attach_put(e, a)
         a = an
     j.func.total -= 1
     e.queued_bytes -= job_size(j)
@@ -209,7 +210,7 @@ cdef void job_free(Engine *e, Job *j) noexcept nogil:
     while j.acks != NULL:
         k = j.acks
         j.acks = k.next
-        fg_free(e, k)
+        ack_put(e, k)
     fg_free(e, j)
 
 

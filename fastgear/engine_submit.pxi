@@ -79,8 +79,9 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     cdef Job *j
     cdef Attach *a
     cdef uint8_t ukind
-    cdef size_t n
+    cdef size_t n, nd, hl
     cdef char *w
+    cdef char num[20]
     if t == CMD_SUBMIT_JOB_HIGH or t == CMD_SUBMIT_JOB_HIGH_BG:
         prio = PRIO_HIGH
     elif t == CMD_SUBMIT_JOB_LOW or t == CMD_SUBMIT_JOB_LOW_BG:
@@ -126,7 +127,7 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
             if c == NULL:
                 return E_OK
             if not bg:
-                a = <Attach *>fg_calloc(e, 1, sizeof(Attach))
+                a = attach_new(e)
                 if a == NULL:
                     return E_NOMEM
                 attach_client(j, c, a)
@@ -138,7 +139,13 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     # requeue checks the limit itself first.
     if c != NULL and f.max_queue[prio] and f.total >= f.max_queue[prio]:
         return submit_refuse(e, c, b"QUEUE_ERROR", b"Job queue is full")
-    n = sizeof(Job) + pkt.flen[1] + 1 + reducer_len + 1 + pkt.flen[data_field] + 1
+    # The handle is prefix ":" number, cut at 63 bytes as snprintf did (a 47-byte
+    # prefix and a 20-digit number would not fit); it goes first after the struct.
+    nd = fmt_u64(num, e.next_handle)
+    if e.prefix_len + 1 + nd > MAX_HANDLE - 1:
+        nd = MAX_HANDLE - 1 - e.prefix_len - 1
+    hl = e.prefix_len + 1 + nd
+    n = sizeof(Job) + hl + 1 + pkt.flen[1] + 1 + reducer_len + 1 + pkt.flen[data_field] + 1
     if c != NULL and e.max_queued_bytes and e.queued_bytes + n > e.max_queued_bytes:
         # Refuse rather than grow into swap; stored jobs replayed at start-up (c NULL)
         # are always taken back.
@@ -153,6 +160,13 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
         return E_NOMEM
     memset(j, 0, sizeof(Job))
     w = <char *>(j + 1)
+    j.handle = w
+    memcpy(w, e.prefix, e.prefix_len)
+    w[e.prefix_len] = b':'
+    memcpy(w + e.prefix_len + 1, num, nd)
+    w[hl] = 0
+    j.handle_len = <uint32_t>hl
+    w += hl + 1
     j.unique = w
     memcpy(w, pkt.f[1], pkt.flen[1])
     w[pkt.flen[1]] = 0
@@ -178,15 +192,13 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     j.created_us = e.now_us
     j.seq = e.next_seq
     e.next_seq += 1
-    j.handle_len = <uint32_t>snprintf(j.handle, MAX_HANDLE, "%.*s:%llu", <int>e.prefix_len,
-                                      e.prefix, <unsigned long long>e.next_handle)
-    if j.handle_len >= MAX_HANDLE:
-        j.handle_len = MAX_HANDLE - 1
     e.next_handle += 1
     j.handle_hash = hash_bytes(j.handle, j.handle_len, 0)
     j.h_next = e.htab[j.handle_hash & e.hmask]
     e.htab[j.handle_hash & e.hmask] = j
     e.jobs += 1
+    if e.jobs > e.jobs_peak:
+        e.jobs_peak = e.jobs
     if ukind:
         j.unique_hash = unique_key(j.unique, j.unique_len, j.data, j.data_len, ukind)
         j.u_next = e.utab[j.unique_hash & e.umask]
@@ -196,7 +208,7 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     f.n_submitted += 1
     e.queued_bytes += n
     if not bg:
-        a = <Attach *>fg_calloc(e, 1, sizeof(Attach))
+        a = attach_new(e)
         if a == NULL:
             job_free(e, j)
             return E_NOMEM
@@ -223,7 +235,7 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
 
 
 cdef int add_ack(Engine *e, Job *j, Conn *c) noexcept nogil:
-    cdef Ack *k = <Ack *>fg_malloc(e, sizeof(Ack))
+    cdef Ack *k = ack_new(e)
     if k == NULL:
         return E_NOMEM
     k.fd = c.fd

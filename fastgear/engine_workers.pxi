@@ -13,14 +13,14 @@ cdef int add_ability(Engine *e, Conn *c, const char *name, size_t n,
     f = func_get(e, name, n, 1)
     if f == NULL:
         return E_NOMEM
-    a = <Ability *>fg_calloc(e, 1, sizeof(Ability))
+    a = ability_new(e)
     if a == NULL:
         return E_NOMEM
     a.conn = c
     a.func = f
     a.timeout_ms = timeout_ms
     if atab_insert(e, c, a) != 0:
-        fg_free(e, a)
+        ability_put(e, a)
         return E_NOMEM
     abilities_link(&c.abilities, a)
     f.workers += 1
@@ -115,7 +115,7 @@ cdef void remove_ability(Engine *e, Conn *c, Ability *a) noexcept nogil:
     if f.workers == 0:
         for p in range(NPRIO):
             ready_remove(e, f, p)
-    fg_free(e, a)
+    ability_put(e, a)
 
 
 cdef void drop_abilities(Engine *e, Conn *c, Function *only) noexcept nogil:

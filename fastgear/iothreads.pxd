@@ -113,6 +113,7 @@ cdef struct Loop:
     uint64_t refused         # over --max-connections (or out of fds)
     uint64_t paused          # times a connection's input was paused (--max-output)
     uint64_t hard_closed     # connections dropped past --max-output-hard
+    uint64_t trims           # (lock) malloc_trim calls after a drain (--trim-after-jobs)
 
 cdef struct Shared:
     Engine eng
@@ -146,6 +147,9 @@ cdef struct Shared:
     int fenced               # store lease lost: no job starts, submissions are refused
     int64_t timer_wake_ms    # when loop 0, which runs the timers, will wake next
     int stopping
+    int64_t lock_t0          # FASTGEAR_LOCKSTATS builds: when the holder took the lock,
+    uint64_t lock_ns         # ... the time it was held in all,
+    uint64_t lock_holds      # ... and how many times it was taken
 
 
 cdef inline IOConn *io_of(Conn *c) noexcept nogil:
@@ -153,12 +157,36 @@ cdef inline IOConn *io_of(Conn *c) noexcept nogil:
     return <IOConn *>c
 
 
+# Lock statistics for bench/lock_hold.py: compiled in only by a build made with
+# FASTGEAR_LOCKSTATS=1 (setup.py); release builds see a constant 0 and no clock reads.
+cdef extern from * nogil:
+    """
+    #ifndef FASTGEAR_LOCKSTATS
+    #define FASTGEAR_LOCKSTATS 0
+    #endif
+    #include <time.h>
+    static inline int64_t fg_now_ns(void) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+    }
+    """
+    enum:
+        FASTGEAR_LOCKSTATS
+    int64_t fg_now_ns()
+
+
 cdef inline void lock(Shared *S) noexcept nogil:
     pthread_mutex_lock(&S.lock)
     S.eng.owner = pthread_self()
+    if FASTGEAR_LOCKSTATS:
+        S.lock_t0 = fg_now_ns()
 
 
 cdef inline void unlock(Shared *S) noexcept nogil:
+    if FASTGEAR_LOCKSTATS:
+        S.lock_ns += <uint64_t>(fg_now_ns() - S.lock_t0)
+        S.lock_holds += 1
     S.eng.owner = 0
     pthread_mutex_unlock(&S.lock)
 

@@ -31,6 +31,9 @@
 # past --max-output-hard it is disconnected like any lost peer. --max-connections is
 # checked at accept with an atomic count, so refusing costs no lock.
 from libc.stdlib cimport malloc, calloc, realloc, free
+
+cdef extern from "<malloc.h>" nogil:
+    int malloc_trim(size_t pad)
 from libc.string cimport memcpy, memset, memchr, memcmp, strlen
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
@@ -326,13 +329,18 @@ cdef void stage(Loop *L, IOConn *io) noexcept nogil:
     cdef Shared *S = L.S
     cdef Conn *c = &io.c
     cdef size_t pending
+    cdef Buf spare
     if io.http and buf_len(&c.outbuf):
         http_translate(L, io)
     if buf_len(&c.outbuf):
         if buf_len(&io.wbuf) == 0:
-            buf_free(&io.wbuf)
+            # Swap, not free-and-allocate: the engine writes the next batch into the
+            # memory this one's send emptied.
+            spare = io.wbuf
             io.wbuf = c.outbuf
-            buf_init(&c.outbuf)
+            c.outbuf = spare
+            c.outbuf.start = 0
+            c.outbuf.end = 0
         elif buf_append(&io.wbuf, buf_head(&c.outbuf), buf_len(&c.outbuf)) == 0:
             buf_consume(&c.outbuf, buf_len(&c.outbuf))
         else:
@@ -678,6 +686,7 @@ cdef void loop_run(Loop *L) noexcept nogil:
     cdef uint64_t tag
     cdef IOConn *io
     cdef IOConn *gone
+    cdef bint trim
     cdef sigset_t all_signals
     # Signals belong to the Python control thread.
     sigfillset(&all_signals)
@@ -697,9 +706,18 @@ cdef void loop_run(Loop *L) noexcept nogil:
             free_conns(L, gone)
             break
         L.batches += 1
+        # The queue has just emptied after a large burst: give the freed job memory
+        # back to the system (--trim-after-jobs), outside the lock, once per burst.
+        trim = (S.eng.jobs == 0 and S.eng.trim_after_jobs != 0
+                and S.eng.jobs_peak >= S.eng.trim_after_jobs)
+        if trim:
+            S.eng.jobs_peak = 0
+            L.trims += 1
         unlock(S)
         flush_all(L)
         free_conns(L, gone)
+        if trim:
+            malloc_trim(0)
         if L.check != NULL or L.unpause != NULL:
             timeout = 0     # connections to close, or to read again, without waiting
         n = epoll_wait(L.epfd, events, MAX_EVENTS,
@@ -946,6 +964,7 @@ cdef class IOLoop:
         """The I/O layer's counters, summed over the loops."""
         cdef int k
         cdef uint64_t refused = 0, paused = 0, hard = 0, accepted = 0, errors = 0
+        cdef uint64_t trims = 0
         with nogil:
             lock(self.S)
             for k in range(self.S.nloops):
@@ -954,11 +973,13 @@ cdef class IOLoop:
                 hard += self.S.loops[k].hard_closed
                 accepted += self.S.loops[k].accepted
                 errors += self.S.loops[k].protocol_errors
+                trims += self.S.loops[k].trims
             unlock(self.S)
         return {"open_connections": fg_load_i64(&self.S.open_conns), "accepted": accepted,
                 "refused": refused, "paused": paused,
                 "output_hard_closed": hard, "protocol_errors": errors,
-                "max_connections": self.S.max_connections,
+                "memory_trims": trims, "lock_held_ns": self.S.lock_ns,
+                "lock_holds": self.S.lock_holds, "max_connections": self.S.max_connections,
                 "max_output": self.S.max_output, "max_output_hard": self.S.max_output_hard,
                 "max_packet": self.S.max_packet}
 
@@ -1255,5 +1276,5 @@ cdef class IOLoop:
                     conn_dirty(&self.S.eng, &io.c)
                     encode1(&io.c.outbuf, CMD_JOB_CREATED, j.handle, j.handle_len)
             j.acks = k.next
-            engine_release(&self.S.eng, k)
+            ack_put(&self.S.eng, k)
             k = j.acks

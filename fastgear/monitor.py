@@ -240,6 +240,9 @@ def status_json(sampler: Sampler, since: float | None = None) -> dict:
             "rss_per_job": round(s["rss"] / jobs, 1) if jobs else None,
             "job_bytes_limit": st.get("max_queued_bytes"),
             "jobs_refused_for_memory": st.get("budget_refused"),
+            "memory_trims": st.get("memory_trims"),
+            # FASTGEAR_LOCKSTATS builds only (bench/lock_hold.py); 0 otherwise.
+            "lock_held_ns": st.get("lock_held_ns"), "lock_holds": st.get("lock_holds"),
         },
         "sampled_at": s["t"],
         "rate_window_s": RATE_WINDOW_S,

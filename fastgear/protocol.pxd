@@ -1,7 +1,8 @@
 # The wire contract: the one command table and the nogil packet parser/encoder.
 # Every other compiled module cimports these declarations; nothing here allocates.
 from libc.stdint cimport uint8_t, uint32_t
-from fastgear.buffer cimport Buf
+from libc.string cimport memcpy
+from fastgear.buffer cimport Buf, buf_reserve, put_be32
 
 cdef enum:
     CMD_CAN_DO = 1
@@ -101,9 +102,54 @@ cdef inline uint8_t cmd_kind(uint32_t t) noexcept nogil:
 
 cdef int parse_packet(const char *p, size_t avail, size_t max_size,
                       Packet *pkt) noexcept nogil
-cdef int encode_packet(Buf *out, uint32_t magic_res, uint32_t type, int n,
-                       const char **fields, const size_t *lens) noexcept nogil
-cdef int encode2(Buf *out, uint32_t type, const char *a, size_t alen,
-                 const char *b, size_t blen) noexcept nogil
-cdef int encode1(Buf *out, uint32_t type, const char *a, size_t alen) noexcept nogil
-cdef int encode0(Buf *out, uint32_t type) noexcept nogil
+
+
+# ---- encoders: inline, so each module compiles its own copy -------------------------
+
+cdef inline int encode_packet(Buf *out, uint32_t magic_res, uint32_t type, int n,
+                              const char **fields, const size_t *lens) noexcept nogil:
+    """Append one packet; fields are joined by NULs. ENC_OK, or ENC_NOMEM."""
+    cdef size_t total = 0
+    cdef int i
+    cdef char *w
+    for i in range(n):
+        total += lens[i]
+    if n > 1:
+        total += <size_t>(n - 1)
+    if total > 0xffffffffu:
+        return ENC_NOMEM
+    if buf_reserve(out, HEADER_SIZE + total) != 0:
+        return ENC_NOMEM
+    w = out.data + out.end
+    memcpy(w, b"\0RES" if magic_res else b"\0REQ", 4)
+    put_be32(w + 4, type)
+    put_be32(w + 8, <uint32_t>total)
+    w += HEADER_SIZE
+    for i in range(n):
+        if i > 0:
+            w[0] = 0
+            w += 1
+        if lens[i]:
+            memcpy(w, fields[i], lens[i])
+            w += lens[i]
+    out.end += HEADER_SIZE + total
+    return ENC_OK
+
+
+cdef inline int encode2(Buf *out, uint32_t type, const char *a, size_t alen,
+                        const char *b, size_t blen) noexcept nogil:
+    cdef const char *f[2]
+    cdef size_t l[2]
+    f[0] = a
+    f[1] = b
+    l[0] = alen
+    l[1] = blen
+    return encode_packet(out, 1, type, 2, f, l)
+
+
+cdef inline int encode1(Buf *out, uint32_t type, const char *a, size_t alen) noexcept nogil:
+    return encode_packet(out, 1, type, 1, &a, &alen)
+
+
+cdef inline int encode0(Buf *out, uint32_t type) noexcept nogil:
+    return encode_packet(out, 1, type, 0, NULL, NULL)

@@ -4,11 +4,11 @@
 # are valid until the caller consumes those bytes. Text admin lines are recognised at
 # any packet boundary by a non-zero first byte, so binary and text can be mixed on one
 # connection. The Python functions at the bottom exist for tests and benchmarks only.
-from libc.string cimport memchr, memcmp, memcpy
+from libc.string cimport memchr, memcmp
 from libc.stdint cimport uint32_t
 
-from fastgear.buffer cimport Buf, buf_reserve, buf_init, buf_free, buf_len, buf_head
-from fastgear.buffer cimport get_be32, put_be32
+from fastgear.buffer cimport Buf, buf_init, buf_free, buf_len, buf_head
+from fastgear.buffer cimport get_be32
 
 
 cdef void _cmd(int t, const char *name, int argc, int has_data, int request,
@@ -137,53 +137,8 @@ cdef int parse_packet(const char *p, size_t avail, size_t max_size,
     return P_PACKET
 
 
-cdef int encode_packet(Buf *out, uint32_t magic_res, uint32_t type, int n,
-                       const char **fields, const size_t *lens) noexcept nogil:
-    """Append one packet; fields are joined by NULs. ENC_OK, or ENC_NOMEM."""
-    cdef size_t total = 0
-    cdef int i
-    cdef char *w
-    for i in range(n):
-        total += lens[i]
-    if n > 1:
-        total += <size_t>(n - 1)
-    if total > 0xffffffffu:
-        return ENC_NOMEM
-    if buf_reserve(out, HEADER_SIZE + total) != 0:
-        return ENC_NOMEM
-    w = out.data + out.end
-    memcpy(w, b"\0RES" if magic_res else b"\0REQ", 4)
-    put_be32(w + 4, type)
-    put_be32(w + 8, <uint32_t>total)
-    w += HEADER_SIZE
-    for i in range(n):
-        if i > 0:
-            w[0] = 0
-            w += 1
-        if lens[i]:
-            memcpy(w, fields[i], lens[i])
-            w += lens[i]
-    out.end += HEADER_SIZE + total
-    return ENC_OK
-
-
-cdef int encode2(Buf *out, uint32_t type, const char *a, size_t alen,
-                 const char *b, size_t blen) noexcept nogil:
-    cdef const char *f[2]
-    cdef size_t l[2]
-    f[0] = a
-    f[1] = b
-    l[0] = alen
-    l[1] = blen
-    return encode_packet(out, 1, type, 2, f, l)
-
-
-cdef int encode1(Buf *out, uint32_t type, const char *a, size_t alen) noexcept nogil:
-    return encode_packet(out, 1, type, 1, &a, &alen)
-
-
-cdef int encode0(Buf *out, uint32_t type) noexcept nogil:
-    return encode_packet(out, 1, type, 0, NULL, NULL)
+# The encoders are inline functions in protocol.pxd: every module that answers a peer
+# gets them compiled in, instead of calling across modules through a function pointer.
 
 
 # ---- Python surface for tests and benchmarks -------------------------------------

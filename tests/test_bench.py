@@ -241,3 +241,6 @@ def test_compare_runs_both_servers(capsys):
     summary = runs[-1]
     assert summary["kind"] == "summary"
     assert summary["metrics"]["jobs_per_s"]["ratio"] > 0
+    # The floor server (bench/floor/floor.c) runs the same load as a third server.
+    assert runs[2]["server"] == "floor" and runs[2]["status"] == "ok"
+    assert summary["metrics"]["jobs_per_s"]["ratio_floor"] > 0

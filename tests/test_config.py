@@ -35,7 +35,7 @@ GEARMAND_DEFAULTS = {
     "admin_allow": None, "admin_allow_read": None,
     "max_packet": 256 << 20, "max_function_name": 8192, "max_unique": 64,
     "max_output": 16 << 20, "max_output_hard": 512 << 20, "max_connections": 0,
-    "max_queued_bytes": 0, "shutdown_timeout": 0, "wakeup_timeout": 1000,
+    "max_queued_bytes": 0, "trim_after_jobs": 100000, "shutdown_timeout": 0, "wakeup_timeout": 1000,
     # gearmand's fixed bind() retry period and glibc's syslog socket (_PATH_LOG)
     "bind_retry_timeout": 20, "syslog_socket": "/dev/log",
     "libpq_conninfo": None, "libpq_table": "queue",
@@ -110,6 +110,7 @@ FLAGS = [
     ("max-output-hard", None, "max_output_hard", "1048576", 1048576),
     ("max-connections", None, "max_connections", "10000", 10000),
     ("max-queued-bytes", None, "max_queued_bytes", "1073741824", 1073741824),
+    ("trim-after-jobs", None, "trim_after_jobs", "5000", 5000),
     ("shutdown-timeout", None, "shutdown_timeout", "30", 30),
     ("wakeup-timeout", None, "wakeup_timeout", "250", 250),
     ("bind-retry-timeout", None, "bind_retry_timeout", "3", 3),

@@ -48,7 +48,7 @@ def make_parser(prog: str = "python -m fastgear.bench") -> argparse.ArgumentPars
     g.add_argument("--host", default="127.0.0.1")
     g.add_argument("--port", type=int, default=4730)
     g.add_argument("--server-pid", type=int, help="report this server's CPU%% and RSS")
-    g.add_argument("--start", choices=("fastgear", "gearmand"),
+    g.add_argument("--start", choices=("fastgear", "gearmand", "floor"),
                    help="start this server on a free loopback port for the run")
     g.add_argument("--compare", action="store_true",
                    help="start fastgear and gearmand, run alternately, compare medians")
@@ -56,6 +56,11 @@ def make_parser(prog: str = "python -m fastgear.bench") -> argparse.ArgumentPars
     g.add_argument("--server-threads", type=int, default=0, metavar="N",
                    help="-t for servers started here (default 0)")
     g.add_argument("--gearmand", metavar="PATH", help="gearmand binary for --compare/--start")
+    g.add_argument("--floor", metavar="PATH",
+                   help="--compare: floor server binary (default: built from "
+                        "bench/floor/floor.c when run from a checkout)")
+    g.add_argument("--no-floor", action="store_true",
+                   help="--compare: leave out the floor server")
     g.add_argument("--gearmand-jobs", type=int, metavar="N",
                    help="--compare: jobs per gearmand run (default --jobs); for workloads "
                         "where gearmand is much slower, e.g. durable")
@@ -174,7 +179,7 @@ def run_single(args, opts: Options) -> int:
     try:
         if args.start:
             srv = servers.Server(args.start, args.server_threads, server_flags(opts.workload),
-                                 gearmand=args.gearmand)
+                                 gearmand=args.gearmand, floor=args.floor)
             opts.host, opts.port, opts.server_pid = srv.host, srv.port, srv.pid
         label = srv.label if srv else f"{opts.host}:{opts.port}"
         try:
@@ -189,10 +194,14 @@ def run_single(args, opts: Options) -> int:
 
 
 def summarize(results: dict[str, list[dict]], kinds: list[str]) -> tuple[list[str], dict]:
-    """Markdown table lines and a JSON summary: median (min–max) per server, ratio."""
-    a, b = kinds
-    lines = [f"| metric | {a} median (min–max) | {b} median (min–max) | {a}/{b} |",
-             "|---|---|---|---|"]
+    """Markdown table lines and a JSON summary: median (min–max) per server, the ratio
+    of the first to the second ("ratio") and, with a third server (the floor), of the
+    first to the third ("ratio_floor")."""
+    a, b = kinds[:2]
+    c = kinds[2] if len(kinds) > 2 else None
+    lines = ["| metric | " + " | ".join(f"{k} median (min–max)" for k in kinds)
+             + f" | {a}/{b} |" + (f" {a}/{c} |" if c else ""),
+             "|---|---|---|---|" + ("---|---|" if c else "")]
     summary = {}
     for path, label, fmt, _higher in METRICS:
         vals = {k: [v for v in (dig(r, path) for r in results[k]) if v is not None]
@@ -206,14 +215,22 @@ def summarize(results: dict[str, list[dict]], kinds: list[str]) -> tuple[list[st
         summary[".".join(path)]["ratio"] = ratio
         cells = [f"{fmt.format(med[k])} ({fmt.format(min(vals[k]))}–"
                  f"{fmt.format(max(vals[k]))})" for k in kinds]
-        lines.append(f"| {label} | {cells[0]} | {cells[1]} | "
-                     f"{'' if ratio is None else f'{ratio:.2f}x'} |")
+        row = f"| {label} | {' | '.join(cells)} | {'' if ratio is None else f'{ratio:.2f}x'} |"
+        if c:
+            rf = med[a] / med[c] if med[c] else None
+            summary[".".join(path)]["ratio_floor"] = rf
+            row += f" {'' if rf is None else f'{rf:.2f}x'} |"
+        lines.append(row)
     return lines, summary
 
 
 def run_compare(args, opts: Options) -> int:
     kinds = ["fastgear", "gearmand"]
     servers.find_gearmand(args.gearmand)  # fail before starting anything
+    # The floor answers only bg/fg/fill/drain's packets and keeps nothing on disk.
+    if (not args.no_floor and opts.workload != "durable"
+            and servers.find_floor(args.floor) is not None):
+        kinds.append("floor")
     if args.rounds < 1:
         raise BenchError("--rounds must be at least 1")
     # Fill and drain leave the server's memory shaped by the previous round, so they get
@@ -221,14 +238,15 @@ def run_compare(args, opts: Options) -> int:
     fresh = opts.workload in ("fill", "drain")
     flags = server_flags(opts.workload)
     running: dict[str, servers.Server] = {}
-    jobs = {"fastgear": opts.jobs, "gearmand": args.gearmand_jobs or opts.jobs}
+    jobs = {"fastgear": opts.jobs, "gearmand": args.gearmand_jobs or opts.jobs,
+            "floor": opts.jobs}
     results: dict[str, list[dict]] = {k: [] for k in kinds}
     try:
         for rnd in range(args.rounds):
             for kind in kinds:
                 if kind not in running:
                     running[kind] = servers.Server(kind, args.server_threads, flags,
-                                                   gearmand=args.gearmand)
+                                                   gearmand=args.gearmand, floor=args.floor)
                 srv = running[kind]
                 opts.host, opts.port, opts.server_pid = srv.host, srv.port, srv.pid
                 opts.jobs = jobs[kind]

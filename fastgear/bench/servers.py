@@ -1,7 +1,10 @@
-"""Start fastgear or gearmand on a free loopback port for `--compare` and `--start`.
+"""Start fastgear, gearmand or the floor server on a free loopback port for `--compare`
+and `--start`.
 
-Both servers get the same flags (gearmand's syntax, which fastgear accepts), so a
-comparison differs only in the server binary. Each process is stopped by its own PID.
+All get the same flags (gearmand's syntax, which fastgear and the floor accept), so a
+comparison differs only in the server binary. The floor (bench/floor/floor.c in a
+checkout, not part of the package) is the least an epoll server spends per job; it is
+compiled here with gcc on first use. Each process is stopped by its own PID.
 """
 from __future__ import annotations
 
@@ -38,6 +41,31 @@ def find_gearmand(explicit: str | None = None) -> str:
                       "package or pass --gearmand PATH")
 
 
+FLOOR_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "bench", "floor")
+
+
+def find_floor(explicit: str | None = None) -> str | None:
+    """Path of the floor server binary, built from bench/floor/floor.c when needed;
+    None where there is no checkout to build it from (an installed package)."""
+    if explicit:
+        if os.access(explicit, os.X_OK):
+            return explicit
+        raise ServerError(f"--floor {explicit}: not an executable file")
+    src = os.path.join(FLOOR_DIR, "floor.c")
+    if not os.path.exists(src):
+        return None
+    out = os.path.join(tempfile.gettempdir(), f"fastgear-floor-{os.getuid()}")
+    if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(src):
+        cc = shutil.which("gcc") or shutil.which("cc")
+        if cc is None:
+            return None
+        tmp = f"{out}.{os.getpid()}"
+        subprocess.run([cc, "-O2", "-o", tmp, src], check=True)
+        os.replace(tmp, out)
+    return out
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -48,7 +76,8 @@ class Server:
     """A job server process we started: `.kind`, `.host`, `.port`, `.pid`, `.label`."""
 
     def __init__(self, kind: str, threads: int | None, extra: list[str] | None = None,
-                 gearmand: str | None = None, host: str = "127.0.0.1"):
+                 gearmand: str | None = None, host: str = "127.0.0.1",
+                 floor: str | None = None):
         self.kind = kind
         self.host = host
         self.port = free_port(host)
@@ -57,6 +86,11 @@ class Server:
             cmd = [sys.executable, "-m", "fastgear", "serve"]
         elif kind == "gearmand":
             cmd = [find_gearmand(gearmand)]
+        elif kind == "floor":
+            binary = find_floor(floor)
+            if binary is None:
+                raise ServerError("the floor server needs bench/floor/floor.c and gcc")
+            cmd = [binary]
         else:
             raise ServerError(f"unknown server kind {kind!r}")
         cmd += ["-p", str(self.port), "-L", host, "--log-file", "none",
@@ -65,7 +99,8 @@ class Server:
             cmd += ["-t", str(threads)]
         cmd += [arg.replace("{tmp}", self.tmp) for arg in (extra or [])]
         self.cmd = cmd
-        self.label = kind if threads is None else f"{kind} -t {threads}"
+        # The floor has one thread whatever -t says.
+        self.label = kind if threads is None or kind == "floor" else f"{kind} -t {threads}"
         self._out = open(os.path.join(self.tmp, "server.out"), "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
