@@ -34,6 +34,7 @@ binutils               | nm --version >/dev/null
 procps                 | pgrep --version >/dev/null
 postgresql             | d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1) && [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && "$d/postgres" --version | grep -q 'PostgreSQL'
 curl                   | curl --version | grep -q '^curl '
+liburing-dev           | d=$(mktemp -d) && printf '#include <liburing.h>\nint main(void) { struct io_uring r; if (io_uring_queue_init(8, &r, 0) < 0) return 1; io_uring_queue_exit(&r); return 0; }\n' > "$d/t.c" && gcc "$d/t.c" -o "$d/t" -luring && "$d/t"; rc=$?; rm -rf "$d"; exit $rc
 END_OF_PEERS
 if [ -n "${PEERS_FILE:-}" ]; then
     PEERS=$(cat "$PEERS_FILE")
