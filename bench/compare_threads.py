@@ -7,6 +7,9 @@ generator is ../shared/tools/gearload.c (compiled here on first use); it is a re
 instrument, not part of fastgear.
 
     python bench/compare_threads.py --threads 0 1 2 4 --rounds 5 --jobs 200000
+
+`--io uring epoll` runs fastgear once per I/O backend (each its own server, all in the
+same alternation with gearmand), one table row per backend.
 """
 import argparse
 import os
@@ -47,12 +50,13 @@ def gearload_binary():
 
 def start(kind, threads, tmp):
     port = free_port()
-    if kind == "fastgear":
-        cmd = [sys.executable, "-m", "fastgear", "serve"]
+    if kind.startswith("fastgear"):
+        # "fastgear:epoll": fastgear with --io epoll
+        cmd = [sys.executable, "-m", "fastgear", "serve", "--io", kind.partition(":")[2]]
     else:
         cmd = [shutil.which("gearmand") or "/usr/sbin/gearmand"]
     cmd += ["-p", str(port), "-L", "127.0.0.1", "-t", str(threads), "--log-file", "none",
-            "-P", os.path.join(tmp, f"{kind}-{port}.pid")]
+            "-P", os.path.join(tmp, f"{kind.replace(':', '-')}-{port}.pid")]
     return launch(cmd, port)
 
 
@@ -110,15 +114,18 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--jobs", type=int, default=200000)
     ap.add_argument("--gen-threads", type=int, default=1)
+    ap.add_argument("--io", nargs="+", default=["auto"], choices=["auto", "epoll", "uring"],
+                    help="fastgear's I/O backend(s) (--io); several: one server each")
     args = ap.parse_args(argv)
+    kinds = [f"fastgear:{io}" for io in args.io] + ["gearmand"]
     binary = gearload_binary()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for threads in args.threads:
-            servers = {k: start(k, threads, tmp) for k in ("fastgear", "gearmand")}
+            servers = {k: start(k, threads, tmp) for k in kinds}
             try:
                 for workload in args.workloads:
-                    got = {"fastgear": [], "gearmand": []}
+                    got = {k: [] for k in kinds}
                     for _ in range(args.rounds):
                         for kind, (proc, port) in servers.items():
                             f = run_load(binary, port, proc.pid, workload, args.jobs,
@@ -129,21 +136,25 @@ def main(argv=None):
                     rows.append((threads, workload, got))
             finally:
                 stop_all(proc for proc, _ in servers.values())
-    print("| -t | workload | fastgear jobs/s (median, min-max) | gearmand jobs/s | ratio "
-          "| fastgear µs CPU/job | gearmand µs CPU/job | fg p99 ms fastgear / gearmand |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| -t | workload | --io | fastgear jobs/s (median, min-max) | gearmand jobs/s "
+          "| ratio | fastgear µs CPU/job | gearmand µs CPU/job | CPU/job ratio "
+          "| fg p99 ms fastgear / gearmand |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for threads, workload, got in rows:
-        fj, fv = med(got["fastgear"], "jobs_per_s")
         gj, gv = med(got["gearmand"], "jobs_per_s")
-        p99 = ""
-        if workload == "fg":
-            fp, _ = med(got["fastgear"], "p99_us")
-            gp, _ = med(got["gearmand"], "p99_us")
-            p99 = f"{fp / 1000:.2f} / {gp / 1000:.2f}"
-        print(f"| {threads} | {workload} | {fj:,.0f} ({min(fv):,.0f}-{max(fv):,.0f}) "
-              f"| {gj:,.0f} ({min(gv):,.0f}-{max(gv):,.0f}) | {fj / gj:.2f}x "
-              f"| {cpu_per_job(got['fastgear']):.1f} | {cpu_per_job(got['gearmand']):.1f} "
-              f"| {p99} |")
+        gcpu = cpu_per_job(got["gearmand"])
+        for kind in kinds[:-1]:
+            fj, fv = med(got[kind], "jobs_per_s")
+            fcpu = cpu_per_job(got[kind])
+            p99 = ""
+            if workload == "fg":
+                fp, _ = med(got[kind], "p99_us")
+                gp, _ = med(got["gearmand"], "p99_us")
+                p99 = f"{fp / 1000:.2f} / {gp / 1000:.2f}"
+            print(f"| {threads} | {workload} | {kind.partition(':')[2]} "
+                  f"| {fj:,.0f} ({min(fv):,.0f}-{max(fv):,.0f}) "
+                  f"| {gj:,.0f} ({min(gv):,.0f}-{max(gv):,.0f}) | {fj / gj:.2f}x "
+                  f"| {fcpu:.2f} | {gcpu:.2f} | {fcpu / gcpu:.2f}x | {p99} |")
     return 0
 
 
