@@ -23,7 +23,7 @@ cdef enum:
     UR_BUFSZ = 16384         # ... of this size: 4 MiB per loop
     UR_CQE_BATCH = 256       # completions taken from the ring at a time
     UR_READY_MAX = 4096      # connections with news per batch; the rest wait a batch
-    PAGE_ALIGN = 4096
+    BR_BYTES = 4096          # the buffer ring: UR_NBUF entries of 16 bytes, one page
 
 # What a completion is about: the low 3 bits of its user_data. A connection's entries
 # carry its IOConn pointer (16-byte aligned) above them, a listener's its index.
@@ -76,7 +76,11 @@ cdef int ur_create(Loop *L) noexcept nogil:
     if not (p.features & IORING_FEAT_EXT_ARG):
         # A wait with a timeout must be the same io_uring_enter as the submission.
         return -ENOSYS
-    if posix_memalign(&mem, PAGE_ALIGN, UR_NBUF * 16) != 0:
+    # Shared, not private: the kernel pins these pages at registration, and after the
+    # fork of --daemon a private page would be copied for the child, whose buffer
+    # hand-backs the kernel would then never see.
+    mem = mmap(NULL, BR_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
+    if mem == MAP_FAILED:
         return -ENOMEM
     U.br = <io_uring_buf_ring *>mem
     U.bufs = <char *>malloc(<size_t>UR_NBUF * UR_BUFSZ)
@@ -106,7 +110,8 @@ cdef void ur_destroy(Loop *L) noexcept nogil:
     if U.registered:
         io_uring_unregister_buf_ring(&U.ring, 0)
     io_uring_queue_exit(&U.ring)
-    free(U.br)
+    if U.br != NULL:
+        munmap(U.br, BR_BYTES)
     free(U.bufs)
     free(U)
     L.ur = NULL

@@ -85,8 +85,15 @@ cdef extern from "<liburing.h>" nogil:
     void io_uring_buf_ring_advance(io_uring_buf_ring *br, int count)
 
 
-cdef extern from "<stdlib.h>" nogil:
-    int posix_memalign(void **memptr, size_t alignment, size_t size)
+cdef extern from "<sys/mman.h>" nogil:
+    enum:
+        PROT_READ
+        PROT_WRITE
+        MAP_SHARED
+        MAP_ANONYMOUS
+    void *MAP_FAILED
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
+    int munmap(void *addr, size_t length)
 
 
 cdef extern from "<errno.h>" nogil:
