@@ -81,3 +81,10 @@ def test_tls_keeps_auto_on_epoll_and_refuses_io_uring():
     assert "TLS" in io_uring_excluded(Config(ssl=True))
     with pytest.raises(ConfigError, match="--io uring: TLS"):
         validate(Config(io="uring", ssl=True))
+
+
+def test_the_bench_tool_passes_io_to_fastgear_only():
+    from fastgear.bench.cli import server_flags
+    assert server_flags("bg", "fastgear", "epoll") == ["--io", "epoll"]
+    assert server_flags("bg", "gearmand", "epoll") == []
+    assert server_flags("bg", "fastgear", None) == []
