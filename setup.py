@@ -33,7 +33,8 @@ extensions = [
         f"fastgear.{name}",
         [f"fastgear/{name.replace('.', '/')}.pyx"],
         extra_compile_args=cflags + ["-Wno-unused-function"],
-        libraries=["pthread"],
+        # liburing (Debian: liburing-dev) for the io_uring loop (iothreads_uring.pxi).
+        libraries=["pthread"] + (["uring"] if name == "iothreads" else []),
     )
     for name in MODULES
 ]

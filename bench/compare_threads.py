@@ -9,6 +9,9 @@ here. The generator is ../shared/tools/gearload.c (compiled here on first use); 
 the floor are reference instruments, not part of fastgear.
 
     python bench/compare_threads.py --threads 0 1 2 4 --rounds 5 --jobs 200000
+
+`--io uring epoll` runs fastgear once per I/O backend (each its own server, all in the
+same alternation with gearmand), one table row per backend.
 """
 import argparse
 import os
@@ -49,8 +52,9 @@ def gearload_binary():
 
 def start(kind, threads, tmp):
     port = free_port()
-    if kind == "fastgear":
-        cmd = [sys.executable, "-m", "fastgear", "serve"]
+    if kind.startswith("fastgear"):
+        # "fastgear:epoll": fastgear with --io epoll
+        cmd = [sys.executable, "-m", "fastgear", "serve", "--io", kind.partition(":")[2]]
     elif kind == "floor":
         sys.path.insert(0, str(ROOT))
         from fastgear.bench.servers import find_floor
@@ -58,7 +62,7 @@ def start(kind, threads, tmp):
     else:
         cmd = [shutil.which("gearmand") or "/usr/sbin/gearmand"]
     cmd += ["-p", str(port), "-L", "127.0.0.1", "-t", str(threads), "--log-file", "none",
-            "-P", os.path.join(tmp, f"{kind}-{port}.pid")]
+            "-P", os.path.join(tmp, f"{kind.replace(':', '-')}-{port}.pid")]
     return launch(cmd, port)
 
 
@@ -119,8 +123,12 @@ def main(argv=None):
     ap.add_argument("--no-floor", action="store_true", help="leave out the floor server")
     ap.add_argument("--functions", type=int, default=1,
                     help="spread jobs over this many functions (every worker registers all)")
+    ap.add_argument("--io", nargs="+", default=["auto"], choices=["auto", "epoll", "uring"],
+                    help="fastgear's I/O backend(s) (--io); several: one server each")
     args = ap.parse_args(argv)
-    kinds = ("fastgear", "gearmand") if args.no_floor else ("fastgear", "gearmand", "floor")
+    kinds = [f"fastgear:{io}" for io in args.io] + ["gearmand"]
+    if not args.no_floor:
+        kinds.append("floor")
     binary = gearload_binary()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,29 +148,32 @@ def main(argv=None):
             finally:
                 stop_all(proc for proc, _ in servers.values())
     floor = "floor" in kinds
-    print("| -t | workload | fastgear jobs/s (median, min-max) | gearmand jobs/s | ratio "
-          "| fastgear µs CPU/job | gearmand µs CPU/job | fg p99 ms fastgear / gearmand |"
+    print("| -t | workload | --io | fastgear jobs/s (median, min-max) | gearmand jobs/s "
+          "| ratio | fastgear µs CPU/job | gearmand µs CPU/job | CPU/job ratio "
+          "| fg p99 ms fastgear / gearmand |"
           + (" floor jobs/s | floor µs CPU/job | fastgear ÷ floor jobs/s, CPU/job |"
              if floor else ""))
-    print("|---|---|---|---|---|---|---|---|" + ("---|---|---|" if floor else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if floor else ""))
     for threads, workload, got in rows:
-        fj, fv = med(got["fastgear"], "jobs_per_s")
         gj, gv = med(got["gearmand"], "jobs_per_s")
-        p99 = ""
-        if workload == "fg":
-            fp, _ = med(got["fastgear"], "p99_us")
-            gp, _ = med(got["gearmand"], "p99_us")
-            p99 = f"{fp / 1000:.2f} / {gp / 1000:.2f}"
-        print(f"| {threads} | {workload} | {fj:,.0f} ({min(fv):,.0f}-{max(fv):,.0f}) "
-              f"| {gj:,.0f} ({min(gv):,.0f}-{max(gv):,.0f}) | {fj / gj:.2f}x "
-              f"| {cpu_per_job(got['fastgear']):.1f} | {cpu_per_job(got['gearmand']):.1f} "
-              f"| {p99} |", end="")
-        if floor:
-            lj, _ = med(got["floor"], "jobs_per_s")
-            lc = cpu_per_job(got["floor"])
-            print(f" {lj:,.0f} | {lc:.1f} | {fj / lj:.2f}x, "
-                  f"{cpu_per_job(got['fastgear']) / lc:.2f}x |", end="")
-        print()
+        gcpu = cpu_per_job(got["gearmand"])
+        for kind in (k for k in kinds if k.startswith("fastgear")):
+            fj, fv = med(got[kind], "jobs_per_s")
+            fcpu = cpu_per_job(got[kind])
+            p99 = ""
+            if workload == "fg":
+                fp, _ = med(got[kind], "p99_us")
+                gp, _ = med(got["gearmand"], "p99_us")
+                p99 = f"{fp / 1000:.2f} / {gp / 1000:.2f}"
+            print(f"| {threads} | {workload} | {kind.partition(':')[2]} "
+                  f"| {fj:,.0f} ({min(fv):,.0f}-{max(fv):,.0f}) "
+                  f"| {gj:,.0f} ({min(gv):,.0f}-{max(gv):,.0f}) | {fj / gj:.2f}x "
+                  f"| {fcpu:.2f} | {gcpu:.2f} | {fcpu / gcpu:.2f}x | {p99} |", end="")
+            if floor:
+                lj, _ = med(got["floor"], "jobs_per_s")
+                lc = cpu_per_job(got["floor"])
+                print(f" {lj:,.0f} | {lc:.2f} | {fj / lj:.2f}x, {fcpu / lc:.2f}x |", end="")
+            print()
     return 0
 
 

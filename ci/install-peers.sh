@@ -37,7 +37,7 @@ curl                   | curl --version | grep -q '^curl '
 mariadb-server         | command -v mariadb-install-db && m=$(command -v mariadbd || echo /usr/sbin/mariadbd) && "$m" --version | grep -q 'MariaDB'
 redis-server           | redis-server --version | grep -q 'Redis server v=' && command -v redis-cli >/dev/null
 memcached              | memcached -V | grep -q '^memcached 1\.6'
-liburing-dev           | test -f /usr/include/liburing.h
+liburing-dev           | d=$(mktemp -d) && printf '#include <liburing.h>\nint main(void) { struct io_uring r; return io_uring_queue_init(8, &r, 0) == -999; }\n' > "$d/t.c" && gcc "$d/t.c" -o "$d/t" -luring; rc=$?; rm -rf "$d"; [ $rc -eq 0 ]
 END_OF_PEERS
 if [ -n "${PEERS_FILE:-}" ]; then
     PEERS=$(cat "$PEERS_FILE")

@@ -59,6 +59,7 @@ REQUIRED_QUEUE_OPTIONS = {"libsqlite3": ("libsqlite3_db",), "postgres": ("libpq_
 POSTGRES_URL_SCHEMES = ("postgresql://", "postgres://")
 
 PROTOCOLS = ("http",)
+IO_BACKENDS = ("auto", "epoll", "uring")
 SUPPORTED_PROTOCOLS: frozenset = frozenset(PROTOCOLS)
 
 # Far past any useful number of I/O threads; gearmand would try 4 billion for `-t -1`.
@@ -207,6 +208,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("threads", "t", "threads", uint32, 4,
            "Number of I/O threads to use (fastgear: N epoll loops sharing one engine; 0 "
            "runs a single loop, as 1 does, where gearmand guesses from the CPUs)."),
+    Option("io", None, "io", lower, "auto",
+           "fastgear: the I/O loops' kernel interface: 'uring' (io_uring: multishot "
+           "receives into provided buffers, sends batched, one system call per batch), "
+           "'epoll', or 'auto': io_uring where the kernel allows it (Linux 6.0 or later, not "
+           "forbidden by seccomp or kernel.io_uring_disabled) and no TLS is configured, "
+           "else epoll with one log line."),
     Option("user", "u", "user", optional_text, None, "Switch to given user after startup."),
     Option("verbose", None, "verbose", upper, "ERROR",
            "Set verbose level (" + ", ".join(VERBOSE_LEVELS) + ")."),
@@ -379,6 +386,7 @@ class Config:
     syslog: bool = False
     coredump: bool = False
     threads: int = 4                     # 0: one loop, as 1 (gearmand: guess from the CPUs)
+    io: str = "auto"                     # auto, epoll or uring (the I/O loops' backend)
     user: str | None = None
     verbose: str = "ERROR"
     worker_wakeup: int = 0               # 0: one sleeper per queued job (gearmand: all)
@@ -455,6 +463,8 @@ class Config:
         elif self.store:
             put("queue_type", "libsqlite3")
             put("libsqlite3_db", self.store)
+        if isinstance(self.io, str):
+            put("io", self.io.lower())
         if isinstance(self.store_sync, str):
             put("store_sync", self.store_sync.lower())
         if isinstance(self.protocol, str):
@@ -585,6 +595,10 @@ def validate(cfg: Config) -> Config:
         # A job of --max-packet bytes goes out as one JOB_ASSIGN or WORK_COMPLETE.
         fail("max_output_hard", f"must be at least --max-packet + {OUTPUT_SLACK} "
                                 f"({cfg.max_packet + OUTPUT_SLACK})")
+    if cfg.io not in IO_BACKENDS:
+        fail("io", f"must be one of {', '.join(IO_BACKENDS)}")
+    if cfg.io == "uring" and io_uring_excluded(cfg):
+        fail("io", f"{io_uring_excluded(cfg)}; use --io auto or --io epoll")
     if cfg.ssl:
         fail("ssl", "TLS is not supported by this fastgear version yet")
     for name in ("admin_allow", "admin_allow_read"):
@@ -597,6 +611,15 @@ def validate(cfg: Config) -> Config:
     if cfg.syslog and not cfg.syslog_socket:
         fail("syslog_socket", "must name the syslog socket", False)
     return cfg
+
+
+def io_uring_excluded(cfg: Config) -> str | None:
+    """Why this configuration needs the epoll loop whatever the kernel offers, or None.
+    TLS connections are served by the epoll loop only, so with TLS `--io auto` means
+    epoll (one log line says so) and `--io uring` is refused."""
+    if cfg.ssl:
+        return "TLS (--ssl) is served by the epoll loop only"
+    return None
 
 
 def parse_monitor(value: str) -> tuple[str, int] | None | bool:

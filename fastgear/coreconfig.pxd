@@ -37,6 +37,13 @@ cdef struct CoreConfig:
     int keep_idle            # TCP_KEEP* values for accepted sockets (<= 0: system's)
     int keep_intvl
     int keep_cnt
+    uint8_t io               # IO_AUTO, IO_EPOLL or IO_URING (--io)
+
+
+cdef enum:
+    IO_AUTO = 0              # io_uring where the kernel allows it, else epoll
+    IO_EPOLL = 1
+    IO_URING = 2
 
 
 cdef inline void core_config_defaults(CoreConfig *c, const char *prefix,

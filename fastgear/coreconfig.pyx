@@ -4,6 +4,8 @@
 # engine or the loops at start-up.
 import os
 
+from fastgear.config import io_uring_excluded
+
 
 cdef class CoreSettings:
     """A filled CoreConfig, as IOLoop takes it. Build it with core_settings()."""
@@ -53,6 +55,9 @@ def core_settings(cfg, long long max_connections):
     s.c.keep_idle = cfg.keepalive_idle
     s.c.keep_intvl = cfg.keepalive_interval
     s.c.keep_cnt = cfg.keepalive_count
+    s.c.io = {"epoll": IO_EPOLL, "uring": IO_URING}.get(getattr(cfg, "io", "auto"), IO_AUTO)
+    if s.c.io == IO_AUTO and io_uring_excluded(cfg):
+        s.c.io = IO_EPOLL
     return s
 
 

@@ -86,6 +86,13 @@ cdef struct IOConn:
     uint8_t http             # accepted on the --http-port listener: speaks HTTP/1.x
     char cn[65]
     HttpReq hr
+    # The io_uring loop's state (iothreads_uring.pxi); the epoll loop leaves it zero.
+    Buf sbuf                 # being sent by the kernel: an io_uring send is in flight
+    uint8_t ur_recv          # a multishot receive is armed
+    uint8_t ur_cancel        # ... and its cancellation has been asked for
+    uint8_t ur_send          # a send on sbuf is in flight
+    uint8_t ur_ready         # on this batch's list of connections with news
+    uint8_t ur_zombie        # closed; freed when its last operation completes
     IOConn *remote_next      # owner's list of connections made dirty by other threads
     IOConn *flush_next
     IOConn *check_next       # owner's list of flushed connections to maybe close
@@ -98,6 +105,7 @@ cdef struct Loop:
     Shared *S
     int idx
     int epfd
+    void *ur                 # the io_uring loop's ring (UringLoop); NULL: epoll
     int wakefd               # poked by other threads: remote output, admin replies, stop
     int spare_fd             # given up to accept (and refuse) a peer when out of fds
     IOConn *closing          # to close after the next locked section
@@ -125,7 +133,9 @@ cdef struct Shared:
     int storefd              # pokes the store thread (rows to write or delete)
     uint8_t store_poked
     int listen_fds[MAX_LISTENERS]
+    uint8_t listen_http[MAX_LISTENERS]
     int nlisten
+    int uring                # the loops run on io_uring (iothreads_uring.pxi)
     IOConn **conns           # indexed by fd
     size_t conns_cap
     AdminReq *admin_head
@@ -197,5 +207,7 @@ cdef void route(Shared *S, Loop *me) noexcept nogil
 cdef class IOLoop:
     cdef Shared *S
     cdef int64_t leaked
+    cdef readonly str io_backend     # "io_uring" or "epoll"
+    cdef readonly object io_fallback  # why --io auto uses epoll (None: it did not fall back)
     cdef void _free(self) noexcept
     cdef void _ack(self, Job *j, int failed, const char *etext) noexcept nogil

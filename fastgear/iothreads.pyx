@@ -41,10 +41,12 @@ from fastgear.buffer cimport (buf_init, buf_free, buf_len, buf_head, buf_reserve
                               buf_append, buf_consume, buf_shrink, get_be32)
 from fastgear.protocol cimport *
 from fastgear.engine cimport *
-from fastgear.coreconfig cimport CoreConfig, CoreSettings
+from fastgear.coreconfig cimport CoreConfig, CoreSettings, IO_EPOLL, IO_URING
 from fastgear.includes.sys cimport *
 
 import logging
+import os
+import re
 
 # epoll tags: a connection's tag is its IOConn pointer (16-byte aligned, low bits 0);
 # the eventfd and listening sockets are told apart by their low bits.
@@ -77,6 +79,9 @@ cdef inline void drain_fd(int fd) noexcept nogil:
 
 cdef void set_events(Loop *L, IOConn *io) noexcept nogil:
     cdef epoll_event ev
+    if L.ur != NULL:
+        ur_set_events(L, io)
+        return
     ev.data.ptr = io
     ev.events = EPOLLOUT if io.want_out else 0
     if not io.eof and not io.closing and not io.dead and not io.paused:
@@ -139,7 +144,8 @@ cdef void overflow(Shared *S, IOConn *io, size_t pending) noexcept nogil:
 
 cdef inline int output_over(Shared *S, IOConn *io) noexcept nogil:
     """(owner) More is waiting to be sent to io than --max-output allows."""
-    return S.max_output != 0 and buf_len(&io.c.outbuf) + buf_len(&io.wbuf) > S.max_output
+    return S.max_output != 0 and (buf_len(&io.c.outbuf) + buf_len(&io.wbuf)
+                                  + buf_len(&io.sbuf) > S.max_output)
 
 
 cdef void pause_input(Loop *L, IOConn *io) noexcept nogil:
@@ -345,7 +351,7 @@ cdef void stage(Loop *L, IOConn *io) noexcept nogil:
             buf_consume(&c.outbuf, buf_len(&c.outbuf))
         else:
             io.dead = 1
-    pending = buf_len(&io.wbuf)
+    pending = buf_len(&io.wbuf) + buf_len(&io.sbuf)     # sbuf: io_uring's send in flight
     if not io.over and S.max_output_hard and pending > S.max_output_hard and not io.dead:
         overflow(S, io, pending)
     if io.over:
@@ -432,7 +438,8 @@ cdef void collect(Loop *L) noexcept nogil:
         io.check_next = NULL
         io.in_check = 0
         if io.dead or (io.closing and not io.admin_pending and buf_len(&io.c.outbuf) == 0
-                       and buf_len(&io.wbuf) == 0 and not io.in_flush):
+                       and buf_len(&io.wbuf) == 0 and buf_len(&io.sbuf) == 0
+                       and not io.in_flush):
             mark_close(L, io)
 
 
@@ -486,7 +493,10 @@ cdef void flush_all(Loop *L) noexcept nogil:
         L.flush = io.flush_next
         io.in_flush = 0
         io.flush_next = NULL
-        flush_conn(L, io)
+        if L.ur != NULL:
+            ur_flush_conn(L, io)
+        else:
+            flush_conn(L, io)
         # Its own link: a connection on this list may be staged for flushing again
         # before the list is processed.
         if (io.dead or io.closing) and not io.in_check and not io.in_close:
@@ -514,6 +524,9 @@ cdef IOConn *reap(Loop *L) noexcept nogil:
 
 cdef void free_conns(Loop *L, IOConn *gone) noexcept nogil:
     cdef IOConn *io
+    if L.ur != NULL:
+        ur_free_conns(L, gone)
+        return
     while gone != NULL:
         io = gone
         gone = io.close_next
@@ -651,6 +664,7 @@ cdef void attach_conn(Loop *L, IOConn *io) noexcept nogil:
     cdef IOConn **nt
     cdef size_t ncap
     cdef epoll_event ev
+    cdef Loop *o
     cdef int fd = io.c.fd
     if <size_t>fd >= S.conns_cap:
         ncap = S.conns_cap * 2 if S.conns_cap else 1024
@@ -670,6 +684,18 @@ cdef void attach_conn(Loop *L, IOConn *io) noexcept nogil:
     conn_attach(&S.eng, &io.c)
     S.conns[fd] = io
     L.accepted += 1
+    if L.ur != NULL:
+        # Only its owner may queue entries on its ring: the owner arms the receive
+        # when it stages the connection (ur_flush_conn), as for any remote output.
+        o = &S.loops[io.thread]
+        if not io.in_remote:
+            io.in_remote = 1
+            io.remote_next = o.remote
+            o.remote = io
+        if o != L and not o.poke_pending:
+            o.poke_pending = 1
+            poke_fd(o.wakefd)
+        return
     ev.events = EPOLLIN
     ev.data.ptr = io
     epoll_ctl(S.loops[io.thread].epfd, EPOLL_CTL_ADD, fd, &ev)
@@ -787,6 +813,9 @@ cdef void loop_run(Loop *L) noexcept nogil:
             poke_fd(S.loops[0].wakefd)
 
 
+include "iothreads_uring.pxi"
+
+
 # LogEvent kinds, for the control thread that formats them.
 EVENT_PROTOCOL_ERROR = EV_PROTOCOL_ERROR
 EVENT_OUTPUT_HARD = EV_OUTPUT_HARD
@@ -855,13 +884,52 @@ cdef class IOLoop:
             L = &self.S.loops[i]
             L.S = self.S
             L.idx = i
-            L.epfd = _check(epoll_create1(EPOLL_CLOEXEC), "epoll_create1")
-            L.wakefd = _check(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd")
+            L.epfd = -1
+            L.wakefd = -1
             L.spare_fd = c_open(b"/dev/null", O_RDONLY | O_CLOEXEC)
             self.S.nloops += 1
+        self.io_backend = "epoll"
+        self.io_fallback = None
+        if cfg.io != IO_EPOLL:
+            why = self._start_uring()
+            if why is not None and cfg.io == IO_URING:
+                raise OSError(f"--io uring: io_uring is not available here ({why})")
+            self.io_fallback = why
+        for i in range(threads):
+            L = &self.S.loops[i]
+            if L.ur != NULL:
+                # Read through the ring, which waits for it: a blocking eventfd.
+                L.wakefd = _check(eventfd(0, EFD_CLOEXEC), "eventfd")
+                continue
+            L.epfd = _check(epoll_create1(EPOLL_CLOEXEC), "epoll_create1")
+            L.wakefd = _check(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd")
             ev.events = EPOLLIN
             ev.data.u64 = TAG_WAKE
             epoll_ctl(L.epfd, EPOLL_CTL_ADD, L.wakefd, &ev)
+
+    def _start_uring(self):
+        """Give every loop an io_uring; None, or why io_uring cannot be used here (then
+        no loop has one). FASTGEAR_IO_URING_DISABLE=1 acts as if the kernel forbade it
+        (the tests' way to reach the fallback)."""
+        cdef int i, rc = 0
+        if os.environ.get("FASTGEAR_IO_URING_DISABLE", "") not in ("", "0"):
+            return ("io_uring_queue_init: Operation not permitted "
+                    "(FASTGEAR_IO_URING_DISABLE is set)")
+        release = os.uname().release
+        m = re.match(r"(\d+)\.(\d+)", release)
+        if m is None or (int(m.group(1)), int(m.group(2))) < (6, 0):
+            return f"Linux {release} has no multishot receive; it needs 6.0 or later"
+        for i in range(self.S.nloops):
+            rc = ur_create(&self.S.loops[i])
+            if rc < 0:
+                break
+        if rc >= 0:
+            self.S.uring = 1
+            self.io_backend = "io_uring"
+            return None
+        for i in range(self.S.nloops):
+            ur_destroy(&self.S.loops[i])
+        return f"io_uring set-up: {os.strerror(-rc)}"
 
     def __dealloc__(self):
         self._free()
@@ -898,6 +966,7 @@ cdef class IOLoop:
                 buf_free(&io.inbuf)
                 buf_free(&io.c.outbuf)
                 buf_free(&io.wbuf)
+                buf_free(&io.sbuf)
                 buf_free(&io.hr.body)
                 free(io)
         free(self.S.conns)
@@ -912,8 +981,11 @@ cdef class IOLoop:
         engine_free(&self.S.eng)
         self.leaked = engine_live_allocs(&self.S.eng)
         for k in range(self.S.nloops):
-            close(self.S.loops[k].epfd)
-            close(self.S.loops[k].wakefd)
+            ur_destroy(&self.S.loops[k])
+            if self.S.loops[k].epfd >= 0:
+                close(self.S.loops[k].epfd)
+            if self.S.loops[k].wakefd >= 0:
+                close(self.S.loops[k].wakefd)
             if self.S.loops[k].spare_fd >= 0:
                 close(self.S.loops[k].spare_fd)
         free(self.S.loops)
@@ -992,7 +1064,10 @@ cdef class IOLoop:
         if self.S.nlisten >= MAX_LISTENERS:
             raise ValueError("too many listening sockets")
         self.S.listen_fds[self.S.nlisten] = fd
+        self.S.listen_http[self.S.nlisten] = http
         self.S.nlisten += 1
+        if self.S.uring:
+            return      # each loop polls the listeners through its ring from its start
         for k in range(self.S.nloops):
             ev.events = EPOLLIN | EPOLLEXCLUSIVE
             ev.data.u64 = (<uint64_t>fd << 4) | TAG_LISTEN | (TAG_HTTP if http else 0)
@@ -1004,6 +1079,11 @@ cdef class IOLoop:
         with nogil:
             lock(self.S)
             for i in range(self.S.nlisten):
+                if self.S.uring:
+                    # The rings' poll entries hold the listener open after the caller
+                    # closes it; shut down, it stops listening now and wakes them.
+                    shutdown(self.S.listen_fds[i], SHUT_RDWR)
+                    continue
                 for k in range(self.S.nloops):
                     epoll_ctl(self.S.loops[k].epfd, EPOLL_CTL_DEL, self.S.listen_fds[i], NULL)
             self.S.nlisten = 0
@@ -1014,7 +1094,10 @@ cdef class IOLoop:
         if i < 0 or i >= self.S.nloops:
             raise IndexError(i)
         with nogil:
-            loop_run(&self.S.loops[i])
+            if self.S.loops[i].ur != NULL:
+                ur_loop_run(&self.S.loops[i])
+            else:
+                loop_run(&self.S.loops[i])
 
     def stop(self):
         cdef int k

@@ -30,6 +30,8 @@ import threading
 import time
 
 from fastgear import __version__, access, admin, control, monitor, snapshot
+from fastgear import __version__, admin, control, monitor, snapshot
+from fastgear.config import io_uring_excluded
 from fastgear.persist import StoreThread
 from fastgear.persist.sqlite import SQLiteStore, StoreError
 
@@ -128,7 +130,7 @@ def _address(sock):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def startup_line(cfg, sockets, threads, replayed, mon, http_sockets=()):
+def startup_line(cfg, sockets, threads, replayed, mon, http_sockets=(), io="epoll"):
     """What a first-time user needs to know, in one line: where the server listens and
     with what (compare uvicorn's "running on" line and redis's banner)."""
     if cfg.queue_type == "libsqlite3":
@@ -150,7 +152,8 @@ def startup_line(cfg, sockets, threads, replayed, mon, http_sockets=()):
     http = (f", HTTP job submission on {', '.join(_address(s) for s in http_sockets)}"
             if http_sockets else "")
     return (f"fastgear {__version__} ready on {', '.join(_address(s) for s in sockets)}{http}"
-            f" (pid {os.getpid()}): {threads} I/O thread{'s' if threads != 1 else ''},"
+            f" (pid {os.getpid()}): {threads} I/O thread{'s' if threads != 1 else ''}"
+            f" ({io}),"
             f" store {store}, monitor {monitor_at}")
 
 
@@ -475,7 +478,16 @@ class Server:
         self.cfg = cfg
         # After -f (apply_process_options), which --max-connections 0 follows.
         self.max_connections = connection_limit(cfg)
-        self.loop = IOLoop(core_settings(cfg, self.max_connections))
+        try:
+            self.loop = IOLoop(core_settings(cfg, self.max_connections))
+        except OSError as exc:
+            if str(exc).startswith("--io"):
+                raise StartupError(str(exc)) from None
+            raise
+        # --io auto on a kernel without io_uring, or with TLS: one line says why.
+        why = self.loop.io_fallback or (cfg.io == "auto" and io_uring_excluded(cfg))
+        if why:
+            log_always(logging.WARNING, "WARNING", f"I/O: epoll, not io_uring ({why})")
         self.control = Control(self.loop, cfg, self)
         # --admin-allow / --admin-allow-read, parsed once (validate() checked them).
         self.access = access.Policy.from_config(cfg)
@@ -674,7 +686,12 @@ def run(cfg):
         log.error("%s", exc)
         print(f"fastgear: {exc}", file=sys.stderr)
         return 1
-    srv = Server(cfg)
+    try:
+        srv = Server(cfg)
+    except StartupError as exc:
+        log.error("%s", exc)
+        print(f"fastgear: {exc}", file=sys.stderr)
+        return 1
     srv.install_signal_handlers()
     if srv.access.has_names() and not cfg.ssl:
         log.warning("cn: entries of --admin-allow / --admin-allow-read match only TLS "
@@ -721,7 +738,8 @@ def run(cfg):
             print(f"fastgear: {exc}", file=sys.stderr)
             return 1
         srv.start(sockets, http_sockets)
-        log_notice(startup_line(cfg, sockets, srv.loop.threads, replayed, mon, http_sockets))
+        log_notice(startup_line(cfg, sockets, srv.loop.threads, replayed, mon, http_sockets,
+                                srv.loop.io_backend))
         srv.control_loop()
     finally:
         if mon is not None:

@@ -25,7 +25,8 @@ GEARMAND_DEFAULTS = {
     "keepalive_interval": -1, "keepalive_count": -1, "log_file": "/var/log/gearmand.log",
     "pid_file": "/var/gearmand.pid", "pid_file_is_default": True, "protocol": (),
     "round_robin": False, "queue_type": "builtin", "syslog": False, "coredump": False,
-    "threads": 4, "user": None, "verbose": "ERROR", "worker_wakeup": 0, "ssl": False,
+    "threads": 4, "io": "auto", "user": None, "verbose": "ERROR", "worker_wakeup": 0,
+    "ssl": False,
     "ssl_ca_file": None, "ssl_certificate": None, "ssl_key": None, "http_port": 8080,
     "libsqlite3_db": None, "libsqlite3_table": "gearman_queue",
     "store_queue_on_shutdown": False, "store": None, "store_sync": "normal", "store_lease": 10,
@@ -75,6 +76,7 @@ FLAGS = [
     ("syslog", None, "syslog", None, True),
     ("coredump", None, "coredump", None, True),
     ("threads", "t", "threads", "8", 8),
+    ("io", None, "io", "EPOLL", "epoll"),      # fastgear's: the I/O loops' backend
     ("user", "u", "user", "nobody", "nobody"),
     ("verbose", None, "verbose", "info", "INFO"),
     ("worker-wakeup", "w", "worker_wakeup", "2", 2),

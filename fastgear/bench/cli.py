@@ -55,6 +55,8 @@ def make_parser(prog: str = "python -m fastgear.bench") -> argparse.ArgumentPars
     g.add_argument("--rounds", type=int, default=3, help="--compare: runs per server")
     g.add_argument("--server-threads", type=int, default=0, metavar="N",
                    help="-t for servers started here (default 0)")
+    g.add_argument("--io", choices=("auto", "epoll", "uring"),
+                   help="fastgear's I/O backend (--io) where this tool starts it")
     g.add_argument("--gearmand", metavar="PATH", help="gearmand binary for --compare/--start")
     g.add_argument("--floor", metavar="PATH",
                    help="--compare: floor server binary (default: built from "
@@ -170,15 +172,19 @@ def failed(opts: Options, label: str, exc: Exception, as_json: bool) -> None:
     print(f"fastgear.bench: FAILED {opts.workload} against {label}: {exc}", file=sys.stderr)
 
 
-def server_flags(workload: str) -> list[str]:
-    return DURABLE_FLAGS if workload == "durable" else []
+def server_flags(workload: str, kind: str = "gearmand", io: str | None = None) -> list[str]:
+    flags = list(DURABLE_FLAGS) if workload == "durable" else []
+    if kind == "fastgear" and io:
+        flags += ["--io", io]
+    return flags
 
 
 def run_single(args, opts: Options) -> int:
     srv = None
     try:
         if args.start:
-            srv = servers.Server(args.start, args.server_threads, server_flags(opts.workload),
+            srv = servers.Server(args.start, args.server_threads,
+                                 server_flags(opts.workload, args.start, args.io),
                                  gearmand=args.gearmand, floor=args.floor)
             opts.host, opts.port, opts.server_pid = srv.host, srv.port, srv.pid
         label = srv.label if srv else f"{opts.host}:{opts.port}"
@@ -236,7 +242,6 @@ def run_compare(args, opts: Options) -> int:
     # Fill and drain leave the server's memory shaped by the previous round, so they get
     # fresh servers each round; bg/fg/durable reuse theirs (each run uses new functions).
     fresh = opts.workload in ("fill", "drain")
-    flags = server_flags(opts.workload)
     running: dict[str, servers.Server] = {}
     jobs = {"fastgear": opts.jobs, "gearmand": args.gearmand_jobs or opts.jobs,
             "floor": opts.jobs}
@@ -245,7 +250,8 @@ def run_compare(args, opts: Options) -> int:
         for rnd in range(args.rounds):
             for kind in kinds:
                 if kind not in running:
-                    running[kind] = servers.Server(kind, args.server_threads, flags,
+                    running[kind] = servers.Server(kind, args.server_threads,
+                                                   server_flags(opts.workload, kind, args.io),
                                                    gearmand=args.gearmand, floor=args.floor)
                 srv = running[kind]
                 opts.host, opts.port, opts.server_pid = srv.host, srv.port, srv.pid
