@@ -30,7 +30,8 @@ extensions = [
         f"fastgear.{name}",
         [f"fastgear/{name.replace('.', '/')}.pyx"],
         extra_compile_args=cflags + ["-Wno-unused-function"],
-        libraries=["pthread"],
+        # libssl/libcrypto: TLS in the I/O loops (iothreads_tls.pxi); Debian libssl-dev.
+        libraries=["pthread"] + (["ssl", "crypto"] if name == "iothreads" else []),
     )
     for name in MODULES
 ]

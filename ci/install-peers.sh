@@ -34,6 +34,8 @@ binutils               | nm --version >/dev/null
 procps                 | pgrep --version >/dev/null
 postgresql             | d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1) && [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && "$d/postgres" --version | grep -q 'PostgreSQL'
 curl                   | curl --version | grep -q '^curl '
+libssl-dev             | d=$(mktemp -d) && printf '#include <openssl/ssl.h>\nint main(void) { return SSL_CTX_new(TLS_server_method()) == 0; }\n' > "$d/t.c" && gcc "$d/t.c" -o "$d/t" -lssl -lcrypto && "$d/t"; rc=$?; rm -rf "$d"; exit $rc
+openssl                | openssl version | grep -q '^OpenSSL [13]\.'
 END_OF_PEERS
 if [ -n "${PEERS_FILE:-}" ]; then
     PEERS=$(cat "$PEERS_FILE")

@@ -12,7 +12,7 @@ line gearmand accepts parses here and means the same: numbers are plain decimal,
 only their low 8 bits. Where gearmand accepts nonsense that only fails later or silently
 (negative thread counts, port 70000, an unknown queue or protocol module), `validate()`
 refuses it up front, naming the flag. Features fastgear does not have yet (the queue
-modules other than SQLite and PostgreSQL, TLS) are refused the same way rather
+modules other than SQLite and PostgreSQL) are refused the same way rather
 than ignored, so nobody believes background jobs are durable when they are not.
 
 Deliberate differences from gearmand 1.1.20, all more lenient or earlier:
@@ -54,6 +54,8 @@ REQUIRED_QUEUE_OPTIONS = {"libsqlite3": ("libsqlite3_db",), "postgres": ("libpq_
 POSTGRES_URL_SCHEMES = ("postgresql://", "postgres://")
 
 PROTOCOLS = ("http",)
+# --ssl-verify-clients: whether a client certificate is asked for, and needed.
+SSL_VERIFY = ("none", "optional", "require")
 SUPPORTED_PROTOCOLS: frozenset = frozenset(PROTOCOLS)
 
 # Far past any useful number of I/O threads; gearmand would try 4 billion for `-t -1`.
@@ -215,10 +217,25 @@ OPTIONS: tuple[Option, ...] = (
     # Gear
     Option("port", "p", "port", decimal, GEARMAND_PORT,
            "Port the server should listen on (GEARMAND_PORT, if set, when -p is not given)."),
-    Option("ssl", None, "ssl", None, False, "Enable ssl connections (fastgear: refused, not implemented yet)."),
-    Option("ssl-ca-file", None, "ssl_ca_file", text, None, "CA file."),
-    Option("ssl-certificate", None, "ssl_certificate", text, None, "SSL certificate."),
-    Option("ssl-key", None, "ssl_key", text, None, "SSL key for certificate."),
+    Option("ssl", None, "ssl", None, False,
+           "Enable ssl connections: -p speaks TLS 1.2 or newer (fastgear; gearmand 1.1.20 "
+           "accepts the flag and serves plain text)."),
+    Option("ssl-ca-file", None, "ssl_ca_file", text, None,
+           "CA file (GEARMAND_CA_CERTIFICATE when not given): the CAs client certificates "
+           "must be signed by (--ssl-verify-clients)."),
+    Option("ssl-certificate", None, "ssl_certificate", text, None,
+           "SSL certificate, PEM, with its chain (GEARMAND_SERVER_PEM when not given)."),
+    Option("ssl-key", None, "ssl_key", text, None,
+           "SSL key for certificate, PEM, not encrypted (GEARMAND_SERVER_KEY when not given)."),
+    Option("ssl-port", None, "ssl_port", decimal, None,
+           "fastgear: also listen on this port for TLS, beside the plain -p (a fleet can "
+           "move to TLS one client at a time)."),
+    Option("ssl-handshake-timeout", None, "ssl_handshake_timeout", seconds, 10.0,
+           "fastgear: seconds a TLS handshake may take before the connection is dropped."),
+    Option("ssl-verify-clients", None, "ssl_verify_clients", lower, "none",
+           "fastgear: client certificates: 'none' (not asked for, as gearmand), 'optional' "
+           "(checked against --ssl-ca-file when given) or 'require' (a connection without "
+           "a valid one is refused in the handshake)."),
     # queue modules, as Debian's build has them
     Option("libmemcached-servers", None, "libmemcached_servers", text, None,
            "List of Memcached servers to use."),
@@ -356,6 +373,9 @@ class Config:
     ssl_ca_file: str | None = None       # None: gearmand's build path or env variable
     ssl_certificate: str | None = None
     ssl_key: str | None = None
+    ssl_port: int | None = None          # a TLS listener beside the plain -p
+    ssl_handshake_timeout: float = 10.0  # seconds
+    ssl_verify_clients: str = "none"     # none, optional, require
     http_port: int = 8080
     libsqlite3_db: str | None = None
     libsqlite3_table: str = "gearman_queue"
@@ -451,11 +471,12 @@ def build(given: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
             values["port"] = decimal(env["GEARMAND_PORT"])
         except ValueError as exc:
             raise ConfigError(f"GEARMAND_PORT: {exc}") from None
-    if values.get("ssl"):
+    if values.get("ssl") or values.get("ssl_port"):
+        # gearmand's fallbacks: a flag given on the command line wins.
         for var, name in (("GEARMAND_CA_CERTIFICATE", "ssl_ca_file"),
                           ("GEARMAND_SERVER_PEM", "ssl_certificate"),
                           ("GEARMAND_SERVER_KEY", "ssl_key")):
-            if env.get(var):
+            if env.get(var) and not values.get(name):
                 values[name] = env[var]
     values["pid_file_is_default"] = "pid_file" not in given
     return Config(**values)
@@ -549,8 +570,24 @@ def validate(cfg: Config) -> Config:
         # A job of --max-packet bytes goes out as one JOB_ASSIGN or WORK_COMPLETE.
         fail("max_output_hard", f"must be at least --max-packet + {OUTPUT_SLACK} "
                                 f"({cfg.max_packet + OUTPUT_SLACK})")
-    if cfg.ssl:
-        fail("ssl", "TLS is not supported by this fastgear version yet")
+    if cfg.ssl_port is not None:
+        if not isinstance(cfg.ssl_port, int) or not 1 <= cfg.ssl_port <= 65535:
+            fail("ssl_port", "must be between 1 and 65535")
+        if cfg.ssl_port == cfg.port or ("http" in cfg.protocol and cfg.ssl_port == cfg.http_port):
+            fail("ssl_port", "must differ from --port and --http-port")
+    if cfg.ssl_verify_clients not in SSL_VERIFY:
+        fail("ssl_verify_clients", f"must be one of {', '.join(SSL_VERIFY)}")
+    if (not isinstance(cfg.ssl_handshake_timeout, (int, float))
+            or not 0.001 <= cfg.ssl_handshake_timeout <= 3600):
+        fail("ssl_handshake_timeout", "must be between 0.001 and 3600 seconds")
+    if cfg.ssl or cfg.ssl_port is not None:
+        which = "ssl" if cfg.ssl else "ssl_port"
+        for name, var in (("ssl_certificate", "GEARMAND_SERVER_PEM"),
+                          ("ssl_key", "GEARMAND_SERVER_KEY")):
+            if not getattr(cfg, name):
+                fail(which, f"needs --{OPTIONS_BY_FIELD[name].long} (or {var})")
+        if cfg.ssl_verify_clients != "none" and not cfg.ssl_ca_file:
+            fail("ssl_verify_clients", "needs --ssl-ca-file (or GEARMAND_CA_CERTIFICATE)")
     if cfg.syslog and not cfg.syslog_socket:
         fail("syslog_socket", "must name the syslog socket", False)
     return cfg

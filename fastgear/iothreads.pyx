@@ -75,7 +75,7 @@ cdef inline void drain_fd(int fd) noexcept nogil:
 cdef void set_events(Loop *L, IOConn *io) noexcept nogil:
     cdef epoll_event ev
     ev.data.ptr = io
-    ev.events = EPOLLOUT if io.want_out else 0
+    ev.events = EPOLLOUT if io.want_out or io.tls_out_for_in else 0
     if not io.eof and not io.closing and not io.dead and not io.paused:
         ev.events |= EPOLLIN
     epoll_ctl(L.epfd, EPOLL_CTL_MOD, io.c.fd, &ev)
@@ -209,6 +209,7 @@ cdef int fence_gate(Shared *S, IOConn *io, uint32_t t) noexcept nogil:
 
 
 include "iothreads_http.pxi"
+include "iothreads_tls.pxi"
 
 
 cdef void process_input(Loop *L, IOConn *io) noexcept nogil:
@@ -219,6 +220,8 @@ cdef void process_input(Loop *L, IOConn *io) noexcept nogil:
     cdef size_t have, grow
     cdef Shared *S = L.S
     cdef Conn *c = &io.c
+    if io.ssl != NULL:
+        tls_locked(L, io)
     if io.http:
         http_input(L, io)
     while (not io.http and not io.closing and not io.admin_pending and not io.dead
@@ -289,6 +292,8 @@ cdef int read_conn(Loop *L, IOConn *io) noexcept nogil:
     cdef ssize_t n
     cdef size_t total = 0, space
     cdef Conn *c = &io.c
+    if io.ssl != NULL:
+        return tls_read(L, io)
     while total < READ_BUDGET:
         if buf_reserve(&io.inbuf, READ_CHUNK) != 0:
             io.dead = 1
@@ -429,7 +434,10 @@ cdef void flush_conn(Loop *L, IOConn *io) noexcept nogil:
     cdef ssize_t n
     cdef int resume = 0
     while buf_len(&io.wbuf) and not io.dead:
-        n = send(io.c.fd, buf_head(&io.wbuf), buf_len(&io.wbuf), MSG_NOSIGNAL)
+        if io.ssl != NULL:
+            n = tls_send(io, buf_head(&io.wbuf), buf_len(&io.wbuf))
+        else:
+            n = send(io.c.fd, buf_head(&io.wbuf), buf_len(&io.wbuf), MSG_NOSIGNAL)
         if n > 0:
             buf_consume(&io.wbuf, <size_t>n)
             continue
@@ -492,6 +500,7 @@ cdef IOConn *reap(Loop *L) noexcept nogil:
         io = L.closing
         L.closing = io.close_next
         conn_detach(&S.eng, &io.c)
+        tls_unlink(S, io)
         if <size_t>io.c.fd < S.conns_cap and S.conns[io.c.fd] == io:
             S.conns[io.c.fd] = NULL
         io.close_next = gone
@@ -507,6 +516,7 @@ cdef void free_conns(Loop *L, IOConn *gone) noexcept nogil:
         epoll_ctl(L.epfd, EPOLL_CTL_DEL, io.c.fd, NULL)
         # Counted out before the peer can see the close and connect again.
         fg_add_i64(&L.S.open_conns, -1)
+        tls_free(L.S, io)
         close(io.c.fd)
         buf_free(&io.inbuf)
         buf_free(&io.c.outbuf)
@@ -645,6 +655,7 @@ cdef void attach_conn(Loop *L, IOConn *io) noexcept nogil:
             ncap *= 2
         nt = <IOConn **>realloc(S.conns, ncap * sizeof(IOConn *))
         if nt == NULL:
+            tls_free(S, io)
             close(fd)
             fg_add_i64(&S.open_conns, -1)
             free(io)
@@ -660,6 +671,8 @@ cdef void attach_conn(Loop *L, IOConn *io) noexcept nogil:
     ev.events = EPOLLIN
     ev.data.ptr = io
     epoll_ctl(S.loops[io.thread].epfd, EPOLL_CTL_ADD, fd, &ev)
+    if io.ssl != NULL:
+        tls_attach(S, io)
 
 
 cdef void loop_run(Loop *L) noexcept nogil:
@@ -667,7 +680,7 @@ cdef void loop_run(Loop *L) noexcept nogil:
     cdef epoll_event events[MAX_EVENTS]
     cdef IOConn *ready[MAX_EVENTS]
     cdef IOConn *accepted[ACCEPT_BUDGET]
-    cdef int n, i, nready, naccepted, accept_failed
+    cdef int n, i, k, nready, naccepted, accept_failed
     cdef uint64_t refused
     cdef int64_t timeout
     cdef uint64_t tag
@@ -685,6 +698,7 @@ cdef void loop_run(Loop *L) noexcept nogil:
             timeout = engine_timers(&S.eng)
             S.timer_wake_ms = S.eng.now_ms + timeout if timeout >= 0 else -1
         collect(L)
+        timeout = tls_expire(L, timeout)
         gone = reap(L)
         if S.stopping:
             unlock(S)
@@ -712,10 +726,12 @@ cdef void loop_run(Loop *L) noexcept nogil:
             if tag == TAG_WAKE:
                 drain_fd(L.wakefd)
             elif tag & TAG_LISTEN:
-                naccepted += accept_some(L, <int>(tag >> 4), (tag & TAG_HTTP) != 0,
-                                         accepted + naccepted,
-                                         ACCEPT_BUDGET - naccepted, &refused,
-                                         &accept_failed)
+                k = accept_some(L, <int>(tag >> 4), (tag & TAG_HTTP) != 0,
+                                accepted + naccepted, ACCEPT_BUDGET - naccepted, &refused,
+                                &accept_failed)
+                if tag & TAG_TLS:
+                    k = tls_accepted(L, accepted + naccepted, k)
+                naccepted += k
             else:
                 # Only this loop frees its connections, after the batch: the pointer
                 # is valid, and in_close is only written by this thread.
@@ -727,7 +743,8 @@ cdef void loop_run(Loop *L) noexcept nogil:
                         io.in_flush = 1
                         io.flush_next = L.flush
                         L.flush = io
-                if events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP):
+                if (events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)
+                        or tls_read_on_out(io, events[i].events)):
                     if io.eof and events[i].events & (EPOLLERR | EPOLLHUP):
                         # Both directions are gone: nothing left can be delivered.
                         io.dead = 1
@@ -769,6 +786,7 @@ EVENT_PROTOCOL_ERROR = EV_PROTOCOL_ERROR
 EVENT_OUTPUT_HARD = EV_OUTPUT_HARD
 EVENT_REFUSED = EV_REFUSED
 EVENT_ACCEPT_FAILED = EV_ACCEPT_FAILED
+EVENT_TLS_FAILED = EV_TLS_FAILED
 
 
 def _log_refused(refused):
@@ -871,6 +889,7 @@ cdef class IOLoop:
         for i in range(self.S.conns_cap):
             io = self.S.conns[i]
             if io != NULL:
+                tls_free(self.S, io)
                 close(io.c.fd)
                 buf_free(&io.inbuf)
                 buf_free(&io.c.outbuf)
@@ -887,7 +906,7 @@ cdef class IOLoop:
             self.S.ev_head = ev.next
             free(ev)
         engine_free(&self.S.eng)
-        self.leaked = engine_live_allocs(&self.S.eng)
+        self.leaked = engine_live_allocs(&self.S.eng) + tls_close_ctx(self.S)
         for k in range(self.S.nloops):
             close(self.S.loops[k].epfd)
             close(self.S.loops[k].wakefd)
@@ -957,19 +976,23 @@ cdef class IOLoop:
                 "max_output": self.S.max_output, "max_output_hard": self.S.max_output_hard,
                 "max_packet": self.S.max_packet}
 
-    def add_listener(self, int fd, bint http=False):
+    def add_listener(self, int fd, bint http=False, bint tls=False):
         """Every loop watches the listener (EPOLLEXCLUSIVE: one wakes per connection);
         whoever accepts hands the connection to the next loop in turn. `http`: its
-        connections speak gearmand's HTTP protocol (-r http)."""
+        connections speak gearmand's HTTP protocol (-r http). `tls`: they speak TLS
+        (tls_configure() first)."""
         cdef epoll_event ev
         cdef int k
         if self.S.nlisten >= MAX_LISTENERS:
             raise ValueError("too many listening sockets")
+        if tls and self.S.ssl_ctx == NULL:
+            raise ValueError("a TLS listener needs tls_configure() first")
         self.S.listen_fds[self.S.nlisten] = fd
         self.S.nlisten += 1
         for k in range(self.S.nloops):
             ev.events = EPOLLIN | EPOLLEXCLUSIVE
-            ev.data.u64 = (<uint64_t>fd << 4) | TAG_LISTEN | (TAG_HTTP if http else 0)
+            ev.data.u64 = ((<uint64_t>fd << 4) | TAG_LISTEN | (TAG_HTTP if http else 0)
+                           | (TAG_TLS if tls else 0))
             _check(epoll_ctl(self.S.loops[k].epfd, EPOLL_CTL_ADD, fd, &ev), "epoll_ctl")
 
     def stop_accepting(self):
