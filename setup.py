@@ -33,8 +33,9 @@ extensions = [
         f"fastgear.{name}",
         [f"fastgear/{name.replace('.', '/')}.pyx"],
         extra_compile_args=cflags + ["-Wno-unused-function"],
-        # liburing (Debian: liburing-dev) for the io_uring loop (iothreads_uring.pxi).
-        libraries=["pthread"] + (["uring"] if name == "iothreads" else []),
+        # liburing (Debian: liburing-dev) for the io_uring loop (iothreads_uring.pxi);
+        # libssl/libcrypto (Debian: libssl-dev) for TLS in the loops (iothreads_tls.pxi).
+        libraries=["pthread"] + (["uring", "ssl", "crypto"] if name == "iothreads" else []),
     )
     for name in MODULES
 ]

@@ -38,6 +38,8 @@ mariadb-server         | command -v mariadb-install-db && m=$(command -v mariadb
 redis-server           | redis-server --version | grep -q 'Redis server v=' && command -v redis-cli >/dev/null
 memcached              | memcached -V | grep -q '^memcached 1\.6'
 liburing-dev           | d=$(mktemp -d) && printf '#include <liburing.h>\nint main(void) { struct io_uring r; return io_uring_queue_init(8, &r, 0) == -999; }\n' > "$d/t.c" && gcc "$d/t.c" -o "$d/t" -luring; rc=$?; rm -rf "$d"; [ $rc -eq 0 ]
+libssl-dev             | d=$(mktemp -d) && printf '#include <openssl/ssl.h>\nint main(void) { return SSL_CTX_new(TLS_server_method()) == 0; }\n' > "$d/t.c" && gcc "$d/t.c" -o "$d/t" -lssl -lcrypto && "$d/t"; rc=$?; rm -rf "$d"; exit $rc
+openssl                | openssl version | grep -q '^OpenSSL [13]\.'
 END_OF_PEERS
 if [ -n "${PEERS_FILE:-}" ]; then
     PEERS=$(cat "$PEERS_FILE")

@@ -60,6 +60,8 @@ POSTGRES_URL_SCHEMES = ("postgresql://", "postgres://")
 
 PROTOCOLS = ("http",)
 IO_BACKENDS = ("auto", "epoll", "uring")
+# --ssl-verify-clients: whether a client certificate is asked for, and needed.
+SSL_VERIFY = ("none", "optional", "require")
 SUPPORTED_PROTOCOLS: frozenset = frozenset(PROTOCOLS)
 
 # Far past any useful number of I/O threads; gearmand would try 4 billion for `-t -1`.
@@ -228,10 +230,25 @@ OPTIONS: tuple[Option, ...] = (
     # Gear
     Option("port", "p", "port", decimal, GEARMAND_PORT,
            "Port the server should listen on (GEARMAND_PORT, if set, when -p is not given)."),
-    Option("ssl", None, "ssl", None, False, "Enable ssl connections (fastgear: refused, not implemented yet)."),
-    Option("ssl-ca-file", None, "ssl_ca_file", text, None, "CA file."),
-    Option("ssl-certificate", None, "ssl_certificate", text, None, "SSL certificate."),
-    Option("ssl-key", None, "ssl_key", text, None, "SSL key for certificate."),
+    Option("ssl", None, "ssl", None, False,
+           "Enable ssl connections: -p speaks TLS 1.2 or newer (fastgear; gearmand 1.1.20 "
+           "accepts the flag and serves plain text)."),
+    Option("ssl-ca-file", None, "ssl_ca_file", text, None,
+           "CA file (GEARMAND_CA_CERTIFICATE when not given): the CAs client certificates "
+           "must be signed by (--ssl-verify-clients)."),
+    Option("ssl-certificate", None, "ssl_certificate", text, None,
+           "SSL certificate, PEM, with its chain (GEARMAND_SERVER_PEM when not given)."),
+    Option("ssl-key", None, "ssl_key", text, None,
+           "SSL key for certificate, PEM, not encrypted (GEARMAND_SERVER_KEY when not given)."),
+    Option("ssl-port", None, "ssl_port", decimal, None,
+           "fastgear: also listen on this port for TLS, beside the plain -p (a fleet can "
+           "move to TLS one client at a time)."),
+    Option("ssl-handshake-timeout", None, "ssl_handshake_timeout", seconds, 10.0,
+           "fastgear: seconds a TLS handshake may take before the connection is dropped."),
+    Option("ssl-verify-clients", None, "ssl_verify_clients", lower, "none",
+           "fastgear: client certificates: 'none' (not asked for, as gearmand), 'optional' "
+           "(checked against --ssl-ca-file when given) or 'require' (a connection without "
+           "a valid one is refused in the handshake)."),
     # queue modules, as Debian's build has them
     Option("libmemcached-servers", None, "libmemcached_servers", text, None,
            "List of Memcached servers to use (HOST:PORT, comma separated). memcached is "
@@ -394,6 +411,9 @@ class Config:
     ssl_ca_file: str | None = None       # None: gearmand's build path or env variable
     ssl_certificate: str | None = None
     ssl_key: str | None = None
+    ssl_port: int | None = None          # a TLS listener beside the plain -p
+    ssl_handshake_timeout: float = 10.0  # seconds
+    ssl_verify_clients: str = "none"     # none, optional, require
     http_port: int = 8080
     libsqlite3_db: str | None = None
     libsqlite3_table: str = "gearman_queue"
@@ -495,11 +515,12 @@ def build(given: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
             values["port"] = decimal(env["GEARMAND_PORT"])
         except ValueError as exc:
             raise ConfigError(f"GEARMAND_PORT: {exc}") from None
-    if values.get("ssl"):
+    if values.get("ssl") or values.get("ssl_port"):
+        # gearmand's fallbacks: a flag given on the command line wins.
         for var, name in (("GEARMAND_CA_CERTIFICATE", "ssl_ca_file"),
                           ("GEARMAND_SERVER_PEM", "ssl_certificate"),
                           ("GEARMAND_SERVER_KEY", "ssl_key")):
-            if env.get(var):
+            if env.get(var) and not values.get(name):
                 values[name] = env[var]
     values["pid_file_is_default"] = "pid_file" not in given
     return Config(**values)
@@ -599,8 +620,6 @@ def validate(cfg: Config) -> Config:
         fail("io", f"must be one of {', '.join(IO_BACKENDS)}")
     if cfg.io == "uring" and io_uring_excluded(cfg):
         fail("io", f"{io_uring_excluded(cfg)}; use --io auto or --io epoll")
-    if cfg.ssl:
-        fail("ssl", "TLS is not supported by this fastgear version yet")
     for name in ("admin_allow", "admin_allow_read"):
         value = getattr(cfg, name)
         if value is not None:
@@ -608,6 +627,24 @@ def validate(cfg: Config) -> Config:
                 access.parse_list(value)
             except access.AccessError as exc:
                 fail(name, str(exc), False)
+    if cfg.ssl_port is not None:
+        if not isinstance(cfg.ssl_port, int) or not 1 <= cfg.ssl_port <= 65535:
+            fail("ssl_port", "must be between 1 and 65535")
+        if cfg.ssl_port == cfg.port or ("http" in cfg.protocol and cfg.ssl_port == cfg.http_port):
+            fail("ssl_port", "must differ from --port and --http-port")
+    if cfg.ssl_verify_clients not in SSL_VERIFY:
+        fail("ssl_verify_clients", f"must be one of {', '.join(SSL_VERIFY)}")
+    if (not isinstance(cfg.ssl_handshake_timeout, (int, float))
+            or not 0.001 <= cfg.ssl_handshake_timeout <= 3600):
+        fail("ssl_handshake_timeout", "must be between 0.001 and 3600 seconds")
+    if cfg.ssl or cfg.ssl_port is not None:
+        which = "ssl" if cfg.ssl else "ssl_port"
+        for name, var in (("ssl_certificate", "GEARMAND_SERVER_PEM"),
+                          ("ssl_key", "GEARMAND_SERVER_KEY")):
+            if not getattr(cfg, name):
+                fail(which, f"needs --{OPTIONS_BY_FIELD[name].long} (or {var})")
+        if cfg.ssl_verify_clients != "none" and not cfg.ssl_ca_file:
+            fail("ssl_verify_clients", "needs --ssl-ca-file (or GEARMAND_CA_CERTIFICATE)")
     if cfg.syslog and not cfg.syslog_socket:
         fail("syslog_socket", "must name the syslog socket", False)
     return cfg
@@ -617,8 +654,8 @@ def io_uring_excluded(cfg: Config) -> str | None:
     """Why this configuration needs the epoll loop whatever the kernel offers, or None.
     TLS connections are served by the epoll loop only, so with TLS `--io auto` means
     epoll (one log line says so) and `--io uring` is refused."""
-    if cfg.ssl:
-        return "TLS (--ssl) is served by the epoll loop only"
+    if cfg.ssl or cfg.ssl_port is not None:
+        return "TLS (--ssl, --ssl-port) is served by the epoll loop only"
     return None
 
 

@@ -21,6 +21,7 @@ cdef enum:
     EV_OUTPUT_HARD = 2       # value: bytes waiting to be sent when it was disconnected
     EV_REFUSED = 3           # value: how many peers were refused in one batch
     EV_ACCEPT_FAILED = 4     # value: errno of accept4()
+    EV_TLS_FAILED = 5        # code: why the TLS handshake failed (a static string)
 
 cdef struct Shared
 
@@ -84,7 +85,6 @@ cdef struct IOConn:
     uint8_t in_unpause
     uint8_t fence_sleep      # sent PRE_SLEEP while fenced: handed to the engine on unfence
     uint8_t http             # accepted on the --http-port listener: speaks HTTP/1.x
-    char cn[65]
     HttpReq hr
     # The io_uring loop's state (iothreads_uring.pxi); the epoll loop leaves it zero.
     Buf sbuf                 # being sent by the kernel: an io_uring send is in flight
@@ -99,6 +99,16 @@ cdef struct IOConn:
     IOConn *close_next
     IOConn *resume_next
     IOConn *unpause_next     # owner's list of connections to resume reading
+    # TLS (iothreads_tls.pxi); ssl is NULL on a plain connection.
+    void *ssl                # its SSL *
+    uint8_t tls_open         # handshake done: application data flows
+    uint8_t tls_out_for_in   # the handshake or SSL_read waits for the socket to be writable
+    const char *tls_error    # why the handshake failed, for the log (a static string)
+    int64_t tls_deadline_ms  # (lock) the handshake is dropped past this (engine clock)
+    IOConn *hs_prev          # (lock) the owner's handshakes in progress, oldest first
+    IOConn *hs_next
+    uint8_t in_hs
+    char cn[65]              # the verified client certificate's subject CN ("": none)
 
 cdef struct Loop:
     # Owned by one thread; the fields marked (lock) are also touched by others.
@@ -122,6 +132,11 @@ cdef struct Loop:
     uint64_t paused          # times a connection's input was paused (--max-output)
     uint64_t hard_closed     # connections dropped past --max-output-hard
     uint64_t trims           # (lock) malloc_trim calls after a drain (--trim-after-jobs)
+    IOConn *hs_head          # (lock) TLS handshakes in progress, by deadline
+    IOConn *hs_tail
+    uint64_t tls_handshakes  # completed
+    uint64_t tls_failed      # refused or broken handshakes
+    uint64_t tls_timeouts    # handshakes dropped at --ssl-handshake-timeout
 
 cdef struct Shared:
     Engine eng
@@ -160,6 +175,9 @@ cdef struct Shared:
     int64_t lock_t0          # FASTGEAR_LOCKSTATS builds: when the holder took the lock,
     uint64_t lock_ns         # ... the time it was held in all,
     uint64_t lock_holds      # ... and how many times it was taken
+    void *ssl_ctx            # the server's SSL_CTX (NULL: no TLS listener)
+    int64_t tls_timeout_ms   # --ssl-handshake-timeout
+    int64_t tls_live         # (atomic) SSL objects not freed yet
 
 
 cdef inline IOConn *io_of(Conn *c) noexcept nogil:

@@ -83,7 +83,7 @@ cdef void set_events(Loop *L, IOConn *io) noexcept nogil:
         ur_set_events(L, io)
         return
     ev.data.ptr = io
-    ev.events = EPOLLOUT if io.want_out else 0
+    ev.events = EPOLLOUT if io.want_out or io.tls_out_for_in else 0
     if not io.eof and not io.closing and not io.dead and not io.paused:
         ev.events |= EPOLLIN
     epoll_ctl(L.epfd, EPOLL_CTL_MOD, io.c.fd, &ev)
@@ -223,6 +223,7 @@ cdef int fence_gate(Shared *S, IOConn *io, uint32_t t) noexcept nogil:
 
 
 include "iothreads_http.pxi"
+include "iothreads_tls.pxi"
 
 
 cdef void process_input(Loop *L, IOConn *io) noexcept nogil:
@@ -233,6 +234,8 @@ cdef void process_input(Loop *L, IOConn *io) noexcept nogil:
     cdef size_t have, grow
     cdef Shared *S = L.S
     cdef Conn *c = &io.c
+    if io.ssl != NULL:
+        tls_locked(L, io)
     if io.http:
         http_input(L, io)
     while (not io.http and not io.closing and not io.admin_pending and not io.dead
@@ -303,6 +306,8 @@ cdef int read_conn(Loop *L, IOConn *io) noexcept nogil:
     cdef ssize_t n
     cdef size_t total = 0, space
     cdef Conn *c = &io.c
+    if io.ssl != NULL:
+        return tls_read(L, io)
     while total < READ_BUDGET:
         if buf_reserve(&io.inbuf, READ_CHUNK) != 0:
             io.dead = 1
@@ -327,6 +332,18 @@ cdef int read_conn(Loop *L, IOConn *io) noexcept nogil:
     if io.eof or io.dead:
         set_events(L, io)
     return total > 0 or io.eof or io.dead
+
+
+cdef bint trim_due(Shared *S, Loop *L) noexcept nogil:
+    """(lock) Whether the queue has just emptied after a burst of --trim-after-jobs or
+    more: the caller then gives the freed job memory back to the system with
+    malloc_trim, outside the lock. Once per burst: the peak is reset here."""
+    if (S.eng.jobs == 0 and S.eng.trim_after_jobs != 0
+            and S.eng.jobs_peak >= S.eng.trim_after_jobs):
+        S.eng.jobs_peak = 0
+        L.trims += 1
+        return True
+    return False
 
 
 cdef void stage(Loop *L, IOConn *io) noexcept nogil:
@@ -449,7 +466,10 @@ cdef void flush_conn(Loop *L, IOConn *io) noexcept nogil:
     cdef ssize_t n
     cdef int resume = 0
     while buf_len(&io.wbuf) and not io.dead:
-        n = send(io.c.fd, buf_head(&io.wbuf), buf_len(&io.wbuf), MSG_NOSIGNAL)
+        if io.ssl != NULL:
+            n = tls_send(io, buf_head(&io.wbuf), buf_len(&io.wbuf))
+        else:
+            n = send(io.c.fd, buf_head(&io.wbuf), buf_len(&io.wbuf), MSG_NOSIGNAL)
         if n > 0:
             buf_consume(&io.wbuf, <size_t>n)
             continue
@@ -515,6 +535,7 @@ cdef IOConn *reap(Loop *L) noexcept nogil:
         io = L.closing
         L.closing = io.close_next
         conn_detach(&S.eng, &io.c)
+        tls_unlink(S, io)
         if <size_t>io.c.fd < S.conns_cap and S.conns[io.c.fd] == io:
             S.conns[io.c.fd] = NULL
         io.close_next = gone
@@ -533,6 +554,7 @@ cdef void free_conns(Loop *L, IOConn *gone) noexcept nogil:
         epoll_ctl(L.epfd, EPOLL_CTL_DEL, io.c.fd, NULL)
         # Counted out before the peer can see the close and connect again.
         fg_add_i64(&L.S.open_conns, -1)
+        tls_free(L.S, io)
         close(io.c.fd)
         buf_free(&io.inbuf)
         buf_free(&io.c.outbuf)
@@ -672,6 +694,7 @@ cdef void attach_conn(Loop *L, IOConn *io) noexcept nogil:
             ncap *= 2
         nt = <IOConn **>realloc(S.conns, ncap * sizeof(IOConn *))
         if nt == NULL:
+            tls_free(S, io)
             close(fd)
             fg_add_i64(&S.open_conns, -1)
             free(io)
@@ -699,6 +722,8 @@ cdef void attach_conn(Loop *L, IOConn *io) noexcept nogil:
     ev.events = EPOLLIN
     ev.data.ptr = io
     epoll_ctl(S.loops[io.thread].epfd, EPOLL_CTL_ADD, fd, &ev)
+    if io.ssl != NULL:
+        tls_attach(S, io)
 
 
 cdef void loop_run(Loop *L) noexcept nogil:
@@ -706,7 +731,7 @@ cdef void loop_run(Loop *L) noexcept nogil:
     cdef epoll_event events[MAX_EVENTS]
     cdef IOConn *ready[MAX_EVENTS]
     cdef IOConn *accepted[ACCEPT_BUDGET]
-    cdef int n, i, nready, naccepted, accept_failed
+    cdef int n, i, k, nready, naccepted, accept_failed
     cdef uint64_t refused
     cdef int64_t timeout
     cdef uint64_t tag
@@ -725,6 +750,7 @@ cdef void loop_run(Loop *L) noexcept nogil:
             timeout = engine_timers(&S.eng)
             S.timer_wake_ms = S.eng.now_ms + timeout if timeout >= 0 else -1
         collect(L)
+        timeout = tls_expire(L, timeout)
         gone = reap(L)
         if S.stopping:
             unlock(S)
@@ -732,13 +758,7 @@ cdef void loop_run(Loop *L) noexcept nogil:
             free_conns(L, gone)
             break
         L.batches += 1
-        # The queue has just emptied after a large burst: give the freed job memory
-        # back to the system (--trim-after-jobs), outside the lock, once per burst.
-        trim = (S.eng.jobs == 0 and S.eng.trim_after_jobs != 0
-                and S.eng.jobs_peak >= S.eng.trim_after_jobs)
-        if trim:
-            S.eng.jobs_peak = 0
-            L.trims += 1
+        trim = trim_due(S, L)
         unlock(S)
         flush_all(L)
         free_conns(L, gone)
@@ -761,10 +781,12 @@ cdef void loop_run(Loop *L) noexcept nogil:
             if tag == TAG_WAKE:
                 drain_fd(L.wakefd)
             elif tag & TAG_LISTEN:
-                naccepted += accept_some(L, <int>(tag >> 4), (tag & TAG_HTTP) != 0,
-                                         accepted + naccepted,
-                                         ACCEPT_BUDGET - naccepted, &refused,
-                                         &accept_failed)
+                k = accept_some(L, <int>(tag >> 4), (tag & TAG_HTTP) != 0,
+                                accepted + naccepted, ACCEPT_BUDGET - naccepted, &refused,
+                                &accept_failed)
+                if tag & TAG_TLS:
+                    k = tls_accepted(L, accepted + naccepted, k)
+                naccepted += k
             else:
                 # Only this loop frees its connections, after the batch: the pointer
                 # is valid, and in_close is only written by this thread.
@@ -776,7 +798,8 @@ cdef void loop_run(Loop *L) noexcept nogil:
                         io.in_flush = 1
                         io.flush_next = L.flush
                         L.flush = io
-                if events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP):
+                if (events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)
+                        or tls_read_on_out(io, events[i].events)):
                     if io.eof and events[i].events & (EPOLLERR | EPOLLHUP):
                         # Both directions are gone: nothing left can be delivered.
                         io.dead = 1
@@ -821,6 +844,7 @@ EVENT_PROTOCOL_ERROR = EV_PROTOCOL_ERROR
 EVENT_OUTPUT_HARD = EV_OUTPUT_HARD
 EVENT_REFUSED = EV_REFUSED
 EVENT_ACCEPT_FAILED = EV_ACCEPT_FAILED
+EVENT_TLS_FAILED = EV_TLS_FAILED
 
 
 def _log_refused(refused):
@@ -962,6 +986,7 @@ cdef class IOLoop:
         for i in range(self.S.conns_cap):
             io = self.S.conns[i]
             if io != NULL:
+                tls_free(self.S, io)
                 close(io.c.fd)
                 buf_free(&io.inbuf)
                 buf_free(&io.c.outbuf)
@@ -979,7 +1004,7 @@ cdef class IOLoop:
             self.S.ev_head = ev.next
             free(ev)
         engine_free(&self.S.eng)
-        self.leaked = engine_live_allocs(&self.S.eng)
+        self.leaked = engine_live_allocs(&self.S.eng) + tls_close_ctx(self.S)
         for k in range(self.S.nloops):
             ur_destroy(&self.S.loops[k])
             if self.S.loops[k].epfd >= 0:
@@ -1055,14 +1080,17 @@ cdef class IOLoop:
                 "max_output": self.S.max_output, "max_output_hard": self.S.max_output_hard,
                 "max_packet": self.S.max_packet}
 
-    def add_listener(self, int fd, bint http=False):
+    def add_listener(self, int fd, bint http=False, bint tls=False):
         """Every loop watches the listener (EPOLLEXCLUSIVE: one wakes per connection);
         whoever accepts hands the connection to the next loop in turn. `http`: its
-        connections speak gearmand's HTTP protocol (-r http)."""
+        connections speak gearmand's HTTP protocol (-r http). `tls`: they speak TLS
+        (tls_configure() first)."""
         cdef epoll_event ev
         cdef int k
         if self.S.nlisten >= MAX_LISTENERS:
             raise ValueError("too many listening sockets")
+        if tls and self.S.ssl_ctx == NULL:
+            raise ValueError("a TLS listener needs tls_configure() first")
         self.S.listen_fds[self.S.nlisten] = fd
         self.S.listen_http[self.S.nlisten] = http
         self.S.nlisten += 1
@@ -1070,7 +1098,8 @@ cdef class IOLoop:
             return      # each loop polls the listeners through its ring from its start
         for k in range(self.S.nloops):
             ev.events = EPOLLIN | EPOLLEXCLUSIVE
-            ev.data.u64 = (<uint64_t>fd << 4) | TAG_LISTEN | (TAG_HTTP if http else 0)
+            ev.data.u64 = ((<uint64_t>fd << 4) | TAG_LISTEN | (TAG_HTTP if http else 0)
+                           | (TAG_TLS if tls else 0))
             _check(epoll_ctl(self.S.loops[k].epfd, EPOLL_CTL_ADD, fd, &ev), "epoll_ctl")
 
     def stop_accepting(self):

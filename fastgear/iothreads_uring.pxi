@@ -375,6 +375,7 @@ cdef void ur_loop_run(Loop *L) noexcept nogil:
     cdef int64_t timeout
     cdef IOConn *io
     cdef IOConn *gone
+    cdef bint trim
     cdef sigset_t all_signals
     # Signals belong to the Python control thread.
     sigfillset(&all_signals)
@@ -399,9 +400,12 @@ cdef void ur_loop_run(Loop *L) noexcept nogil:
             ur_free_conns(L, gone)
             break
         L.batches += 1
+        trim = trim_due(S, L)
         unlock(S)
         flush_all(L)
         ur_free_conns(L, gone)
+        if trim:
+            malloc_trim(0)
         if L.check != NULL or L.unpause != NULL:
             timeout = 0     # connections to close, or to read again, without waiting
         ur_wait(U, timeout)

@@ -288,6 +288,9 @@ def _worker_json(w: dict, now: float) -> dict:
     return {
         "id": w["id"], "fd": w["fd"], "peer": w["peer"],
         "client_id": _text(w["client_id"]) if w["client_id"] else None,
+        # The verified TLS client certificate's subject CN (None: plain, or no certificate).
+        "tls": w.get("tls", False),
+        "tls_cn": _text(w["tls_cn"]) if w.get("tls_cn") else None,
         "functions": [_text(n) for n in w["functions"]],
         "sleeping": w["sleeping"], "jobs_done": w["jobs_done"],
         "current": [{"handle": _text(j["handle"]), "function": _text(j["function"]),

@@ -130,7 +130,8 @@ def _address(sock):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def startup_line(cfg, sockets, threads, replayed, mon, http_sockets=(), io="epoll"):
+def startup_line(cfg, sockets, threads, replayed, mon, http_sockets=(), tls_sockets=(),
+                 io="epoll"):
     """What a first-time user needs to know, in one line: where the server listens and
     with what (compare uvicorn's "running on" line and redis's banner)."""
     if cfg.queue_type == "libsqlite3":
@@ -151,7 +152,10 @@ def startup_line(cfg, sockets, threads, replayed, mon, http_sockets=(), io="epol
     monitor_at = mon.url if mon is not None else "off"
     http = (f", HTTP job submission on {', '.join(_address(s) for s in http_sockets)}"
             if http_sockets else "")
-    return (f"fastgear {__version__} ready on {', '.join(_address(s) for s in sockets)}{http}"
+    main = ", ".join(_address(s) for s in sockets) + (" (TLS)" if cfg.ssl else "")
+    if tls_sockets:
+        main += f", TLS on {', '.join(_address(s) for s in tls_sockets)}"
+    return (f"fastgear {__version__} ready on {main}{http}"
             f" (pid {os.getpid()}): {threads} I/O thread{'s' if threads != 1 else ''}"
             f" ({io}),"
             f" store {store}, monitor {monitor_at}")
@@ -343,6 +347,23 @@ def drop_privileges(cfg):
     os.setuid(pw.pw_uid)
 
 
+def configure_tls(cfg, loop):
+    """With --ssl or --ssl-port, build the loops' TLS context (iothreads_tls.pxi); a file
+    that cannot be read, or a key that does not match its certificate, is a start-up
+    error naming the flag. Only paths and OpenSSL's reasons are ever reported."""
+    from fastgear import iothreads
+
+    if not (cfg.ssl or cfg.ssl_port is not None):
+        return
+    verify = {"none": iothreads.VERIFY_NONE, "optional": iothreads.VERIFY_OPTIONAL,
+              "require": iothreads.VERIFY_REQUIRE}[cfg.ssl_verify_clients]
+    try:
+        iothreads.tls_configure(loop, cfg.ssl_certificate, cfg.ssl_key, cfg.ssl_ca_file,
+                                verify, cfg.ssl_handshake_timeout)
+    except iothreads.TLSConfigError as exc:
+        raise StartupError(str(exc)) from None
+
+
 def open_store(cfg, loop):
     """Open the store and replay it into the engine before any connection is served;
     background jobs are acknowledged after their commit from then on."""
@@ -524,12 +545,14 @@ class Server:
         elif signum == signal.SIGHUP:
             self._reopen_log = True
 
-    def start(self, sockets, http_sockets=()):
-        self.sockets = list(sockets) + list(http_sockets)
+    def start(self, sockets, http_sockets=(), tls_sockets=()):
+        self.sockets = list(sockets) + list(http_sockets) + list(tls_sockets)
         for s in sockets:
-            self.loop.add_listener(s.fileno())
+            self.loop.add_listener(s.fileno(), tls=self.cfg.ssl)
         for s in http_sockets:
             self.loop.add_listener(s.fileno(), http=True)
+        for s in tls_sockets:
+            self.loop.add_listener(s.fileno(), tls=True)
         self.threads = [threading.Thread(target=self.loop.run, args=(i,),
                                          name=f"fastgear-io-{i}", daemon=True)
                         for i in range(self.loop.threads)]
@@ -586,6 +609,9 @@ class Server:
                             "(--max-connections, -f)", value, self.max_connections)
             elif kind == io.EVENT_ACCEPT_FAILED:
                 log.error("accept failed: %s", os.strerror(value))
+            elif kind == io.EVENT_TLS_FAILED:
+                log.warning("TLS handshake with %s (connection %d) failed: %s; connection "
+                            "closed", peer, conn_id, code)
         if dropped:
             log.warning("%d more events were not logged (too many at once)", dropped)
 
@@ -693,17 +719,23 @@ def run(cfg):
         print(f"fastgear: {exc}", file=sys.stderr)
         return 1
     srv.install_signal_handlers()
-    if srv.access.has_names() and not cfg.ssl:
+    if srv.access.has_names() and not (cfg.ssl or cfg.ssl_port is not None):
         log.warning("cn: entries of --admin-allow / --admin-allow-read match only TLS "
-                    "peers with a client certificate; without --ssl none will match")
-    sockets, http_sockets, store, pid_path, replayed = [], [], None, None, 0
+                    "peers with a client certificate; without TLS none will match")
+    sockets, http_sockets, tls_sockets, store, pid_path, replayed = [], [], [], None, None, 0
     try:
+        # Key and certificates are read here, once, before binding and before -u drops
+        # the privileges that may be needed to read them.
+        configure_tls(cfg, srv.loop)
         stopping = lambda: srv._stop or srv._term
         sockets = bind_listeners(cfg, stopping)
         if "http" in cfg.protocol:
             # -r http: the same binding rules on --http-port.
             http_sockets = bind_listeners(dataclasses.replace(cfg, port=cfg.http_port),
                                           stopping)
+        if cfg.ssl_port is not None:
+            tls_sockets = bind_listeners(dataclasses.replace(cfg, port=cfg.ssl_port),
+                                         stopping)
         # Opened and replayed before detaching, so a bad queue file is reported on the
         # terminal; its thread starts after the fork (threads do not survive fork()).
         if cfg.queue_type != "builtin":
@@ -715,7 +747,7 @@ def run(cfg):
     except (StartupError, StoreError) as exc:
         log.error("%s", exc)
         print(f"fastgear: {exc}", file=sys.stderr)
-        for s in sockets + http_sockets:
+        for s in sockets + http_sockets + tls_sockets:
             s.close()
         if store is not None:
             store.close()
@@ -737,9 +769,9 @@ def run(cfg):
             log.error("%s", exc)
             print(f"fastgear: {exc}", file=sys.stderr)
             return 1
-        srv.start(sockets, http_sockets)
+        srv.start(sockets, http_sockets, tls_sockets)
         log_notice(startup_line(cfg, sockets, srv.loop.threads, replayed, mon, http_sockets,
-                                srv.loop.io_backend))
+                                tls_sockets, srv.loop.io_backend))
         srv.control_loop()
     finally:
         if mon is not None:

@@ -8,7 +8,7 @@
 # in control.pyx, start-up settings in coreconfig.pyx.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, realloc, free, qsort
-from libc.string cimport memcpy, memcmp, memset
+from libc.string cimport memcpy, memcmp, memset, strlen
 
 from fastgear.engine cimport *
 from fastgear.iothreads cimport IOLoop, Shared, lock, unlock
@@ -296,6 +296,8 @@ cdef struct ConnRow:
     uint64_t jobs_done
     Str ip
     Str client_id
+    Str cn                   # the verified TLS client certificate's CN (empty: none)
+    uint8_t tls
     size_t abil_first        # its registrations: Str rows in `names`, newest first
     size_t nabil
     size_t held_first        # its jobs: HeldRow rows in `held`
@@ -355,7 +357,7 @@ cdef size_t conns_slice(Shared *S, size_t fd, int workers_only, ConnCopy *k) noe
             fd += 1
             continue
         nabil = nheld = 0
-        nbytes = ip_len(c) + c.client_id_len
+        nbytes = ip_len(c) + c.client_id_len + strlen(S.conns[fd].cn)
         a = c.abilities
         while a != NULL:
             nabil += 1
@@ -382,6 +384,8 @@ cdef size_t conns_slice(Shared *S, size_t fd, int workers_only, ConnCopy *k) noe
         row.jobs_done = c.jobs_done
         put_str(&k.text, &row.ip, c.ip, ip_len(c))
         put_str(&k.text, &row.client_id, c.client_id, c.client_id_len)
+        put_str(&k.text, &row.cn, S.conns[fd].cn, strlen(S.conns[fd].cn))
+        row.tls = S.conns[fd].ssl != NULL
         row.abil_first = k.names.len // sizeof(Str)
         row.nabil = nabil
         a = c.abilities
@@ -447,8 +451,18 @@ cdef list _names(ConnCopy *k, ConnRow *row):
     return out
 
 
+def _listed_id(bytes client_id, bytes cn):
+    """The client id column of `workers`: a worker that set none ("-") but came with a
+    verified TLS client certificate shows `cn=NAME`, one word (bytes a listing parser
+    splits on become "_"), so gearadmin and client libraries still read four columns."""
+    if client_id != b"-" or not cn:
+        return client_id
+    return b"cn=" + bytes(b if 0x20 < b != 0x7F else 0x5F for b in cn)
+
+
 def connections(IOLoop io):
-    """[(fd, ip, client_id, [functions newest first])] for every connection, by fd."""
+    """[(fd, ip, client_id, [functions newest first])] for every connection, by fd; the
+    client id of a TLS connection that set none is its certificate's `cn=NAME`."""
     cdef ConnCopy k
     cdef ConnRow *row
     cdef size_t i
@@ -458,7 +472,8 @@ def connections(IOLoop io):
         for i in range(k.rows.len // sizeof(ConnRow)):
             row = &(<ConnRow *>k.rows.p)[i]
             out.append((row.fd, take(&k.text, row.ip).decode("ascii", "replace"),
-                        take(&k.text, row.client_id), _names(&k, row)))
+                        _listed_id(take(&k.text, row.client_id), take(&k.text, row.cn)),
+                        _names(&k, row)))
     finally:
         conns_free(&k)
     out.sort()
@@ -486,6 +501,8 @@ def workers(IOLoop io):
             peer = take(&k.text, row.ip).decode("ascii", "replace")
             out.append({"id": row.id, "fd": row.fd, "peer": peer,
                         "client_id": take(&k.text, row.client_id),
+                        "tls": bool(row.tls),
+                        "tls_cn": take(&k.text, row.cn) or None,
                         "functions": _names(&k, row)[::-1],
                         "sleeping": bool(row.sleeping),
                         "jobs_done": row.jobs_done, "current": current})

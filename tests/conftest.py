@@ -43,6 +43,14 @@ GEARMAND = shutil.which("gearmand") or (
 # backends pass them.
 KINDS = ["fastgear", "fastgear-t0", "fastgear-t1", "fastgear-epoll", "gearmand"]
 EPOLL_MODULES = ("test_wire_", "test_limits")
+# "fastgear-tls": fastgear with --ssl (no client certificates), every connection a test makes through gearproto.Conn(server) wrapped in
+# TLS. It runs the wire suites below only: the raw codec over TLS for every job, status,
+# option and worker packet type (test_wire_errors and test_wire_admin stay plain to keep
+# the suite's time budget; tests/test_tls.py sends bad packets and admin lines over TLS).
+# A test of those modules that speaks through a plain socket of its own is marked
+# `plain_only`.
+TLS_KIND = "fastgear-tls"
+TLS_WIRE_MODULES = frozenset({"test_wire_jobs", "test_wire_workers"})
 IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
@@ -127,6 +135,9 @@ def _not_applicable(item):
         return "deliberate difference from gearmand: fastgear only"
     if kind.startswith("fastgear") and "gearmand_quirk" in marks:
         return "gearmand quirk that fastgear deliberately fixes"
+    if kind == TLS_KIND and (item.module.__name__ not in TLS_WIRE_MODULES
+                             or "plain_only" in marks):
+        return "the TLS server kind runs the wire suites through gearproto.Conn only"
     return None
 
 
@@ -160,13 +171,22 @@ def wait_for(predicate, timeout=10.0, interval=0.01, what="condition"):
 class Server:
     """A running job server process: `host`, `port`, `pid`, `kind`, `flags`."""
 
-    def __init__(self, kind, flags, tmp_path):
+    def __init__(self, kind, flags, tmp_path, pki=None):
         self.variant = kind
-        kind, epoll, _ = kind.partition("-epoll")
+        # Clients of a TLS kind: gearproto.Conn(server) wraps its socket with this.
+        self.ssl_context = None
+        tls = kind == TLS_KIND
+        kind, epoll, _ = ("fastgear", "", "") if tls else kind.partition("-epoll")
         kind, _, threads = kind.partition("-t")
         self.kind = kind
         self.flags = (list(flags) + (["-t", threads] if threads else [])
                       + (["--io", "epoll"] if epoll else []))
+        if tls:
+            from tlscerts import client_context
+            # No client certificate: listings stay byte for byte those of the plain
+            # kinds (a certificate's CN would show as the client id in `workers`).
+            self.flags = ["--ssl"] + pki.server_flags() + self.flags
+            self.ssl_context = client_context(pki)
         self.host = "127.0.0.1"
         self.port = free_port()
         self.tmp = tmp_path
@@ -242,13 +262,21 @@ class Server:
         return self.proc.returncode
 
 
+@pytest.fixture(scope="session")
+def tls_pki(tmp_path_factory):
+    """A test CA with server and client certificates (tests/tlscerts.py)."""
+    from tlscerts import make_pki
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
 @pytest.fixture
-def start_server(tmp_path):
+def start_server(tmp_path, request):
     """Factory: start_server(kind, *gearmand_flags) -> Server, stopped at teardown."""
     started = []
 
     def start(kind, *flags):
-        srv = Server(kind, flags, tmp_path)
+        pki = request.getfixturevalue("tls_pki") if kind == TLS_KIND else None
+        srv = Server(kind, flags, tmp_path, pki)
         started.append(srv)
         return srv
 
@@ -261,7 +289,7 @@ def start_server(tmp_path):
         assert "allocations were not freed" not in srv.log_text(), srv.log_text()[-2000:]
 
 
-@pytest.fixture(params=KINDS)
+@pytest.fixture(params=KINDS + [TLS_KIND])
 def kind(request):
     if request.param == "gearmand":
         need_gearmand()

@@ -8,6 +8,7 @@ or a whole listing up to its `.` terminator.
 """
 import select
 import socket
+import ssl
 import struct
 import time
 
@@ -131,14 +132,18 @@ class Conn:
         self.buf = b""
         self.eof = False
         self.discarded = b""   # what `closed()` read and threw away before the EOF
+        self.ssl_context = None
         if host is not None:
-            if port is None:  # a conftest Server object
+            if port is None:  # a conftest Server object; a TLS kind gives its context
+                self.ssl_context = getattr(host, "ssl_context", None)
                 host, port = host.host, host.port
             self.connect(host, port)
 
     def connect(self, host, port):
         self.sock = socket.create_connection((host, port), timeout=5)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context is not None:
+            self.sock = self.ssl_context.wrap_socket(self.sock, server_hostname="localhost")
         return self
 
     def __enter__(self):
@@ -170,12 +175,14 @@ class Conn:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("no data from server")
-        ready, _, _ = select.select([self.sock], [], [], remaining)
-        if not ready:
+        # Over TLS, bytes already decrypted wait in the SSL object, not the socket.
+        pending = self.ssl_context is not None and self.sock.pending()
+        ready, _, _ = select.select([self.sock], [], [], 0 if pending else remaining)
+        if not ready and not pending:
             raise TimeoutError("no data from server")
         try:
             data = self.sock.recv(1 << 20)
-        except (ConnectionResetError, BrokenPipeError) as e:
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLError) as e:
             self.eof = True
             raise Closed(str(e)) from e
         if not data:
@@ -226,7 +233,7 @@ class Conn:
         if ready:
             try:
                 data = self.sock.recv(65536)
-            except ConnectionResetError:
+            except (ConnectionResetError, ssl.SSLError):
                 data = b""
             if not data:
                 self.eof = True
