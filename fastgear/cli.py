@@ -133,6 +133,31 @@ def config_from_argv(argv: Sequence[str], environ=None,
     return config.build(given, os.environ if environ is None else environ)
 
 
+def check_tls_files(cfg) -> str | None:
+    """--check-args with TLS: open the certificate, key and CA file as serving would, so
+    an unreadable, encrypted or mismatched key is found before a deployment, not at its
+    start. Python's ssl module reads them here (the server itself uses OpenSSL from the
+    C loop); only paths and OpenSSL's reasons are reported, never file contents."""
+    if not (cfg.ssl or cfg.ssl_port is not None):
+        return None
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # An encrypted key would make OpenSSL prompt on the terminal: an empty
+        # password makes it fail instead, as the server's start-up does.
+        ctx.load_cert_chain(cfg.ssl_certificate, cfg.ssl_key, password=lambda: b"")
+    except (OSError, ssl.SSLError) as exc:
+        return (f"--ssl-certificate {cfg.ssl_certificate} / --ssl-key {cfg.ssl_key}: "
+                f"{getattr(exc, 'strerror', None) or exc}")
+    if cfg.ssl_ca_file:
+        try:
+            ctx.load_verify_locations(cfg.ssl_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            return f"--ssl-ca-file {cfg.ssl_ca_file}: {getattr(exc, 'strerror', None) or exc}"
+    return None
+
+
 def run_serve(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     try:
         cfg = config.validate(config_from_argv(argv, parser=parser))
@@ -141,6 +166,10 @@ def run_serve(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
         print(f"fastgear: error: {exc}", file=sys.stderr)
         return 1
     if cfg.check_args:
+        problem = check_tls_files(cfg)
+        if problem:
+            print(f"fastgear: error: {problem}", file=sys.stderr)
+            return 1
         return 0
     from fastgear import server  # the compiled core is only needed to actually serve
     return server.run(cfg)

@@ -590,12 +590,14 @@ cdef enum:
     BUSY_PACKET_LEN = 12 + 0x38
 
 
-cdef void refuse(int fd) noexcept nogil:
+cdef void refuse(int fd, uint8_t tls) noexcept nogil:
     """(no lock) One ERROR packet, then close. The FIN goes out before close(), and
     what the peer already sent is read first, so the close is not a reset that could
-    discard the ERROR on the peer's side."""
+    discard the ERROR on the peer's side. A TLS listener's peer expects a handshake, not
+    a clear-text packet: it only gets the close."""
     cdef char scratch[512]
-    send(fd, BUSY_PACKET, BUSY_PACKET_LEN, MSG_NOSIGNAL | MSG_DONTWAIT)
+    if not tls:
+        send(fd, BUSY_PACKET, BUSY_PACKET_LEN, MSG_NOSIGNAL | MSG_DONTWAIT)
     shutdown(fd, SHUT_WR)
     recv(fd, scratch, sizeof(scratch), MSG_DONTWAIT)
     close(fd)
@@ -615,7 +617,7 @@ cdef void tune_socket(Shared *S, int fd) noexcept nogil:
             setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &S.keep_cnt, sizeof(int))
 
 
-cdef int accept_some(Loop *L, int lfd, uint8_t http, IOConn **out, int room,
+cdef int accept_some(Loop *L, int lfd, uint8_t http, uint8_t tls, IOConn **out, int room,
                      uint64_t *refused, int *failed) noexcept nogil:
     """(no lock) Accept up to `room` pending connections from one listener into new,
     not yet attached IOConns; over --max-connections (or out of descriptors) a peer is
@@ -638,7 +640,7 @@ cdef int accept_some(Loop *L, int lfd, uint8_t http, IOConn **out, int room,
                 close(L.spare_fd)
                 fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
                 if fd >= 0:
-                    refuse(fd)
+                    refuse(fd, tls)
                     refused[0] += 1
                 L.spare_fd = c_open(b"/dev/null", O_RDONLY | O_CLOEXEC)
                 if fd >= 0:
@@ -652,7 +654,7 @@ cdef int accept_some(Loop *L, int lfd, uint8_t http, IOConn **out, int room,
         if (S.max_connections and
                 fg_add_i64(&S.open_conns, 1) > S.max_connections):
             fg_add_i64(&S.open_conns, -1)
-            refuse(fd)
+            refuse(fd, tls)
             refused[0] += 1
             continue
         if not S.max_connections:
@@ -782,7 +784,7 @@ cdef void loop_run(Loop *L) noexcept nogil:
                 drain_fd(L.wakefd)
             elif tag & TAG_LISTEN:
                 k = accept_some(L, <int>(tag >> 4), (tag & TAG_HTTP) != 0,
-                                accepted + naccepted, ACCEPT_BUDGET - naccepted, &refused,
+                                (tag & TAG_TLS) != 0, accepted + naccepted, ACCEPT_BUDGET - naccepted, &refused,
                                 &accept_failed)
                 if tag & TAG_TLS:
                     k = tls_accepted(L, accepted + naccepted, k)

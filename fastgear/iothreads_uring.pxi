@@ -279,7 +279,7 @@ cdef int ur_complete(Loop *L, UringLoop *U, io_uring_cqe *cqe, IOConn **ready,
         # stop_accepting() shuts the listeners down (which completes this poll) and
         # sets nlisten to 0 before closing them: then the entry is not re-armed.
         if not stopping and k < S.nlisten:
-            naccepted[0] += accept_some(L, S.listen_fds[k], S.listen_http[k],
+            naccepted[0] += accept_some(L, S.listen_fds[k], S.listen_http[k], 0,
                                         accepted + naccepted[0],
                                         ACCEPT_BUDGET - naccepted[0], refused, failed)
             ur_arm_listen(L, U, k)

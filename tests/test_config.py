@@ -28,6 +28,7 @@ GEARMAND_DEFAULTS = {
     "threads": 4, "io": "auto", "user": None, "verbose": "ERROR", "worker_wakeup": 0,
     "ssl": False,
     "ssl_ca_file": None, "ssl_certificate": None, "ssl_key": None, "http_port": 8080,
+    "ssl_port": None, "ssl_handshake_timeout": 10.0, "ssl_verify_clients": "none",
     "libsqlite3_db": None, "libsqlite3_table": "gearman_queue",
     "store_queue_on_shutdown": False, "store": None, "store_sync": "normal", "store_lease": 10,
     "monitor": "127.0.0.1:4731", "keep_results": 0, "keep_results_bytes": 64 << 20,
@@ -87,6 +88,9 @@ FLAGS = [
     ("ssl-ca-file", None, "ssl_ca_file", "/ca.pem", "/ca.pem"),
     ("ssl-certificate", None, "ssl_certificate", "/cert.pem", "/cert.pem"),
     ("ssl-key", None, "ssl_key", "/key.pem", "/key.pem"),
+    ("ssl-port", None, "ssl_port", "4740", 4740),
+    ("ssl-handshake-timeout", None, "ssl_handshake_timeout", "2.5", 2.5),
+    ("ssl-verify-clients", None, "ssl_verify_clients", "REQUIRE", "require"),
     ("libmemcached-servers", None, "libmemcached_servers", "a:11211", "a:11211"),
     ("libmemcached-prefix", None, "libmemcached_prefix", "x_", "x_"),
     ("libsqlite3-db", None, "libsqlite3_db", "/q.db", "/q.db"),
@@ -441,10 +445,13 @@ def test_check_args_validates_and_exits_zero_without_serving(fake_server):
     assert fake_server == []
 
 
-def test_check_args_still_refuses_unsupported_flags(fake_server, capsys):
+def test_check_args_refuses_ssl_without_a_certificate_naming_the_flag(fake_server, capsys,
+                                                                      monkeypatch):
+    for var in ("GEARMAND_SERVER_PEM", "GEARMAND_SERVER_KEY", "GEARMAND_CA_CERTIFICATE"):
+        monkeypatch.delenv(var, raising=False)
     assert cli.main(["serve", "--check-args", "--ssl"]) == 1
     assert capsys.readouterr().err == \
-        "fastgear: error: --ssl: TLS is not supported by this fastgear version yet\n"
+        "fastgear: error: --ssl: needs --ssl-certificate (or GEARMAND_SERVER_PEM)\n"
     assert fake_server == []
 
 
@@ -584,3 +591,28 @@ def test_store_sync_rejects_unknown_levels():
 def test_readme_flag_table_is_the_one_generated_from_the_options_table():
     readme = (ROOT / "README.md").read_text()
     assert config.flag_table_markdown() in readme
+
+
+def test_check_args_with_tls_opens_the_key_files_and_names_what_is_wrong(tls_pki, capsys,
+                                                                        tmp_path):
+    base = ["serve", "--check-args", "--ssl"]
+    assert cli.main(base + tls_pki.server_flags()) == 0
+    # A key that belongs to no certificate of ours, an unreadable path, and an encrypted
+    # key are found by --check-args, before a deployment would start the server.
+    mismatched = ["--ssl-certificate", tls_pki.server_cert, "--ssl-key", tls_pki.stray_key]
+    assert cli.main(base + mismatched) == 1
+    err = capsys.readouterr().err
+    assert "--ssl-key" in err and tls_pki.stray_key in err
+    assert cli.main(base + ["--ssl-certificate", tls_pki.server_cert,
+                            "--ssl-key", str(tmp_path / "nope.key")]) == 1
+    assert "nope.key" in capsys.readouterr().err
+    encrypted = tmp_path / "encrypted.key"
+    subprocess.run(["openssl", "pkey", "-in", tls_pki.server_key, "-aes256", "-passout",
+                    "pass:secret", "-out", str(encrypted)], check=True, capture_output=True)
+    assert cli.main(base + ["--ssl-certificate", tls_pki.server_cert,
+                            "--ssl-key", str(encrypted)]) == 1
+    err = capsys.readouterr().err
+    assert "encrypted.key" in err and "secret" not in err
+    assert cli.main(base + tls_pki.server_flags()[:4]
+                    + ["--ssl-ca-file", str(tmp_path / "missing-ca.pem")]) == 1
+    assert "missing-ca.pem" in capsys.readouterr().err

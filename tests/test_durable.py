@@ -163,12 +163,14 @@ class WorkerRun(threading.Thread):
     """Grabs and completes jobs one at a time, WORK_COMPLETE and the next GRAB_JOB in
     one write. Records assigned payload -> handle, completed payloads (WORK_COMPLETE
     sent), and for each completion the monotonic time by which the server had handled
-    it (the reply to the following GRAB_JOB arrived)."""
+    it (the reply to the following GRAB_JOB arrived). Once `hold` is set it completes
+    the job it has and grabs no more, so a backlog builds whatever the machine's speed."""
 
     def __init__(self, srv, stop):
         super().__init__(daemon=True)
         self.conn = Conn(srv).worker(LOAD_FUNC)
         self.stop_event = stop
+        self.hold = threading.Event()
         self.assigned = {}
         self.completed = []
         self.handled_at = {}
@@ -186,7 +188,8 @@ class WorkerRun(threading.Thread):
                         return
                     continue
                 if t == NOOP:
-                    self.conn.send(GRAB_JOB)
+                    if not self.hold.is_set():
+                        self.conn.send(GRAB_JOB)
                     continue
                 if previous is not None:
                     self.handled_at[previous] = time.monotonic()
@@ -201,7 +204,8 @@ class WorkerRun(threading.Thread):
                 self.assigned[payload] = handle
                 self.completed.append(payload)
                 previous = payload
-                self.conn.send_raw(packet(WORK_COMPLETE, handle, b"") + packet(GRAB_JOB))
+                self.conn.send_raw(packet(WORK_COMPLETE, handle, b"")
+                                   + (b"" if self.hold.is_set() else packet(GRAB_JOB)))
         except (Closed, OSError):
             pass
         finally:

@@ -183,6 +183,12 @@ def test_sigkill_under_load_loses_no_acknowledged_job(backend, start_server):
             t.start()
         wait_for(lambda: sum(len(c.acked) for c in clients) >= 1500
                  and len(workers[0].completed) >= 50, timeout=30, what="load running")
+        # A worker faster than the clients would leave nothing queued at the kill: it
+        # stops grabbing, and the kill comes once acknowledged jobs have piled up.
+        workers[0].hold.set()
+        held_at = sum(len(c.acked) for c in clients)
+        wait_for(lambda: sum(len(c.acked) for c in clients) >= held_at + 300, timeout=30,
+                 what="a backlog of acknowledged jobs")
         srv.stop(signal.SIGKILL)
         for t in clients:
             t.join(15)
