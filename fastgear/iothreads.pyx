@@ -784,8 +784,8 @@ cdef void loop_run(Loop *L) noexcept nogil:
                 drain_fd(L.wakefd)
             elif tag & TAG_LISTEN:
                 k = accept_some(L, <int>(tag >> 4), (tag & TAG_HTTP) != 0,
-                                (tag & TAG_TLS) != 0, accepted + naccepted, ACCEPT_BUDGET - naccepted, &refused,
-                                &accept_failed)
+                                (tag & TAG_TLS) != 0, accepted + naccepted,
+                                ACCEPT_BUDGET - naccepted, &refused, &accept_failed)
                 if tag & TAG_TLS:
                     k = tls_accepted(L, accepted + naccepted, k)
                 naccepted += k
