@@ -102,6 +102,10 @@ cdef inline uint8_t cmd_kind(uint32_t t) noexcept nogil:
 
 cdef int parse_packet(const char *p, size_t avail, size_t max_size,
                       Packet *pkt) noexcept nogil
+# encode_packet below, exported by this module (an inline function has no C-API
+# entry): the codec fuzzer (tests/fuzz/native.py) calls the encoder through it.
+cdef int encode_packet_api(Buf *out, uint32_t magic_res, uint32_t type, int n,
+                           const char **fields, const size_t *lens) noexcept nogil
 
 
 # ---- encoders: inline, so each module compiles its own copy -------------------------

@@ -65,6 +65,11 @@ _cmd(CMD_GET_STATUS_UNIQUE, b"GET_STATUS_UNIQUE", 1, 0, 1)
 _cmd(CMD_STATUS_RES_UNIQUE, b"STATUS_RES_UNIQUE", 6, 0, 0)
 
 
+cdef int encode_packet_api(Buf *out, uint32_t magic_res, uint32_t type, int n,
+                           const char **fields, const size_t *lens) noexcept nogil:
+    return encode_packet(out, magic_res, type, n, fields, lens)
+
+
 cdef int parse_packet(const char *p, size_t avail, size_t max_size,
                       Packet *pkt) noexcept nogil:
     """Parse the packet or text line at p. Returns a ParseStatus; on P_PACKET/P_TEXT the

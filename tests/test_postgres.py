@@ -91,6 +91,11 @@ class Fastgear:
         if self.proc.poll() is not None:
             raise AssertionError(f"fastgear exited with {self.proc.returncode}: "
                                  f"{self.output()}")
+        # The start-up line first: after a SIGKILL the kernel may keep the dead server's
+        # io_uring, and with it its listening socket, for a moment, so a connection to
+        # the port alone can reach the dead server's backlog.
+        if f"(pid {self.proc.pid})" not in self.output():
+            return False
         try:
             socket.create_connection((self.host, self.port), timeout=0.2).close()
             return True

@@ -88,8 +88,10 @@ class Codec:
         self.mod = mod
         self.parse_packet = PARSE_T(_capsule(
             mod, "parse_packet", b"int (char const *, size_t, size_t, struct "))
+        # The encoder is inline in protocol.pxd; the module exports it as
+        # encode_packet_api.
         self.encode_packet = ENCODE_T(_capsule(
-            mod, "encode_packet", b"int (struct __pyx_t_8fastgear_6buffer_Buf *, uint32_t, "
+            mod, "encode_packet_api", b"int (struct __pyx_t_8fastgear_6buffer_Buf *, uint32_t, "
                                   b"uint32_t, int, char const **, size_t const *)"))
         n = len(mod.NAMES) + 1
         table = ctypes.cast(_capsule(mod, "COMMANDS", b"CmdInfo"), ctypes.POINTER(CmdInfo))
