@@ -332,6 +332,10 @@ def tls_configure(IOLoop io, str certificate, str key, str ca_file, int verify,
     if SSL_CTX_use_certificate_chain_file(ctx, certificate.encode()) != 1:
         _tls_fail(ctx, f"--ssl-certificate {certificate}: not a usable PEM certificate")
     if SSL_CTX_use_PrivateKey_file(ctx, key.encode(), SSL_FILETYPE_PEM) != 1:
+        # OpenSSL 3 compares the key with the certificate already loaded here, so a
+        # well-formed key of another certificate fails now, not at the check below.
+        if ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH:
+            _tls_fail(ctx, f"--ssl-key {key}: does not match --ssl-certificate {certificate}")
         _tls_fail(ctx, f"--ssl-key {key}: not a usable PEM private key (an encrypted key "
                        "is not supported)")
     if SSL_CTX_check_private_key(ctx) != 1:

@@ -76,6 +76,7 @@ cdef extern from "<openssl/ssl.h>" nogil:
 cdef extern from "<openssl/x509.h>" nogil:
     enum:
         X509_V_OK
+        X509_R_KEY_VALUES_MISMATCH
     void X509_free(X509 *cert)
     X509_NAME *X509_get_subject_name(const X509 *cert)
     int X509_NAME_get_text_by_NID(X509_NAME *name, int nid, char *buf, int len)
@@ -93,3 +94,5 @@ cdef extern from "<openssl/err.h>" nogil:
     void ERR_clear_error()
     const char *ERR_reason_error_string(unsigned long e)
     void ERR_error_string_n(unsigned long e, char *buf, size_t len)
+    # A macro in OpenSSL 1.1.1, an inline function in 3.x.
+    int ERR_GET_REASON(unsigned long e)
