@@ -30,7 +30,6 @@ import threading
 import time
 
 from fastgear import __version__, access, admin, control, monitor, snapshot
-from fastgear import __version__, admin, control, monitor, snapshot
 from fastgear.config import io_uring_excluded
 from fastgear.persist import StoreThread
 from fastgear.persist.sqlite import SQLiteStore, StoreError
