@@ -444,7 +444,7 @@ def test_check_args_validates_and_exits_zero_without_serving(fake_server):
 def test_check_args_still_refuses_unsupported_flags(fake_server, capsys):
     assert cli.main(["serve", "--check-args", "--ssl"]) == 1
     assert capsys.readouterr().err == \
-        "fastgear: error: --ssl: TLS is not supported by this fastgear version yet\n"
+        "fastgear: error: --ssl: needs --ssl-certificate (or GEARMAND_SERVER_PEM)\n"
     assert fake_server == []
 
 
