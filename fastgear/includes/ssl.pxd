@@ -45,6 +45,7 @@ cdef extern from "<openssl/ssl.h>" nogil:
     void SSL_CTX_free(SSL_CTX *ctx)
     int SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version)
     long SSL_CTX_set_mode(SSL_CTX *ctx, long mode)
+    void SSL_CTX_set_read_ahead(SSL_CTX *ctx, int yes)
     unsigned long SSL_CTX_set_options(SSL_CTX *ctx, unsigned long options)
     void SSL_CTX_set_default_passwd_cb(SSL_CTX *ctx, pem_password_cb cb)
     int SSL_CTX_use_certificate_chain_file(SSL_CTX *ctx, const char *file)
