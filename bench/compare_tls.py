@@ -96,6 +96,8 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=100000)
     ap.add_argument("--workloads", nargs="+", default=["bg", "fg"], choices=list(WORKLOADS))
     ap.add_argument("--gen-threads", type=int, default=1)
+    ap.add_argument("--grab", type=int, default=1,
+                    help="GRAB_JOBs each worker keeps outstanding (gearload --grab)")
     ap.add_argument("--server-threads", type=int, default=None,
                     help="-t for both servers (default: fastgear's)")
     ap.add_argument("--plain-io", default="epoll", choices=["epoll", "auto", "uring"],
@@ -120,7 +122,8 @@ def main(argv=None):
                         proc, port = servers[kind]
                         f = run(binaries[kind], port, proc.pid,
                                 ["--mode", workload, "--jobs", str(args.jobs), "--threads",
-                                 str(args.gen_threads)] + WORKLOADS[workload][2:])
+                                 str(args.gen_threads), "--grab", str(args.grab)]
+                                + WORKLOADS[workload][2:])
                         load[workload, kind].append(f)
                         print(f"round {r + 1} {workload} {kind}: {f['jobs_per_s']} jobs/s, "
                               f"server CPU {f['server_cpu_pct']}%, generator CPU "
@@ -143,8 +146,8 @@ def main(argv=None):
                       f"{args.idle / float(f['connect_secs']):.0f} connects/s",
                       file=sys.stderr)
     print(f"| workload | plain jobs/s (median, min-max) | TLS jobs/s | TLS / plain "
-          f"| plain µs CPU/job | TLS µs CPU/job |  (16-byte jobs, --io {args.plain_io} "
-          f"for plain, {args.rounds} rounds)")
+          f"| plain µs CPU/job | TLS µs CPU/job |  (16-byte jobs, --grab {args.grab}, "
+          f"--io {args.plain_io} for plain, {args.rounds} rounds)")
     print("|---|---|---|---|---|---|")
     for workload in args.workloads:
         p = med([float(f["jobs_per_s"]) for f in load[workload, "plain"]])
