@@ -726,6 +726,13 @@ cdef void attach_conn(Loop *L, IOConn *io) noexcept nogil:
     epoll_ctl(S.loops[io.thread].epfd, EPOLL_CTL_ADD, fd, &ev)
     if io.ssl != NULL:
         tls_attach(S, io)
+        o = &S.loops[io.thread]
+        if o != L and o.hs_head == io and not o.poke_pending:
+            # The owner may sleep without a deadline (its list was empty when it last
+            # set its epoll timeout): wake it to time this handshake out. With older
+            # entries its timeout already ends no later than theirs.
+            o.poke_pending = 1
+            poke_fd(o.wakefd)
 
 
 cdef void loop_run(Loop *L) noexcept nogil:

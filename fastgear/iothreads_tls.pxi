@@ -7,9 +7,10 @@
 #     list ordered by deadline (the timeout is the same for all, so appending keeps the
 #     order) and drops the expired ones at --ssl-handshake-timeout;
 #   - application data is read with SSL_read() into the same input buffer and parsed by
-#     the same code, so --max-packet, --max-output and back-pressure hold unchanged; a
-#     read stops only once OpenSSL holds nothing more (SSL_has_pending), because bytes it
-#     buffered would not wake level-triggered epoll again;
+#     the same code, so --max-packet, --max-output and back-pressure hold unchanged;
+#     OpenSSL reads ahead (one recv() for all the records there are), and a read stops
+#     as soon as OpenSSL holds nothing more (SSL_has_pending): bytes it buffered would
+#     not wake level-triggered epoll again, bytes still in the socket will;
 #   - output goes out with SSL_write() from the same send buffer; after WANT_WRITE the
 #     write is retried with the same bytes at the head of the buffer (partial writes and
 #     a moving buffer are enabled, more may have been appended behind them).
@@ -218,6 +219,11 @@ cdef int tls_read(Loop *L, IOConn *io) noexcept nogil:
         if n > 0:
             io.inbuf.end += <size_t>n
             total += <size_t>n
+            if not SSL_has_pending(ssl):
+                # All OpenSSL read ahead is decrypted and taken; what is still in the
+                # socket wakes level-triggered epoll again, so no recv() just to see
+                # EAGAIN (the plain path's short-read rule).
+                break
             continue
         err = SSL_get_error(ssl, n)
         if err == SSL_ERROR_WANT_READ:
@@ -328,10 +334,17 @@ def tls_configure(IOLoop io, str certificate, str key, str ca_file, int verify,
     # keeps no 16 KiB read and write buffers.
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
                      | SSL_MODE_RELEASE_BUFFERS)
+    # Read-ahead: one recv() takes every record there is instead of two per record
+    # (header, then body); tls_read already drains what OpenSSL buffered.
+    SSL_CTX_set_read_ahead(ctx, 1)
     SSL_CTX_set_default_passwd_cb(ctx, tls_no_password)
     if SSL_CTX_use_certificate_chain_file(ctx, certificate.encode()) != 1:
         _tls_fail(ctx, f"--ssl-certificate {certificate}: not a usable PEM certificate")
     if SSL_CTX_use_PrivateKey_file(ctx, key.encode(), SSL_FILETYPE_PEM) != 1:
+        # OpenSSL 3 compares the key with the certificate already loaded here, so a
+        # well-formed key of another certificate fails now, not at the check below.
+        if ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH:
+            _tls_fail(ctx, f"--ssl-key {key}: does not match --ssl-certificate {certificate}")
         _tls_fail(ctx, f"--ssl-key {key}: not a usable PEM private key (an encrypted key "
                        "is not supported)")
     if SSL_CTX_check_private_key(ctx) != 1:

@@ -45,6 +45,7 @@ cdef extern from "<openssl/ssl.h>" nogil:
     void SSL_CTX_free(SSL_CTX *ctx)
     int SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version)
     long SSL_CTX_set_mode(SSL_CTX *ctx, long mode)
+    void SSL_CTX_set_read_ahead(SSL_CTX *ctx, int yes)
     unsigned long SSL_CTX_set_options(SSL_CTX *ctx, unsigned long options)
     void SSL_CTX_set_default_passwd_cb(SSL_CTX *ctx, pem_password_cb cb)
     int SSL_CTX_use_certificate_chain_file(SSL_CTX *ctx, const char *file)
@@ -76,6 +77,7 @@ cdef extern from "<openssl/ssl.h>" nogil:
 cdef extern from "<openssl/x509.h>" nogil:
     enum:
         X509_V_OK
+        X509_R_KEY_VALUES_MISMATCH
     void X509_free(X509 *cert)
     X509_NAME *X509_get_subject_name(const X509 *cert)
     int X509_NAME_get_text_by_NID(X509_NAME *name, int nid, char *buf, int len)
@@ -93,3 +95,5 @@ cdef extern from "<openssl/err.h>" nogil:
     void ERR_clear_error()
     const char *ERR_reason_error_string(unsigned long e)
     void ERR_error_string_n(unsigned long e, char *buf, size_t len)
+    # A macro in OpenSSL 1.1.1, an inline function in 3.x.
+    int ERR_GET_REASON(unsigned long e)
