@@ -196,6 +196,7 @@ cdef int handle_grab(Engine *e, Conn *c, uint32_t t) noexcept nogil:
     cdef int p = 0
     cdef const char *fs[5]
     cdef size_t ls[5]
+    cdef char h[MAX_HANDLE]
     c.sleeping = 0
     c.noop_sent = 0
     woken_remove(e, c)
@@ -210,33 +211,33 @@ cdef int handle_grab(Engine *e, Conn *c, uint32_t t) noexcept nogil:
         ready_remove(e, f, p)
         ready_add(e, f, p)
     j.state = JOB_RUNNING
-    j.worker = c
-    j.started_us = e.now_us
-    hist_add(j.func.wait_hist, &j.func.wait_sum_us, e.now_us - j.queued_us)
+    j.o.worker = c
+    hist_add(j.func.wait_hist, &j.func.wait_sum_us, e.now_us - j.s.queued_us)
+    j.s.started_us = e.now_us
     j.func.running += 1
     held_push(c, j)
     if besta.timeout_ms > 0:
-        j.timer_ms = e.now_ms + besta.timeout_ms
+        j.t.timer_ms = e.now_ms + besta.timeout_ms
         heap_push(e, j)
-    fs[0] = j.handle
-    ls[0] = j.handle_len
+    fs[0] = h
+    ls[0] = job_handle(e, j, h)
     fs[1] = j.func.name
     ls[1] = j.func.name_len
     if t == CMD_GRAB_JOB:
-        fs[2] = j.data
+        fs[2] = job_data(j)
         ls[2] = j.data_len
         conn_dirty(e, c)
         return enc_status(encode_packet(&c.outbuf, 1, CMD_JOB_ASSIGN, 3, fs, ls))
-    fs[2] = j.unique
+    fs[2] = job_unique(j)
     ls[2] = j.unique_len
     if t == CMD_GRAB_JOB_ALL and j.reducer_len:
-        fs[3] = j.reducer
+        fs[3] = job_reducer(j)
         ls[3] = j.reducer_len
-        fs[4] = j.data
+        fs[4] = job_data(j)
         ls[4] = j.data_len
         conn_dirty(e, c)
         return enc_status(encode_packet(&c.outbuf, 1, CMD_JOB_ASSIGN_ALL, 5, fs, ls))
-    fs[3] = j.data
+    fs[3] = job_data(j)
     ls[3] = j.data_len
     conn_dirty(e, c)
     return enc_status(encode_packet(&c.outbuf, 1, CMD_JOB_ASSIGN_UNIQ, 4, fs, ls))
@@ -256,12 +257,14 @@ cdef int handle_work(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     cdef uint32_t t = pkt.type
     cdef Job *j
     cdef Attach *a
+    cdef char h[MAX_HANDLE]
+    cdef uint32_t hn
     if t == CMD_WORK_FAIL and pkt.flen[0] >= MAX_HANDLE:
         return engine_error(e, c, b"ARGUMENT_TOO_LARGE",
                             b"Error occurred due to GEARMAND_JOB_HANDLE_SIZE being too small "
                             b"from snprintf")
     j = job_by_handle(e, pkt.f[0], pkt.flen[0])
-    if j == NULL or j.state != JOB_RUNNING or j.worker != c:
+    if j == NULL or j.state != JOB_RUNNING or j.o.worker != c:
         if (t == CMD_WORK_FAIL and c.last_exception_len
                 and eq(c.last_exception, c.last_exception_len, pkt.f[0], pkt.flen[0])):
             # Perl's Gearman::Worker follows WORK_EXCEPTION with WORK_FAIL for the same
@@ -291,7 +294,7 @@ cdef int handle_work(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
             a = a.j_next
         return E_OK
     c.jobs_done += 1
-    hist_add(j.func.run_hist, &j.func.run_sum_us, e.now_us - j.started_us)
+    hist_add(j.func.run_hist, &j.func.run_sum_us, e.now_us - j.s.started_us)
     if t == CMD_WORK_COMPLETE:
         send_clients(e, j, t, pkt.f[1], pkt.flen[1], 1)
         j.func.n_completed += 1
@@ -309,19 +312,19 @@ cdef int handle_work(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     else:
         if e.keep_us:
             keep_result(e, j, OUT_EXCEPTION, pkt.f[1], pkt.flen[1], c)
+        hn = job_handle(e, j, h)
         a = j.clients
         while a != NULL:
             if a.conn.exceptions:
-                out2(e, a.conn, CMD_WORK_EXCEPTION, j.handle, j.handle_len,
-                     pkt.f[1], pkt.flen[1])
+                out2(e, a.conn, CMD_WORK_EXCEPTION, h, hn, pkt.f[1], pkt.flen[1])
             else:
                 # gearmand appends a stray NUL here; a plain WORK_FAIL is what clients
                 # without the exceptions option expect.
-                out1(e, a.conn, CMD_WORK_FAIL, j.handle, j.handle_len)
+                out1(e, a.conn, CMD_WORK_FAIL, h, hn)
             a = a.j_next
         j.func.n_exception += 1
-        memcpy(c.last_exception, j.handle, j.handle_len)
-        c.last_exception_len = j.handle_len
+        memcpy(c.last_exception, h, hn)
+        c.last_exception_len = hn
         if j.background:
             if job_try_retry(e, j):
                 return E_OK
