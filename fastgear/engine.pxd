@@ -72,6 +72,7 @@ cdef struct Attach:
 cdef struct Function:
     char *name
     uint32_t name_len
+    uint32_t fid             # dense id, reused after the function is dropped (Conn.fbits)
     uint64_t hash
     Function *h_next
     Function *all_next       # creation order, for admin listings
@@ -189,6 +190,9 @@ cdef struct Conn:
     uint32_t nabil           # registrations
     uint32_t amask
     Ability **atab           # function -> registration, once there are many
+    uint64_t *fbits          # ... and a bit per function id it can do (with atab): the
+    uint32_t fbits_words     # ... "can it do f" of GRAB and wake-ups reads no records
+    uint32_t ntimeouts       # registrations with a CAN_DO_TIMEOUT
     int64_t woken_ms         # when the NOOP was sent, while on the woken list
     Function *woke_for
     Conn *wk_next
@@ -275,6 +279,10 @@ cdef struct Engine:
     uint64_t fcount
     Function *f_first
     Function *f_last
+    uint32_t fid_next        # function ids: never used yet from here up
+    uint32_t *fid_free       # ... and ids of dropped functions, to use again
+    uint32_t fid_free_len
+    uint32_t fid_free_cap
     Job **htab
     uint64_t hmask
     Job **utab

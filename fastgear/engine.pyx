@@ -280,6 +280,7 @@ cdef void engine_free(Engine *e) noexcept nogil:
         fg_free(e, f)
         f = fn
     fg_free(e, e.ftab)
+    fg_free(e, e.fid_free)
     fg_free(e, e.htab)
     fg_free(e, e.utab)
     fg_free(e, e.heap)

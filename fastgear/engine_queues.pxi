@@ -136,7 +136,7 @@ cdef void wake(Engine *e, Function *f) noexcept nogil:
         cn = c.ws_next
         if not c.sleeping or c.noop_sent:
             wide_remove(e, c)
-        elif ability_of(c, f) != NULL:
+        elif can_do(c, f):
             wide_remove(e, c)
             noop(e, c, f)
             woken += 1

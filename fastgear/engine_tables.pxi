@@ -69,6 +69,12 @@ cdef Function *func_get(Engine *e, const char *name, size_t n, int create) noexc
         memcpy(f.name, name, n)
     f.name_len = <uint32_t>n
     f.hash = h
+    if e.fid_free_len:
+        e.fid_free_len -= 1
+        f.fid = e.fid_free[e.fid_free_len]
+    else:
+        f.fid = e.fid_next
+        e.fid_next += 1
     f.h_next = e.ftab[h & e.fmask]
     e.ftab[h & e.fmask] = f
     funcs_push_tail(&e.f_first, &e.f_last, f)
@@ -77,12 +83,24 @@ cdef Function *func_get(Engine *e, const char *name, size_t n, int create) noexc
 
 
 cdef void func_remove(Engine *e, Function *f) noexcept nogil:
+    cdef uint32_t *grown
     cdef Function **pp = &e.ftab[f.hash & e.fmask]
     while pp[0] != f:
         pp = &pp[0].h_next
     pp[0] = f.h_next
     funcs_unlink(&e.f_first, &e.f_last, f)
     e.fcount -= 1
+    # No worker can do f (it has none), so no bitmap holds its id: it can be given to
+    # the next new function. Without room the id is not reused (harmless).
+    if e.fid_free_len == e.fid_free_cap:
+        grown = <uint32_t *>fg_realloc(e, e.fid_free, sizeof(uint32_t) *
+                                       (e.fid_free_cap * 2 if e.fid_free_cap else 64))
+        if grown != NULL:
+            e.fid_free = grown
+            e.fid_free_cap = e.fid_free_cap * 2 if e.fid_free_cap else 64
+    if e.fid_free_len < e.fid_free_cap:
+        e.fid_free[e.fid_free_len] = f.fid
+        e.fid_free_len += 1
     fg_free(e, f)
 
 
