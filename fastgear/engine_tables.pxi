@@ -1,8 +1,9 @@
 # Included by engine.pyx, so that these stay direct C calls within one extension. The
 # engine's lookup structures: the function table by name and the job tables by handle
-# and by (function, unique key), each a chained hash table with a power-of-two size
-# that doubles when full; and the timer heap, which holds epoch jobs until their time,
-# CAN_DO_TIMEOUT deadlines and the wake-up check.
+# number and by (function, unique key), each a chained hash table with a power-of-two
+# size that doubles when full (handle numbers are consecutive, so the number itself
+# spreads them over the buckets); and the timer heap, which holds epoch jobs until
+# their time, CAN_DO_TIMEOUT deadlines and the wake-up check.
 
 cdef int grow_ftab(Engine *e) noexcept nogil:
     cdef uint64_t n = (e.fmask + 1) * 2, i
