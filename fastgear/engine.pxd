@@ -2,7 +2,8 @@
 # owns functions, jobs, workers and their queues, and writes replies into connection
 # output buffers; it never touches a socket. Callers hold the engine lock around every
 # call (one acquisition per I/O batch, not per packet).
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, int64_t
+from libc.string cimport memcpy
 from fastgear.buffer cimport Buf
 from fastgear.protocol cimport Packet
 from fastgear.coreconfig cimport CoreConfig
@@ -71,6 +72,7 @@ cdef struct Attach:
 cdef struct Function:
     char *name
     uint32_t name_len
+    uint32_t fid             # dense id, reused after the function is dropped (Conn.fbits)
     uint64_t hash
     Function *h_next
     Function *all_next       # creation order, for admin listings
@@ -113,42 +115,50 @@ cdef struct Ack:
     uint64_t conn_id
     Ack *next
 
+cdef union JobOwner:
+    Conn *worker             # JOB_RUNNING: the worker that holds it
+    Job *store_next          # JOB_STORING: the engine's list of jobs waiting for the store
+
+cdef union JobClock:
+    int64_t when_s           # until job_schedule: wall-clock epoch of an EPOCH/SCHED job
+    #                          (0 = now), which the store thread writes with its row
+    int64_t timer_ms         # from then on: monotonic deadline while in the timer heap
+
+cdef union JobSince:
+    int64_t queued_us        # runnable: monotonic microseconds it became so (this attempt)
+    int64_t started_us       # running, and after: when it was grabbed
+
 cdef struct Job:
-    # One allocation: this struct, then the handle, unique key, reducer and payload,
-    # each NUL-terminated. Fields are ordered by size so that the struct has no holes.
+    # One allocation: this struct, then the unique key, reducer and payload, back to
+    # back without NULs (job_unique, job_reducer, job_data; always used with their
+    # lengths). The handle is not stored: it is the engine's prefix, ':' and hnum,
+    # formatted where it is sent (job_handle). Fields never needed at the same time share
+    # a union, and the order leaves no holes: 152 bytes, so a job with a 16-byte payload
+    # is one 176-byte malloc chunk (glibc: request + 8, rounded up to 16).
     Function *func
-    char *handle             # prefix:number, at most MAX_HANDLE - 1 bytes
-    char *unique
-    char *reducer
-    char *data
-    size_t data_len
-    uint64_t handle_hash
-    uint64_t unique_hash
-    uint64_t seq             # submission order, for FIFO across functions
-    int64_t when_s           # wall-clock epoch for EPOCH/SCHED jobs, 0 = now
-    int64_t timer_ms         # monotonic deadline while in the timer heap
-    int64_t heap_idx         # -1 when not in the timer heap
-    int64_t created_us       # monotonic microseconds: submitted
-    int64_t queued_us        # ... became runnable (this attempt)
-    int64_t started_us       # ... grabbed
+    uint64_t hnum            # handle number; ascending with submission (FIFO across functions)
     Job *q_prev              # function queue, or the worker's held list
     Job *q_next
-    Job *h_next              # handle hash chain
+    Job *h_next              # handle hash chain (bucket hnum & hmask)
     Job *u_next              # unique hash chain
-    Conn *worker
+    JobOwner o
     Attach *clients
-    int64_t store_id         # row id in the persistent store, 0 when not stored
     Ack *acks                # submitters to answer once the row is committed
-    Job *store_next          # the engine's list of jobs waiting for the store
-    uint32_t handle_len
-    uint32_t unique_len
-    uint32_t reducer_len
+    int64_t store_id         # row id in the persistent store, 0 when not stored
+    int64_t created_us       # monotonic microseconds: submitted
+    JobClock t
+    JobSince s
+    uint32_t data_len        # --max-packet is at most 4 GiB
+    int32_t heap_idx         # -1 when not in the timer heap
+    uint32_t uhash           # unique-key hash (low bits), when ukind
     uint32_t retries
     uint32_t fails           # WORK_FAIL/EXCEPTION/timeouts so far (--bg-retries)
     uint32_t num
     uint32_t den
     uint32_t n_data          # WORK_DATA and WORK_WARNING packets, for the kept result
     uint32_t n_warning
+    uint16_t unique_len      # --max-unique is at most 4096
+    uint16_t reducer_len
     uint8_t ukind            # 0 none (never coalesces), 1 unique key, 2 '-' (by payload)
     uint8_t priority
     uint8_t background
@@ -180,6 +190,9 @@ cdef struct Conn:
     uint32_t nabil           # registrations
     uint32_t amask
     Ability **atab           # function -> registration, once there are many
+    uint64_t *fbits          # ... and a bit per function id it can do (with atab): the
+    uint32_t fbits_words     # ... "can it do f" of GRAB and wake-ups reads no records
+    uint32_t ntimeouts       # registrations with a CAN_DO_TIMEOUT
     int64_t woken_ms         # when the NOOP was sent, while on the woken list
     Function *woke_for
     Conn *wk_next
@@ -266,6 +279,10 @@ cdef struct Engine:
     uint64_t fcount
     Function *f_first
     Function *f_last
+    uint32_t fid_next        # function ids: never used yet from here up
+    uint32_t *fid_free       # ... and ids of dropped functions, to use again
+    uint32_t fid_free_len
+    uint32_t fid_free_cap
     Job **htab
     uint64_t hmask
     Job **utab
@@ -276,7 +293,6 @@ cdef struct Engine:
     uint64_t heap_len
     uint64_t heap_cap
     uint64_t next_handle
-    uint64_t next_seq
     char prefix[48]
     uint32_t prefix_len
     uint32_t job_retries     # 0 = unlimited
@@ -445,6 +461,50 @@ cdef extern from "includes/fgalloc.h" nogil:
     void *fg_calloc "FG_CALLOC"(Engine *e, size_t k, size_t n)
     void *fg_realloc "FG_REALLOC"(Engine *e, void *p, size_t n)
     void fg_free "FG_FREE"(Engine *e, void *p)
+
+# A job's strings, laid out after its struct (see Job), and its handle.
+cdef inline char *job_unique(const Job *j) noexcept nogil:
+    return <char *>(j + 1)
+
+
+cdef inline char *job_reducer(const Job *j) noexcept nogil:
+    return <char *>(j + 1) + j.unique_len
+
+
+cdef inline char *job_data(const Job *j) noexcept nogil:
+    return <char *>(j + 1) + j.unique_len + j.reducer_len
+
+
+cdef inline size_t fmt_u64(char *out, uint64_t v) noexcept nogil:
+    """v in decimal at out (at most 20 bytes, no NUL): the printf family costs more
+    than the rest of a job's handle."""
+    cdef char tmp[20]
+    cdef size_t n = 0, i
+    while True:
+        tmp[n] = <char>(48 + v % 10)
+        n += 1
+        v //= 10
+        if v == 0:
+            break
+    for i in range(n):
+        out[i] = tmp[n - 1 - i]
+    return n
+
+
+cdef inline uint32_t job_handle(const Engine *e, const Job *j, char *out) noexcept nogil:
+    """j's handle, prefix ':' number, into out (MAX_HANDLE bytes; NUL-terminated): its
+    length. Cut at 63 bytes as gearmand's snprintf did (a 47-byte prefix leaves room for
+    15 digits, so no handle of a running server is ever cut)."""
+    cdef char num[20]
+    cdef size_t nd = fmt_u64(num, j.hnum)
+    if e.prefix_len + 1 + nd > MAX_HANDLE - 1:
+        nd = MAX_HANDLE - 1 - e.prefix_len - 1
+    memcpy(out, e.prefix, e.prefix_len)
+    out[e.prefix_len] = 58          # ':'
+    memcpy(out + e.prefix_len + 1, num, nd)
+    out[e.prefix_len + 1 + nd] = 0
+    return <uint32_t>(e.prefix_len + 1 + nd)
+
 
 cdef int engine_init(Engine *e, const CoreConfig *cfg) noexcept nogil
 cdef void engine_free(Engine *e) noexcept nogil

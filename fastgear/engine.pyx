@@ -3,8 +3,8 @@
 # C compiled from Cython: every entry point is nogil noexcept and returns a status, and
 # no Python object is touched per packet. The engine does no I/O: replies are encoded
 # into each connection's output buffer and the connection is put on the dirty list for
-# the I/O loop to flush. A job is one allocation (struct + handle + unique + reducer
-# + payload).
+# the I/O loop to flush. A job is one allocation (struct + unique + reducer + payload;
+# the handle is formatted from its number where it is sent).
 # Deliberate differences from gearmand 1.1.20 (README, compatibility): the grab order is
 # global priority across a worker's functions, the functions with work taking turns
 # (FIFO within each); one sleeper is woken per job, and another if it does not grab
@@ -71,22 +71,6 @@ cdef inline uint64_t hash_bytes(const char *p, size_t n, uint64_t seed) noexcept
 
 cdef inline int eq(const char *a, size_t an, const char *b, size_t bn) noexcept nogil:
     return an == bn and (an == 0 or memcmp(a, b, an) == 0)
-
-
-cdef inline size_t fmt_u64(char *out, uint64_t v) noexcept nogil:
-    """v in decimal at out (at most 20 bytes, no NUL): the printf family costs more
-    than the rest of a job's handle."""
-    cdef char tmp[20]
-    cdef size_t n = 0, i
-    while True:
-        tmp[n] = <char>(48 + v % 10)
-        n += 1
-        v //= 10
-        if v == 0:
-            break
-    for i in range(n):
-        out[i] = tmp[n - 1 - i]
-    return n
 
 
 # ---- free lists of fixed-size records ------------------------------------------------
@@ -231,7 +215,6 @@ cdef int engine_init(Engine *e, const CoreConfig *cfg) noexcept nogil:
     memcpy(e.prefix, cfg.prefix, prefix_len)
     e.prefix_len = <uint32_t>prefix_len
     e.next_handle = 1
-    e.next_seq = 1
     e.next_conn_id = 1
     e.job_retries = cfg.job_retries
     e.worker_wakeup = cfg.worker_wakeup
@@ -297,6 +280,7 @@ cdef void engine_free(Engine *e) noexcept nogil:
         fg_free(e, f)
         f = fn
     fg_free(e, e.ftab)
+    fg_free(e, e.fid_free)
     fg_free(e, e.htab)
     fg_free(e, e.utab)
     fg_free(e, e.heap)
@@ -427,7 +411,7 @@ cdef int64_t engine_timers(Engine *e) noexcept nogil:
     """Run due timers; return ms until the next one, or -1 when none is pending."""
     cdef Job *j
     c_assert(e.owner == pthread_self())
-    while e.heap_len and e.heap[0].timer_ms <= e.now_ms:
+    while e.heap_len and e.heap[0].t.timer_ms <= e.now_ms:
         j = e.heap[0]
         heap_remove(e, j)
         if j == &e.wake_check:
@@ -440,7 +424,7 @@ cdef int64_t engine_timers(Engine *e) noexcept nogil:
             job_fail(e, j, DEAD_TIMEOUT)
     if e.heap_len == 0:
         return -1
-    return e.heap[0].timer_ms - e.now_ms
+    return e.heap[0].t.timer_ms - e.now_ms
 
 
 cdef void conn_detach(Engine *e, Conn *c) noexcept nogil:

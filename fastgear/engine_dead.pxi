@@ -63,7 +63,7 @@ cdef int job_try_retry(Engine *e, Job *j) noexcept nogil:
     if delay > 0:
         j.state = JOB_FUTURE
         f.future += 1
-        j.timer_ms = e.now_ms + delay
+        j.t.timer_ms = e.now_ms + delay
         if heap_push(e, j) == 0:
             return 1
         f.future -= 1
@@ -77,6 +77,8 @@ cdef void dead_add(Engine *e, Job *j, uint8_t reason, const char *err,
     cdef Function *f = j.func
     cdef Dead *d
     cdef size_t size
+    cdef char h[MAX_HANDLE]
+    cdef uint32_t hn
     if not j.background:
         return
     f.n_dead += 1
@@ -92,8 +94,9 @@ cdef void dead_add(Engine *e, Job *j, uint8_t reason, const char *err,
         e.d_added += 1
         e.d_evicted += 1
         return
-    dead_fill(e, d, e.next_dead_id, j.handle, j.handle_len, f.name, f.name_len, j.unique,
-              j.unique_len, j.data, j.data_len, err, en)
+    hn = job_handle(e, j, h)
+    dead_fill(e, d, e.next_dead_id, h, hn, f.name, f.name_len, job_unique(j),
+              j.unique_len, job_data(j), j.data_len, err, en)
     e.next_dead_id += 1
     d.priority = j.priority
     d.reason = reason
@@ -245,15 +248,14 @@ cdef int engine_dead_requeue(Engine *e, Dead *d, char *handle_out,
     if j == NULL:
         dead_drop(e, d)
         return 1
-    memcpy(handle_out, j.handle, j.handle_len)
-    handle_len[0] = j.handle_len
+    handle_len[0] = job_handle(e, j, handle_out)
     if durable:
         # Acknowledged to nobody, but stored before it runs, like a submitted job.
         job_unlink_state(e, j)
         j.state = JOB_STORING
-        j.store_next = NULL
+        j.o.store_next = NULL
         if e.store_add_tail != NULL:
-            e.store_add_tail.store_next = j
+            e.store_add_tail.o.store_next = j
         else:
             e.store_add = j
         e.store_add_tail = j

@@ -12,9 +12,10 @@ from fastgear.buffer cimport Buf, buf_init, buf_free, buf_len, buf_head, buf_con
 from fastgear.protocol cimport (Packet, parse_packet, encode_packet, P_PACKET,
                                 CMD_SUBMIT_JOB_BG, CMD_CAN_DO, CMD_GRAB_JOB_UNIQ,
                                 CMD_WORK_COMPLETE)
-from fastgear.engine cimport (Engine, Conn, Function, E_OK, FASTGEAR_DEBUG, engine_init,
+from fastgear.engine cimport (Engine, Conn, Function, Job, E_OK, FASTGEAR_DEBUG, engine_init,
                               engine_free, engine_live_allocs, engine_timers, engine_packet,
-                              conn_attach, conn_detach, func_get, results_configure)
+                              conn_attach, conn_detach, func_get, results_configure,
+                              engine_drop_function)
 from fastgear.coreconfig cimport CoreConfig, core_config_defaults
 from fastgear.includes.sys cimport pthread_self
 
@@ -154,6 +155,20 @@ cdef class EngineHarness:
             return None
         return (f.total, f.running, f.workers, f.queued[0], f.queued[1], f.queued[2],
                 f.future)
+
+    def drop_function(self, bytes name):
+        """engine_drop_function: 0 dropped, 1 workers or running jobs, 2 jobs queued,
+        -1 no such function."""
+        cdef Function *f = func_get(&self.e, name, len(name), 0)
+        if f == NULL:
+            return -1
+        return engine_drop_function(&self.e, f)
+
+    @staticmethod
+    def job_record_size():
+        """sizeof(Job): a queued job's memory is this plus its unique key, reducer and
+        payload (the handle is not stored)."""
+        return sizeof(Job)
 
     def counts(self):
         return {"jobs": self.e.jobs, "functions": self.e.fcount, "connections": self.e.nconns,

@@ -56,7 +56,7 @@ cdef inline void held_push(Conn *w, Job *j) noexcept nogil:
 cdef inline void held_remove(Conn *w, Job *j) noexcept nogil:
     # Two asserts: an `and` would leave a temporary that release builds never read.
     c_assert(j.state == JOB_RUNNING)
-    c_assert(j.worker == w)
+    c_assert(j.o.worker == w)
     held_unlink(&w.held, j)
 
 
@@ -106,7 +106,7 @@ cdef void woken_add(Engine *e, Conn *c, Function *f) noexcept nogil:
     if e.wake_check.heap_idx < 0:
         # One timer in the heap stands for the whole list: all share one timeout, so
         # the oldest entry is always due first.
-        e.wake_check.timer_ms = e.now_ms + e.wakeup_timeout_ms
+        e.wake_check.t.timer_ms = e.now_ms + e.wakeup_timeout_ms
         heap_push(e, &e.wake_check)
 
 
@@ -136,7 +136,7 @@ cdef void wake(Engine *e, Function *f) noexcept nogil:
         cn = c.ws_next
         if not c.sleeping or c.noop_sent:
             wide_remove(e, c)
-        elif ability_of(c, f) != NULL:
+        elif can_do(c, f):
             wide_remove(e, c)
             noop(e, c, f)
             woken += 1
@@ -151,7 +151,7 @@ cdef inline void noop(Engine *e, Conn *c, Function *f) noexcept nogil:
 
 
 cdef void job_make_runnable(Engine *e, Job *j, int front) noexcept nogil:
-    j.queued_us = e.now_us
+    j.s.queued_us = e.now_us
     if front:
         q_push_head(e, j.func, j)
     else:
@@ -167,16 +167,15 @@ cdef void job_unlink_state(Engine *e, Job *j) noexcept nogil:
     elif j.state == JOB_FUTURE:
         j.func.future -= 1
     elif j.state == JOB_RUNNING:
-        if j.worker != NULL:
-            held_remove(j.worker, j)
-            j.worker = NULL
+        if j.o.worker != NULL:
+            held_remove(j.o.worker, j)
+            j.o.worker = NULL
         j.func.running -= 1
     j.state = JOB_UNLINKED
 
 
 cdef inline size_t job_size(Job *j) noexcept nogil:
-    return (sizeof(Job) + j.handle_len + 1 + j.unique_len + 1 + j.reducer_len + 1
-            + j.data_len + 1)
+    return sizeof(Job) + j.unique_len + j.reducer_len + j.data_len
 
 
 cdef void job_free(Engine *e, Job *j) noexcept nogil:
@@ -186,13 +185,13 @@ cdef void job_free(Engine *e, Job *j) noexcept nogil:
     cdef Attach *an
     job_unlink_state(e, j)
     c_assert(j.func.total > 0 and e.jobs > 0)
-    pp = &e.htab[j.handle_hash & e.hmask]
+    pp = &e.htab[j.hnum & e.hmask]
     while pp[0] != j:
         pp = &pp[0].h_next
     pp[0] = j.h_next
     e.jobs -= 1
     if j.ukind:
-        pp = &e.utab[j.unique_hash & e.umask]
+        pp = &e.utab[j.uhash & e.umask]
         while pp[0] != j:
             pp = &pp[0].u_next
         pp[0] = j.u_next
@@ -231,11 +230,16 @@ cdef void store_delete(Engine *e, int64_t row_id) noexcept nogil:
 cdef void send_clients(Engine *e, Job *j, uint32_t t, const char *d, size_t dn,
                        int with_data) noexcept nogil:
     cdef Attach *a = j.clients
+    cdef char h[MAX_HANDLE]
+    cdef uint32_t hn
+    if a == NULL:
+        return
+    hn = job_handle(e, j, h)
     while a != NULL:
         if with_data:
-            out2(e, a.conn, t, j.handle, j.handle_len, d, dn)
+            out2(e, a.conn, t, h, hn, d, dn)
         else:
-            out1(e, a.conn, t, j.handle, j.handle_len)
+            out1(e, a.conn, t, h, hn)
         a = a.j_next
 
 
@@ -245,7 +249,7 @@ cdef void job_fail(Engine *e, Job *j, uint8_t reason) noexcept nogil:
     send_clients(e, j, CMD_WORK_FAIL, NULL, 0, 0)
     j.func.n_failed += 1
     if e.keep_us:
-        keep_result(e, j, OUT_FAIL, NULL, 0, j.worker)
+        keep_result(e, j, OUT_FAIL, NULL, 0, j.o.worker if j.state == JOB_RUNNING else NULL)
     if j.background:
         if reason == DEAD_TIMEOUT and job_try_retry(e, j):
             return
@@ -284,5 +288,5 @@ cdef void rewake_due(Engine *e) noexcept nogil:
             e.n_rewakes += 1
             wake(e, f)
     if e.woken_head != NULL:
-        e.wake_check.timer_ms = e.woken_head.woken_ms + e.wakeup_timeout_ms
+        e.wake_check.t.timer_ms = e.woken_head.woken_ms + e.wakeup_timeout_ms
         heap_push(e, &e.wake_check)

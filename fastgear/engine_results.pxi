@@ -100,17 +100,16 @@ cdef void keep_result(Engine *e, Job *j, uint8_t outcome, const char *d, size_t 
     if r == NULL:
         return
     p = <char *>(r + 1)
-    memcpy(r.handle, j.handle, j.handle_len)
-    r.handle_len = j.handle_len
-    r.handle_hash = j.handle_hash
+    r.handle_len = job_handle(e, j, r.handle)
+    r.handle_hash = hash_bytes(r.handle, r.handle_len, 0)
     r.func = p
     memcpy(p, f.name, f.name_len)
     r.func_len = f.name_len
     p += f.name_len + 1
     r.unique = p
-    memcpy(p, j.unique, j.unique_len)
+    memcpy(p, job_unique(j), j.unique_len)
     r.unique_len = j.unique_len
-    r.unique_hash = hash_bytes(j.unique, j.unique_len, 0)
+    r.unique_hash = hash_bytes(job_unique(j), j.unique_len, 0)
     p += j.unique_len + 1
     r.worker = p
     if wn:
@@ -127,7 +126,7 @@ cdef void keep_result(Engine *e, Job *j, uint8_t outcome, const char *d, size_t 
     p += ip_n + 1
     r.payload = p
     if pn:
-        memcpy(p, j.data, pn)
+        memcpy(p, job_data(j), pn)
     r.payload_len = <uint32_t>pn
     r.payload_size = j.data_len
     p += pn + 1
@@ -144,7 +143,7 @@ cdef void keep_result(Engine *e, Job *j, uint8_t outcome, const char *d, size_t 
     r.n_data = j.n_data
     r.n_warning = j.n_warning
     r.submitted_us = e.now_wall_us - (e.now_us - j.created_us)
-    r.started_us = (e.now_wall_us - (e.now_us - j.started_us)) if j.started_us else 0
+    r.started_us = (e.now_wall_us - (e.now_us - j.s.started_us)) if j.s.started_us else 0
     r.finished_us = e.now_wall_us
     r.expires_us = e.now_us + e.keep_us
     r.size = size

@@ -79,9 +79,8 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     cdef Job *j
     cdef Attach *a
     cdef uint8_t ukind
-    cdef size_t n, nd, hl
-    cdef char *w
-    cdef char num[20]
+    cdef size_t n
+    cdef char hbuf[MAX_HANDLE]
     if t == CMD_SUBMIT_JOB_HIGH or t == CMD_SUBMIT_JOB_HIGH_BG:
         prio = PRIO_HIGH
     elif t == CMD_SUBMIT_JOB_LOW or t == CMD_SUBMIT_JOB_LOW_BG:
@@ -133,19 +132,13 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
                 attach_client(j, c, a)
             if j.state == JOB_STORING:
                 return add_ack(e, j, c)
-            return out1(e, c, CMD_JOB_CREATED, j.handle, j.handle_len)
+            return out1(e, c, CMD_JOB_CREATED, hbuf, job_handle(e, j, hbuf))
     # Stored jobs replayed or taken over (c NULL) were acknowledged once already: they
     # are taken back over the limit, as over the memory budget below. A dead-letter
     # requeue checks the limit itself first.
     if c != NULL and f.max_queue[prio] and f.total >= f.max_queue[prio]:
         return submit_refuse(e, c, b"QUEUE_ERROR", b"Job queue is full")
-    # The handle is prefix ":" number, cut at 63 bytes as snprintf did (a 47-byte
-    # prefix and a 20-digit number would not fit); it goes first after the struct.
-    nd = fmt_u64(num, e.next_handle)
-    if e.prefix_len + 1 + nd > MAX_HANDLE - 1:
-        nd = MAX_HANDLE - 1 - e.prefix_len - 1
-    hl = e.prefix_len + 1 + nd
-    n = sizeof(Job) + hl + 1 + pkt.flen[1] + 1 + reducer_len + 1 + pkt.flen[data_field] + 1
+    n = sizeof(Job) + pkt.flen[1] + reducer_len + pkt.flen[data_field]
     if c != NULL and e.max_queued_bytes and e.queued_bytes + n > e.max_queued_bytes:
         # Refuse rather than grow into swap; stored jobs replayed at start-up (c NULL)
         # are always taken back.
@@ -159,50 +152,33 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     if j == NULL:
         return E_NOMEM
     memset(j, 0, sizeof(Job))
-    w = <char *>(j + 1)
-    j.handle = w
-    memcpy(w, e.prefix, e.prefix_len)
-    w[e.prefix_len] = b':'
-    memcpy(w + e.prefix_len + 1, num, nd)
-    w[hl] = 0
-    j.handle_len = <uint32_t>hl
-    w += hl + 1
-    j.unique = w
-    memcpy(w, pkt.f[1], pkt.flen[1])
-    w[pkt.flen[1]] = 0
-    j.unique_len = <uint32_t>pkt.flen[1]
-    w += pkt.flen[1] + 1
-    j.reducer = w
+    j.unique_len = <uint16_t>pkt.flen[1]
+    j.reducer_len = <uint16_t>reducer_len
+    j.data_len = <uint32_t>pkt.flen[data_field]
+    if pkt.flen[1]:
+        memcpy(job_unique(j), pkt.f[1], pkt.flen[1])
     if reducer_len:
-        memcpy(w, reducer, reducer_len)
-    w[reducer_len] = 0
-    j.reducer_len = <uint32_t>reducer_len
-    w += reducer_len + 1
-    j.data = w
+        memcpy(job_reducer(j), reducer, reducer_len)
     if pkt.flen[data_field]:
-        memcpy(w, pkt.f[data_field], pkt.flen[data_field])
-    w[pkt.flen[data_field]] = 0
-    j.data_len = pkt.flen[data_field]
+        memcpy(job_data(j), pkt.f[data_field], pkt.flen[data_field])
     j.func = f
     j.priority = prio
     j.background = bg
     j.ukind = ukind
     j.heap_idx = -1
-    j.when_s = when
     j.created_us = e.now_us
-    j.seq = e.next_seq
-    e.next_seq += 1
+    j.hnum = e.next_handle
     e.next_handle += 1
-    j.handle_hash = hash_bytes(j.handle, j.handle_len, 0)
-    j.h_next = e.htab[j.handle_hash & e.hmask]
-    e.htab[j.handle_hash & e.hmask] = j
+    j.h_next = e.htab[j.hnum & e.hmask]
+    e.htab[j.hnum & e.hmask] = j
     e.jobs += 1
     if e.jobs > e.jobs_peak:
         e.jobs_peak = e.jobs
     if ukind:
-        j.unique_hash = unique_key(j.unique, j.unique_len, j.data, j.data_len, ukind)
-        j.u_next = e.utab[j.unique_hash & e.umask]
-        e.utab[j.unique_hash & e.umask] = j
+        j.uhash = <uint32_t>unique_key(job_unique(j), j.unique_len, job_data(j),
+                                       j.data_len, ukind)
+        j.u_next = e.utab[j.uhash & e.umask]
+        e.utab[j.uhash & e.umask] = j
         e.ujobs += 1
     f.total += 1
     f.n_submitted += 1
@@ -213,7 +189,7 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
             job_free(e, j)
             return E_NOMEM
         attach_client(j, c, a)
-    j.when_s = when
+    j.t.when_s = when
     e.last_job = j
     if c == NULL:
         job_schedule(e, j)
@@ -221,14 +197,14 @@ cdef int handle_submit(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     if bg and e.durable:
         # Acknowledged only once the store thread has committed its row.
         j.state = JOB_STORING
-        j.store_next = NULL
+        j.o.store_next = NULL
         if e.store_add_tail != NULL:
-            e.store_add_tail.store_next = j
+            e.store_add_tail.o.store_next = j
         else:
             e.store_add = j
         e.store_add_tail = j
         return add_ack(e, j, c)
-    if out1(e, c, CMD_JOB_CREATED, j.handle, j.handle_len) != 0:
+    if out1(e, c, CMD_JOB_CREATED, hbuf, job_handle(e, j, hbuf)) != 0:
         return E_NOMEM
     job_schedule(e, j)
     return E_OK
@@ -248,11 +224,11 @@ cdef int add_ack(Engine *e, Job *j, Conn *c) noexcept nogil:
 cdef void job_schedule(Engine *e, Job *j) noexcept nogil:
     """Queue a new job now, or put it in the timer heap until its epoch time."""
     cdef Function *f = j.func
-    cdef int64_t when = j.when_s
+    cdef int64_t when = j.t.when_s
     if when > e.now_wall_s:
         j.state = JOB_FUTURE
         f.future += 1
-        j.timer_ms = e.now_ms + (when - e.now_wall_s) * 1000
+        j.t.timer_ms = e.now_ms + (when - e.now_wall_s) * 1000
         if heap_push(e, j) != 0:
             f.future -= 1
             j.state = JOB_QUEUED
@@ -350,8 +326,8 @@ cdef int handle_status_unique(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     hv = hash_bytes(pkt.f[0], pkt.flen[0], 0)
     j = e.utab[hv & e.umask]
     while j != NULL:
-        if (j.ukind == 1 and j.unique_hash == hv
-                and eq(j.unique, j.unique_len, pkt.f[0], pkt.flen[0])):
+        if (j.ukind == 1 and j.uhash == <uint32_t>hv
+                and eq(job_unique(j), j.unique_len, pkt.f[0], pkt.flen[0])):
             break
         j = j.u_next
     return status_reply(e, c, CMD_STATUS_RES_UNIQUE, pkt.f[0], pkt.flen[0], j)

@@ -1,8 +1,9 @@
 # Included by engine.pyx, so that these stay direct C calls within one extension. The
 # engine's lookup structures: the function table by name and the job tables by handle
-# and by (function, unique key), each a chained hash table with a power-of-two size
-# that doubles when full; and the timer heap, which holds epoch jobs until their time,
-# CAN_DO_TIMEOUT deadlines and the wake-up check.
+# number and by (function, unique key), each a chained hash table with a power-of-two
+# size that doubles when full (handle numbers are consecutive, so the number itself
+# spreads them over the buckets); and the timer heap, which holds epoch jobs until
+# their time, CAN_DO_TIMEOUT deadlines and the wake-up check.
 
 cdef int grow_ftab(Engine *e) noexcept nogil:
     cdef uint64_t n = (e.fmask + 1) * 2, i
@@ -36,11 +37,11 @@ cdef int grow_jtab(Engine *e, Job ***tab, uint64_t *mask, int by_unique) noexcep
         while j != NULL:
             if by_unique:
                 nx = j.u_next
-                h = j.unique_hash & (n - 1)
+                h = j.uhash & (n - 1)
                 j.u_next = t[h]
             else:
                 nx = j.h_next
-                h = j.handle_hash & (n - 1)
+                h = j.hnum & (n - 1)
                 j.h_next = t[h]
             t[h] = j
             j = nx
@@ -69,6 +70,12 @@ cdef Function *func_get(Engine *e, const char *name, size_t n, int create) noexc
         memcpy(f.name, name, n)
     f.name_len = <uint32_t>n
     f.hash = h
+    if e.fid_free_len:
+        e.fid_free_len -= 1
+        f.fid = e.fid_free[e.fid_free_len]
+    else:
+        f.fid = e.fid_next
+        e.fid_next += 1
     f.h_next = e.ftab[h & e.fmask]
     e.ftab[h & e.fmask] = f
     funcs_push_tail(&e.f_first, &e.f_last, f)
@@ -77,20 +84,43 @@ cdef Function *func_get(Engine *e, const char *name, size_t n, int create) noexc
 
 
 cdef void func_remove(Engine *e, Function *f) noexcept nogil:
+    cdef uint32_t *grown
     cdef Function **pp = &e.ftab[f.hash & e.fmask]
     while pp[0] != f:
         pp = &pp[0].h_next
     pp[0] = f.h_next
     funcs_unlink(&e.f_first, &e.f_last, f)
     e.fcount -= 1
+    # No worker can do f (it has none), so no bitmap holds its id: it can be given to
+    # the next new function. Without room the id is not reused (harmless).
+    if e.fid_free_len == e.fid_free_cap:
+        grown = <uint32_t *>fg_realloc(e, e.fid_free, sizeof(uint32_t) *
+                                       (e.fid_free_cap * 2 if e.fid_free_cap else 64))
+        if grown != NULL:
+            e.fid_free = grown
+            e.fid_free_cap = e.fid_free_cap * 2 if e.fid_free_cap else 64
+    if e.fid_free_len < e.fid_free_cap:
+        e.fid_free[e.fid_free_len] = f.fid
+        e.fid_free_len += 1
     fg_free(e, f)
 
 
 cdef Job *job_by_handle(Engine *e, const char *h, size_t n) noexcept nogil:
-    cdef uint64_t hv = hash_bytes(h, n, 0)
-    cdef Job *j = e.htab[hv & e.hmask]
+    """The job whose handle is h: this engine's prefix, ':' and a number written as
+    job_handle writes it (no sign, no leading zero), which is the job's hnum."""
+    cdef size_t i, p = e.prefix_len
+    cdef uint64_t v = 0
+    cdef Job *j
+    if (n <= p + 1 or n > p + 1 + 19 or h[p] != 58 or memcmp(h, e.prefix, p) != 0
+            or (h[p + 1] == 48 and n > p + 2)):
+        return NULL
+    for i in range(p + 1, n):
+        if h[i] < 48 or h[i] > 57:
+            return NULL
+        v = v * 10 + <uint64_t>(h[i] - 48)
+    j = e.htab[v & e.hmask]
     while j != NULL:
-        if j.handle_hash == hv and eq(j.handle, j.handle_len, h, n):
+        if j.hnum == v:
             return j
         j = j.h_next
     return NULL
@@ -108,10 +138,10 @@ cdef Job *job_by_unique(Engine *e, Function *f, uint8_t ukind, const char *u, si
     cdef uint64_t hv = unique_key(u, un, d, dn, ukind)
     cdef Job *j = e.utab[hv & e.umask]
     while j != NULL:
-        if j.unique_hash == hv and j.func == f and j.ukind == ukind:
-            if ukind == 1 and eq(j.unique, j.unique_len, u, un):
+        if j.uhash == <uint32_t>hv and j.func == f and j.ukind == ukind:
+            if ukind == 1 and eq(job_unique(j), j.unique_len, u, un):
                 return j
-            if ukind == 2 and eq(j.data, j.data_len, d, dn):
+            if ukind == 2 and eq(job_data(j), j.data_len, d, dn):
                 return j
         j = j.u_next
     return NULL
@@ -121,7 +151,7 @@ cdef Job *job_by_unique(Engine *e, Function *f, uint8_t ukind, const char *u, si
 
 cdef inline void heap_set(Engine *e, uint64_t i, Job *j) noexcept nogil:
     e.heap[i] = j
-    j.heap_idx = <int64_t>i
+    j.heap_idx = <int32_t>i
 
 
 cdef void heap_up(Engine *e, uint64_t i) noexcept nogil:
@@ -129,7 +159,7 @@ cdef void heap_up(Engine *e, uint64_t i) noexcept nogil:
     cdef uint64_t p
     while i > 0:
         p = (i - 1) // 2
-        if e.heap[p].timer_ms <= j.timer_ms:
+        if e.heap[p].t.timer_ms <= j.t.timer_ms:
             break
         heap_set(e, i, e.heap[p])
         i = p
@@ -143,9 +173,9 @@ cdef void heap_down(Engine *e, uint64_t i) noexcept nogil:
         c = 2 * i + 1
         if c >= e.heap_len:
             break
-        if c + 1 < e.heap_len and e.heap[c + 1].timer_ms < e.heap[c].timer_ms:
+        if c + 1 < e.heap_len and e.heap[c + 1].t.timer_ms < e.heap[c].t.timer_ms:
             c += 1
-        if e.heap[c].timer_ms >= j.timer_ms:
+        if e.heap[c].t.timer_ms >= j.t.timer_ms:
             break
         heap_set(e, i, e.heap[c])
         i = c
@@ -164,7 +194,7 @@ cdef int heap_push(Engine *e, Job *j) noexcept nogil:
         e.heap = nh
         e.heap_cap = e.heap_cap * 2 if e.heap_cap else 64
     e.heap[e.heap_len] = j
-    j.heap_idx = <int64_t>e.heap_len
+    j.heap_idx = <int32_t>e.heap_len
     e.heap_len += 1
     heap_up(e, e.heap_len - 1)
     return 0

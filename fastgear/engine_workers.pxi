@@ -23,6 +23,8 @@ cdef int add_ability(Engine *e, Conn *c, const char *name, size_t n,
         ability_put(e, a)
         return E_NOMEM
     abilities_link(&c.abilities, a)
+    if timeout_ms > 0:
+        c.ntimeouts += 1
     f.workers += 1
     if f.workers == 1:
         for p in range(NPRIO):
@@ -42,9 +44,34 @@ cdef inline uint64_t ptr_hash(Function *f) noexcept nogil:
     return (<uint64_t><size_t>f * 11400714819323198485ULL) >> 24
 
 
+cdef inline int can_do(Conn *c, Function *f) noexcept nogil:
+    """Whether c (with a function index) has a registration of f: one bit, so that GRAB
+    and wake-ups do not read registration records, whatever their number."""
+    return (f.fid < <uint64_t>c.fbits_words * 64
+            and (c.fbits[f.fid >> 6] >> (f.fid & 63)) & 1)
+
+
+cdef int fbits_set(Engine *e, Conn *c, Function *f) noexcept nogil:
+    cdef uint32_t words = f.fid // 64 + 1, n
+    cdef uint64_t *grown
+    if words > c.fbits_words:
+        n = c.fbits_words * 2 if c.fbits_words else 4
+        if n < words:
+            n = words
+        grown = <uint64_t *>fg_realloc(e, c.fbits, n * sizeof(uint64_t))
+        if grown == NULL:
+            return -1
+        memset(grown + c.fbits_words, 0, (n - c.fbits_words) * sizeof(uint64_t))
+        c.fbits = grown
+        c.fbits_words = n
+    c.fbits[f.fid >> 6] |= (<uint64_t>1) << (f.fid & 63)
+    return 0
+
+
 cdef int atab_insert(Engine *e, Conn *c, Ability *a) noexcept nogil:
     """Index a registration by function once a worker has many, so that "can this worker
-    do f" costs O(1) (GRAB through the engine's ready lists, CANT_DO)."""
+    do f" costs O(1) (GRAB through the engine's ready lists, wake-ups, CANT_DO): a bit
+    per function id, and a table function -> registration."""
     cdef Ability **t
     cdef Ability *x
     cdef uint32_t n, i
@@ -52,10 +79,33 @@ cdef int atab_insert(Engine *e, Conn *c, Ability *a) noexcept nogil:
     c.nabil += 1
     if c.atab == NULL and c.nabil <= SMALL_ABILITIES:
         return 0
+    if created:
+        x = c.abilities
+        while x != NULL:
+            if fbits_set(e, c, x.func) != 0:
+                fg_free(e, c.fbits)
+                c.fbits = NULL
+                c.fbits_words = 0
+                c.nabil -= 1
+                return -1
+            x = x.c_next
+    if fbits_set(e, c, a.func) != 0:
+        if created:
+            fg_free(e, c.fbits)
+            c.fbits = NULL
+            c.fbits_words = 0
+        c.nabil -= 1
+        return -1
     if c.atab == NULL or c.nabil > c.amask + 1:
         n = (c.amask + 1) * 2 if c.atab != NULL else 4 * SMALL_ABILITIES
         t = <Ability **>fg_calloc(e, n, sizeof(Ability *))
         if t == NULL:
+            if created:
+                fg_free(e, c.fbits)
+                c.fbits = NULL
+                c.fbits_words = 0
+            elif ability_of(c, a.func) == NULL:
+                c.fbits[a.func.fid >> 6] &= ~((<uint64_t>1) << (a.func.fid & 63))
             c.nabil -= 1
             return -1
         fg_free(e, c.atab)
@@ -103,10 +153,17 @@ cdef void remove_ability(Engine *e, Conn *c, Ability *a) noexcept nogil:
         c_assert(f.wide_workers > 0)
         f.wide_workers -= 1
     c.nabil -= 1
+    if a.timeout_ms > 0:
+        c.ntimeouts -= 1
     if c.nabil == 0:
         fg_free(e, c.atab)
         c.atab = NULL
         c.amask = 0
+        fg_free(e, c.fbits)
+        c.fbits = NULL
+        c.fbits_words = 0
+    elif c.atab != NULL and ability_of(c, f) == NULL:
+        c.fbits[f.fid >> 6] &= ~((<uint64_t>1) << (f.fid & 63))
     if a.in_sleep:
         sleep_unlink(f, a)
     if c.woke_for == f:
@@ -155,12 +212,13 @@ cdef Ability *scan_abilities(Conn *c, int p) noexcept nogil:
     return best
 
 
-cdef Ability *find_work(Engine *e, Conn *c, int *prio) noexcept nogil:
-    """Which registration of c a GRAB serves: the highest priority with work, then the
+cdef Function *find_work(Engine *e, Conn *c, int *prio) noexcept nogil:
+    """Which function of c a GRAB serves: the highest priority with work, then the
     function whose turn it is. A worker with few registrations scans them; one with many
-    walks the engine's list of functions that have work and a worker, so a GRAB does not
-    cost more with thousands of registrations. The walk stops after as many functions
-    as the worker has registrations (then its own list is the shorter one to scan)."""
+    walks the engine's list of functions that have work and a worker, testing one bit
+    each (can_do), so a GRAB costs the same with 1 or thousands of registrations. The
+    walk stops after as many functions as the worker has registrations (then its own
+    list is the shorter one to scan)."""
     cdef Ability *a
     cdef Function *f
     cdef uint32_t walked
@@ -170,39 +228,49 @@ cdef Ability *find_work(Engine *e, Conn *c, int *prio) noexcept nogil:
             continue
         if c.atab == NULL:
             a = scan_abilities(c, p)
+            f = a.func if a != NULL else NULL
         else:
-            a = NULL
             walked = 0
             f = e.ready_head[p]
             while f != NULL and walked < c.nabil:
                 c_assert(f.in_ready[p] and f.queued[p] > 0 and f.workers > 0)
-                a = ability_of(c, f)
-                if a != NULL:
+                if can_do(c, f):
                     break
                 f = f.r_next[p]
                 walked += 1
-            if a == NULL and f != NULL:
+            if f != NULL and walked >= c.nabil:
                 a = scan_abilities(c, p)
-        if a != NULL:
+                f = a.func if a != NULL else NULL
+        if f != NULL:
             prio[0] = p
-            return a
+            return f
     return NULL
 
 
+cdef inline int64_t grab_timeout(Conn *c, Function *f) noexcept nogil:
+    """The CAN_DO_TIMEOUT of c's registration of f (its newest), 0 for none; workers
+    without timeouts (the usual case) read no registration at all."""
+    cdef Ability *a
+    if c.ntimeouts == 0:
+        return 0
+    a = ability_of(c, f)
+    return a.timeout_ms if a != NULL else 0
+
+
 cdef int handle_grab(Engine *e, Conn *c, uint32_t t) noexcept nogil:
-    cdef Ability *besta
     cdef Function *f
     cdef Job *j
     cdef int p = 0
+    cdef int64_t timeout_ms
     cdef const char *fs[5]
     cdef size_t ls[5]
+    cdef char h[MAX_HANDLE]
     c.sleeping = 0
     c.noop_sent = 0
     woken_remove(e, c)
-    besta = find_work(e, c, &p)
-    if besta == NULL:
+    f = find_work(e, c, &p)
+    if f == NULL:
         return out0(e, c, CMD_NO_JOB)
-    f = besta.func
     j = f.q_head[p]
     q_remove(e, f, j)
     if f.queued[p]:
@@ -210,33 +278,34 @@ cdef int handle_grab(Engine *e, Conn *c, uint32_t t) noexcept nogil:
         ready_remove(e, f, p)
         ready_add(e, f, p)
     j.state = JOB_RUNNING
-    j.worker = c
-    j.started_us = e.now_us
-    hist_add(j.func.wait_hist, &j.func.wait_sum_us, e.now_us - j.queued_us)
+    j.o.worker = c
+    hist_add(j.func.wait_hist, &j.func.wait_sum_us, e.now_us - j.s.queued_us)
+    j.s.started_us = e.now_us
     j.func.running += 1
     held_push(c, j)
-    if besta.timeout_ms > 0:
-        j.timer_ms = e.now_ms + besta.timeout_ms
+    timeout_ms = grab_timeout(c, f)
+    if timeout_ms > 0:
+        j.t.timer_ms = e.now_ms + timeout_ms
         heap_push(e, j)
-    fs[0] = j.handle
-    ls[0] = j.handle_len
+    fs[0] = h
+    ls[0] = job_handle(e, j, h)
     fs[1] = j.func.name
     ls[1] = j.func.name_len
     if t == CMD_GRAB_JOB:
-        fs[2] = j.data
+        fs[2] = job_data(j)
         ls[2] = j.data_len
         conn_dirty(e, c)
         return enc_status(encode_packet(&c.outbuf, 1, CMD_JOB_ASSIGN, 3, fs, ls))
-    fs[2] = j.unique
+    fs[2] = job_unique(j)
     ls[2] = j.unique_len
     if t == CMD_GRAB_JOB_ALL and j.reducer_len:
-        fs[3] = j.reducer
+        fs[3] = job_reducer(j)
         ls[3] = j.reducer_len
-        fs[4] = j.data
+        fs[4] = job_data(j)
         ls[4] = j.data_len
         conn_dirty(e, c)
         return enc_status(encode_packet(&c.outbuf, 1, CMD_JOB_ASSIGN_ALL, 5, fs, ls))
-    fs[3] = j.data
+    fs[3] = job_data(j)
     ls[3] = j.data_len
     conn_dirty(e, c)
     return enc_status(encode_packet(&c.outbuf, 1, CMD_JOB_ASSIGN_UNIQ, 4, fs, ls))
@@ -256,12 +325,14 @@ cdef int handle_work(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     cdef uint32_t t = pkt.type
     cdef Job *j
     cdef Attach *a
+    cdef char h[MAX_HANDLE]
+    cdef uint32_t hn
     if t == CMD_WORK_FAIL and pkt.flen[0] >= MAX_HANDLE:
         return engine_error(e, c, b"ARGUMENT_TOO_LARGE",
                             b"Error occurred due to GEARMAND_JOB_HANDLE_SIZE being too small "
                             b"from snprintf")
     j = job_by_handle(e, pkt.f[0], pkt.flen[0])
-    if j == NULL or j.state != JOB_RUNNING or j.worker != c:
+    if j == NULL or j.state != JOB_RUNNING or j.o.worker != c:
         if (t == CMD_WORK_FAIL and c.last_exception_len
                 and eq(c.last_exception, c.last_exception_len, pkt.f[0], pkt.flen[0])):
             # Perl's Gearman::Worker follows WORK_EXCEPTION with WORK_FAIL for the same
@@ -291,7 +362,7 @@ cdef int handle_work(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
             a = a.j_next
         return E_OK
     c.jobs_done += 1
-    hist_add(j.func.run_hist, &j.func.run_sum_us, e.now_us - j.started_us)
+    hist_add(j.func.run_hist, &j.func.run_sum_us, e.now_us - j.s.started_us)
     if t == CMD_WORK_COMPLETE:
         send_clients(e, j, t, pkt.f[1], pkt.flen[1], 1)
         j.func.n_completed += 1
@@ -309,19 +380,19 @@ cdef int handle_work(Engine *e, Conn *c, Packet *pkt) noexcept nogil:
     else:
         if e.keep_us:
             keep_result(e, j, OUT_EXCEPTION, pkt.f[1], pkt.flen[1], c)
+        hn = job_handle(e, j, h)
         a = j.clients
         while a != NULL:
             if a.conn.exceptions:
-                out2(e, a.conn, CMD_WORK_EXCEPTION, j.handle, j.handle_len,
-                     pkt.f[1], pkt.flen[1])
+                out2(e, a.conn, CMD_WORK_EXCEPTION, h, hn, pkt.f[1], pkt.flen[1])
             else:
                 # gearmand appends a stray NUL here; a plain WORK_FAIL is what clients
                 # without the exceptions option expect.
-                out1(e, a.conn, CMD_WORK_FAIL, j.handle, j.handle_len)
+                out1(e, a.conn, CMD_WORK_FAIL, h, hn)
             a = a.j_next
         j.func.n_exception += 1
-        memcpy(c.last_exception, j.handle, j.handle_len)
-        c.last_exception_len = j.handle_len
+        memcpy(c.last_exception, h, hn)
+        c.last_exception_len = hn
         if j.background:
             if job_try_retry(e, j):
                 return E_OK
@@ -352,16 +423,17 @@ cdef int parse_timeout(const char *p, size_t n, int64_t *out) noexcept nogil:
 
 cdef int handle_pre_sleep(Engine *e, Conn *c) noexcept nogil:
     cdef Ability *a
+    cdef Function *f
     cdef int p = 0
     c.sleeping = 1
     woken_remove(e, c)
     # As gearmand: work already waiting is answered with a NOOP at once, even if this
     # worker was woken before and has not grabbed since.
-    a = find_work(e, c, &p)
-    if a != NULL:
+    f = find_work(e, c, &p)
+    if f != NULL:
         c.noop_sent = 1
         e.n_noops += 1
-        woken_add(e, c, a.func)
+        woken_add(e, c, f)
         return out0(e, c, CMD_NOOP)
     # Nothing to do: it really sleeps, so the next job of any of its functions must wake
     # it. gearmand keeps "NOOP sent" until a GRAB, so a worker whose job was taken by

@@ -840,8 +840,8 @@ cdef void loop_run(Loop *L) noexcept nogil:
             poke_fd(S.storefd)
         # A timer armed in this batch that is due before loop 0 wakes: wake it.
         if (L.idx != 0 and S.eng.heap_len and
-                (S.timer_wake_ms < 0 or S.eng.heap[0].timer_ms < S.timer_wake_ms)):
-            S.timer_wake_ms = S.eng.heap[0].timer_ms
+                (S.timer_wake_ms < 0 or S.eng.heap[0].t.timer_ms < S.timer_wake_ms)):
+            S.timer_wake_ms = S.eng.heap[0].t.timer_ms
             poke_fd(S.loops[0].wakefd)
 
 
@@ -1267,8 +1267,8 @@ cdef class IOLoop:
                         refused.append((rid, func, rc))
             route(self.S, NULL)
             if (self.S.eng.heap_len and (self.S.timer_wake_ms < 0 or
-                                         self.S.eng.heap[0].timer_ms < self.S.timer_wake_ms)):
-                self.S.timer_wake_ms = self.S.eng.heap[0].timer_ms
+                                         self.S.eng.heap[0].t.timer_ms < self.S.timer_wake_ms)):
+                self.S.timer_wake_ms = self.S.eng.heap[0].t.timer_ms
                 poke_fd(self.S.loops[0].wakefd)
         finally:
             unlock(self.S)
@@ -1346,9 +1346,10 @@ cdef class IOLoop:
         adds = []
         j = head
         while j != NULL:
-            adds.append((<size_t>j, j.func.name[:j.func.name_len], j.unique[:j.unique_len],
-                         j.priority, j.data[:j.data_len], j.when_s))
-            j = j.store_next
+            adds.append((<size_t>j, j.func.name[:j.func.name_len],
+                         job_unique(j)[:j.unique_len], j.priority,
+                         job_data(j)[:j.data_len], j.t.when_s))
+            j = j.o.store_next
         deletes = [dels[i] for i in range(ndel)]
         engine_release(&self.S.eng, dels)
         return adds, deletes
@@ -1388,6 +1389,7 @@ cdef class IOLoop:
     cdef void _ack(self, Job *j, int failed, const char *etext) noexcept nogil:
         cdef Ack *k = j.acks
         cdef IOConn *io
+        cdef char h[MAX_HANDLE]
         while k != NULL:
             io = self.S.conns[k.fd] if <size_t>k.fd < self.S.conns_cap else NULL
             if io != NULL and io.c.id == k.conn_id and not io.in_close:
@@ -1395,7 +1397,8 @@ cdef class IOLoop:
                     engine_error(&self.S.eng, &io.c, b"QUEUE_ERROR", etext)
                 else:
                     conn_dirty(&self.S.eng, &io.c)
-                    encode1(&io.c.outbuf, CMD_JOB_CREATED, j.handle, j.handle_len)
+                    encode1(&io.c.outbuf, CMD_JOB_CREATED, h,
+                            job_handle(&self.S.eng, j, h))
             j.acks = k.next
             ack_put(&self.S.eng, k)
             k = j.acks

@@ -434,8 +434,8 @@ cdef void ur_loop_run(Loop *L) noexcept nogil:
             poke_fd(S.storefd)
         # A timer armed in this batch that is due before loop 0 wakes: wake it.
         if (L.idx != 0 and S.eng.heap_len and
-                (S.timer_wake_ms < 0 or S.eng.heap[0].timer_ms < S.timer_wake_ms)):
-            S.timer_wake_ms = S.eng.heap[0].timer_ms
+                (S.timer_wake_ms < 0 or S.eng.heap[0].t.timer_ms < S.timer_wake_ms)):
+            S.timer_wake_ms = S.eng.heap[0].t.timer_ms
             poke_fd(S.loops[0].wakefd)
     ur_quiesce(L, U)
 

@@ -193,7 +193,7 @@ cdef uint64_t jobs_slice(Engine *e, uint64_t mask0, uint64_t cls, Grow *rows,
                          Grow *text, size_t *want) noexcept nogil:
     """(lock) Copy the jobs of handle classes cls, cls + 1, ... while they fit in the
     room reserved and until about SLICE rows are copied; returns the next class to copy
-    (mask0 + 1: done, or out of memory). A job's class is handle_hash & mask0, mask0
+    (mask0 + 1: done, or out of memory). A job's class is hnum & mask0, mask0
     being the handle table's mask when the listing began: the class never changes while
     the job lives, so each job is copied at most once even if the table grows between
     slices (it only doubles: class c is then in buckets c, c + mask0 + 1, ...).
@@ -205,6 +205,7 @@ cdef uint64_t jobs_slice(Engine *e, uint64_t mask0, uint64_t cls, Grow *rows,
     cdef int pass_
     cdef Job *j
     cdef JobRow *row
+    cdef char hbuf[MAX_HANDLE]
     while cls <= mask0 and n < SLICE:
         # Pass 0 measures the class, pass 1 copies it.
         nrows = nbytes = 0
@@ -220,19 +221,19 @@ cdef uint64_t jobs_slice(Engine *e, uint64_t mask0, uint64_t cls, Grow *rows,
             while b <= e.hmask:
                 j = e.htab[b]
                 while j != NULL:
-                    if (j.handle_hash & mask0) != cls:
+                    if (j.hnum & mask0) != cls:
                         pass
                     elif pass_ == 0:
                         nrows += 1
-                        nbytes += j.handle_len + j.unique_len
+                        nbytes += MAX_HANDLE + j.unique_len
                     else:
                         row = <JobRow *>grow_add(rows, sizeof(JobRow))
-                        row.seq = j.seq
+                        row.seq = j.hnum
                         row.retries = j.retries
                         # gearmand's "persisted" column is set for every background job.
                         row.persisted = 1 if (j.background or j.persisted) else 0
-                        put_str(text, &row.handle, j.handle, j.handle_len)
-                        put_str(text, &row.unique, j.unique, j.unique_len)
+                        put_str(text, &row.handle, hbuf, job_handle(e, j, hbuf))
+                        put_str(text, &row.unique, job_unique(j), j.unique_len)
                     j = j.h_next
                 if e.hmask < mask0:
                     break
@@ -348,6 +349,7 @@ cdef size_t conns_slice(Shared *S, size_t fd, int workers_only, ConnCopy *k) noe
     cdef ConnRow *row
     cdef HeldRow *h
     cdef int first
+    cdef char hbuf[MAX_HANDLE]
     engine_clock(e)
     while fd < S.conns_cap and n < SLICE:
         c = &S.conns[fd].c if S.conns[fd] != NULL else NULL
@@ -366,7 +368,7 @@ cdef size_t conns_slice(Shared *S, size_t fd, int workers_only, ConnCopy *k) noe
         j = c.held if workers_only else NULL
         while j != NULL:
             nheld += 1
-            nbytes += j.handle_len + j.func.name_len
+            nbytes += MAX_HANDLE + j.func.name_len
             j = j.q_next
         first = n == 0
         if not (fits(&k.rows, sizeof(ConnRow), first)
@@ -398,9 +400,9 @@ cdef size_t conns_slice(Shared *S, size_t fd, int workers_only, ConnCopy *k) noe
         j = c.held if workers_only else NULL
         while j != NULL:
             h = <HeldRow *>grow_add(&k.held, sizeof(HeldRow))
-            put_str(&k.text, &h.handle, j.handle, j.handle_len)
+            put_str(&k.text, &h.handle, hbuf, job_handle(e, j, hbuf))
             put_str(&k.text, &h.func, j.func.name, j.func.name_len)
-            h.started_at = _wall(e, j.started_us)
+            h.started_at = _wall(e, j.s.started_us)
             h.num = j.num
             h.den = j.den
             j = j.q_next
@@ -595,8 +597,8 @@ def function_stats(IOLoop io):
                 oldest[k] = -1
                 for p in range(NPRIO):
                     if f.q_head[p] != NULL and (oldest[k] < 0
-                                                or f.q_head[p].queued_us < oldest[k]):
-                        oldest[k] = f.q_head[p].queued_us
+                                                or f.q_head[p].s.queued_us < oldest[k]):
+                        oldest[k] = f.q_head[p].s.queued_us
                 k += 1
                 f = f.all_next
         unlock(io.S)

@@ -298,3 +298,121 @@ def test_a_handle_with_the_longest_prefix_is_cut_at_63_bytes_as_before():
     h.feed(w, req("WORK_COMPLETE", handle, b""))
     assert h.counts()["jobs"] == 0
     assert_nothing_leaked(h)
+
+
+def test_a_queued_job_costs_its_record_and_its_strings_only():
+    # Memory per queued job (issue 18): the handle is a number formatted where it is
+    # sent, so a long prefix costs nothing per job; the record stays at 152 bytes.
+    record = EngineHarness.job_record_size()
+    assert record <= 152
+    for prefix in (b"H:t", b"H:" + b"p" * 45):
+        h = EngineHarness(prefix)
+        c = h.connect()
+        submit(h, c, b"f", data=b"x" * 16)
+        submit(h, c, b"f", data=b"y" * 5, unique=b"u1")
+        assert h.counts()["queued_bytes"] == 2 * record + 16 + 5 + 2
+        assert_nothing_leaked(h)
+
+
+def test_a_handle_is_found_only_in_the_form_the_server_wrote_it(eng):
+    c = eng.connect()
+    handle = submit(eng, c, b"f", data=b"x")
+    assert handle == b"H:t:1"
+
+    def known(hd):
+        eng.feed(c, req("GET_STATUS", hd))
+        out = replies(eng, c)[-1]
+        assert out[0] == "STATUS_RES"
+        return out[1][1] == b"1"
+    assert known(b"H:t:1")
+    for other in (b"H:t:01", b"H:t:1x", b"H:t:", b"H:u:1", b"H:t1", b"H:t:2",
+                  b"H:t:18446744073709551617", b"H:t:-1", b"h:t:1"):
+        assert not known(other), other
+
+
+def wide_worker(h, names):
+    w = h.connect()
+    for name in names:
+        h.feed(w, req("CAN_DO", name))
+    assert replies(h, w) == []
+    return w
+
+
+def test_a_worker_with_2000_functions_gets_every_job_by_priority_then_in_turn(eng):
+    names = [b"f%d" % i for i in range(2000)]
+    c = eng.connect()
+    w = wide_worker(eng, names)
+    expect_normal = []
+    for i, name in enumerate(names):
+        submit(eng, c, name, data=b"n%d" % i)
+        expect_normal.append((name, b"n%d" % i))
+    # A second job of f5 waits behind every other function's turn.
+    submit(eng, c, b"f5", data=b"second")
+    expect_normal.append((b"f5", b"second"))
+    submit(eng, c, b"f1500", data=b"high1", kind="SUBMIT_JOB_HIGH_BG")
+    submit(eng, c, b"f3", data=b"high2", kind="SUBMIT_JOB_HIGH_BG")
+    submit(eng, c, b"f7", data=b"low", kind="SUBMIT_JOB_LOW_BG")
+    got = []
+    for _ in range(2004):
+        kind, fields = grab(eng, w)
+        assert kind == "JOB_ASSIGN_UNIQ"
+        got.append((fields[1], fields[3]))
+        eng.feed(w, req("WORK_COMPLETE", fields[0], b""))
+    assert got == ([(b"f1500", b"high1"), (b"f3", b"high2")] + expect_normal
+                   + [(b"f7", b"low")])
+    assert grab(eng, w)[0] == "NO_JOB"
+    assert eng.counts()["jobs"] == 0
+
+
+def test_a_wide_worker_stops_getting_jobs_of_functions_it_cannot_do_any_more(eng):
+    names = [b"f%d" % i for i in range(100)]
+    c = eng.connect()
+    w = wide_worker(eng, names)
+    eng.feed(w, req("CANT_DO", b"f5"))
+    submit(eng, c, b"f5", data=b"a")
+    submit(eng, c, b"f6", data=b"b")
+    eng.feed(w, req("PRE_SLEEP"))
+    assert replies(eng, w) == [("NOOP", [])]
+    assert grab(eng, w)[1][1] == b"f6"
+    assert grab(eng, w)[0] == "NO_JOB"
+    # Asleep, it is not woken for f5 either; registering f5 again makes the job its own.
+    eng.feed(w, req("PRE_SLEEP"))
+    submit(eng, c, b"f5", data=b"c")
+    assert replies(eng, w) == []
+    eng.feed(w, req("CAN_DO", b"f5"))
+    assert grab(eng, w)[1][1:] == [b"f5", b"", b"a"]
+    # Two registrations of one function (CAN_DO and CAN_DO_TIMEOUT): CANT_DO drops both.
+    eng.feed(w, req("CAN_DO_TIMEOUT", b"f5", b"5000"))
+    eng.feed(w, req("CANT_DO", b"f5"))
+    assert grab(eng, w)[0] == "NO_JOB"
+    assert eng.function(b"f5")[2] == 0
+    # RESET_ABILITIES while jobs are queued: nothing more for this worker.
+    submit(eng, c, b"f7", data=b"d")
+    eng.feed(w, req("RESET_ABILITIES"))
+    assert grab(eng, w)[0] == "NO_JOB"
+    assert eng.function(b"f7")[4] == 1
+    # ... and another worker with many functions takes every job w gave back or never
+    # got: "a" (held when w said CANT_DO f5; back at the front of f5), "b" (held at
+    # RESET_ABILITIES), "c" and "d"; FIFO within f5.
+    w2 = wide_worker(eng, names)
+    got = [tuple(grab(eng, w2)[1][1:]) for _ in range(4)]
+    assert sorted(got) == [(b"f5", b"", b"a"), (b"f5", b"", b"c"), (b"f6", b"", b"b"),
+                           (b"f7", b"", b"d")]
+    assert got.index((b"f5", b"", b"a")) < got.index((b"f5", b"", b"c"))
+    assert grab(eng, w2)[0] == "NO_JOB"
+
+
+def test_a_dropped_functions_id_given_to_a_new_function_is_not_a_registration(eng):
+    c = eng.connect()
+    w = wide_worker(eng, [b"f%d" % i for i in range(20)] + [b"gone"])
+    eng.feed(w, req("CANT_DO", b"gone"))
+    assert eng.drop_function(b"gone") == 0
+    # The new function may get gone's id; w never registered it.
+    submit(eng, c, b"new", data=b"x")
+    assert grab(eng, w)[0] == "NO_JOB"
+    eng.feed(w, req("PRE_SLEEP"))
+    submit(eng, c, b"new", data=b"y")
+    assert replies(eng, w) == []
+    submit(eng, c, b"f3", data=b"z")
+    assert replies(eng, w) == [("NOOP", [])]
+    assert grab(eng, w)[1][1] == b"f3"
