@@ -930,11 +930,12 @@ cdef class IOLoop:
             self.io_fallback = why
         for i in range(threads):
             L = &self.S.loops[i]
+            # io_uring loops too: their listeners are watched through it (ur_arm_listen).
+            L.epfd = _check(epoll_create1(EPOLL_CLOEXEC), "epoll_create1")
             if L.ur != NULL:
                 # Read through the ring, which waits for it: a blocking eventfd.
                 L.wakefd = _check(eventfd(0, EFD_CLOEXEC), "eventfd")
                 continue
-            L.epfd = _check(epoll_create1(EPOLL_CLOEXEC), "epoll_create1")
             L.wakefd = _check(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd")
             ev.events = EPOLLIN
             ev.data.u64 = TAG_WAKE
@@ -1103,10 +1104,10 @@ cdef class IOLoop:
         self.S.listen_fds[self.S.nlisten] = fd
         self.S.listen_http[self.S.nlisten] = http
         self.S.nlisten += 1
-        if self.S.uring:
-            return      # each loop polls the listeners through its ring from its start
         for k in range(self.S.nloops):
-            ev.events = EPOLLIN | EPOLLEXCLUSIVE
+            # An io_uring loop polls its epoll set through the ring; EPOLLEXCLUSIVE is
+            # for epoll_wait sleepers, so there every loop is woken, as with a poll entry.
+            ev.events = EPOLLIN | (0 if self.S.loops[k].ur != NULL else EPOLLEXCLUSIVE)
             ev.data.u64 = ((<uint64_t>fd << 4) | TAG_LISTEN | (TAG_HTTP if http else 0)
                            | (TAG_TLS if tls else 0))
             _check(epoll_ctl(self.S.loops[k].epfd, EPOLL_CTL_ADD, fd, &ev), "epoll_ctl")
@@ -1117,11 +1118,6 @@ cdef class IOLoop:
         with nogil:
             lock(self.S)
             for i in range(self.S.nlisten):
-                if self.S.uring:
-                    # The rings' poll entries hold the listener open after the caller
-                    # closes it; shut down, it stops listening now and wakes them.
-                    shutdown(self.S.listen_fds[i], SHUT_RDWR)
-                    continue
                 for k in range(self.S.nloops):
                     epoll_ctl(self.S.loops[k].epfd, EPOLL_CTL_DEL, self.S.listen_fds[i], NULL)
             self.S.nlisten = 0

@@ -9,8 +9,8 @@
 # and listener readiness also come through the ring, so one batch costs one
 # io_uring_enter (io_uring_submit_and_wait) however many connections it serves, where
 # the epoll loop makes a recv and a send per connection and an epoll_wait.
-# Accepting stays accept_some()'s, driven by a poll entry per listener re-armed after
-# each wake-up, so the connection limit, the spare descriptor and refusals are the
+# Accepting stays accept_some()'s, driven by a poll entry on the loop's epoll set of
+# listeners re-armed after each wake-up, so the connection limit, the spare descriptor and refusals are the
 # epoll loop's. Back-pressure cancels the receive of a paused connection and re-arms it
 # when its output has drained. The kernel may still write into an IOConn (receive) or
 # read its `sbuf` (send) until the operation's last completion arrives, so a closed
@@ -142,11 +142,16 @@ cdef void ur_arm_wake(Loop *L, UringLoop *U) noexcept nogil:
         io_uring_sqe_set_data64(sqe, UD_WAKE)
 
 
-cdef void ur_arm_listen(Loop *L, UringLoop *U, int k) noexcept nogil:
+cdef void ur_arm_listen(Loop *L, UringLoop *U) noexcept nogil:
+    """Poll the loop's epoll set of listeners, not the listeners themselves: a poll
+    entry holds its file open, and a SIGKILLed server's ring is torn down by the kernel
+    some time after the process is gone. Entries on the listeners would keep them
+    listening, and a restarted server's port taken (its clients queued on a dead
+    backlog), for that time; an epoll set holds no reference to what it watches."""
     cdef io_uring_sqe *sqe = ur_sqe(U)
     if sqe != NULL:
-        io_uring_prep_poll_add(sqe, L.S.listen_fds[k], POLLIN)
-        io_uring_sqe_set_data64(sqe, (<uint64_t>k << 3) | UD_LISTEN)
+        io_uring_prep_poll_add(sqe, L.epfd, POLLIN)
+        io_uring_sqe_set_data64(sqe, UD_LISTEN)
 
 
 cdef void ur_set_events(Loop *L, IOConn *io) noexcept nogil:
@@ -263,7 +268,9 @@ cdef int ur_complete(Loop *L, UringLoop *U, io_uring_cqe *cqe, IOConn **ready,
     cdef int res = cqe.res
     cdef uint32_t flags = cqe.flags
     cdef int tag = <int>(ud & UD_MASK)
-    cdef int k
+    cdef int k, n
+    cdef uint64_t ltag
+    cdef epoll_event lev[MAX_LISTENERS]
     cdef IOConn *io
     if tag == UD_IGNORE:
         U.inflight -= 1
@@ -275,14 +282,17 @@ cdef int ur_complete(Loop *L, UringLoop *U, io_uring_cqe *cqe, IOConn **ready,
         return nready
     if tag == UD_LISTEN:
         U.inflight -= 1
-        k = <int>(ud >> 3)
-        # stop_accepting() shuts the listeners down (which completes this poll) and
-        # sets nlisten to 0 before closing them: then the entry is not re-armed.
-        if not stopping and k < S.nlisten:
-            naccepted[0] += accept_some(L, S.listen_fds[k], S.listen_http[k], 0,
+        if stopping:
+            return nready
+        # Level-triggered: a listener left with connections (the accept budget is
+        # spent) is reported again by the re-armed poll, next batch.
+        n = epoll_wait(L.epfd, lev, MAX_LISTENERS, 0)
+        for k in range(n if n > 0 else 0):
+            ltag = lev[k].data.u64
+            naccepted[0] += accept_some(L, <int>(ltag >> 4), (ltag & TAG_HTTP) != 0, 0,
                                         accepted + naccepted[0],
                                         ACCEPT_BUDGET - naccepted[0], refused, failed)
-            ur_arm_listen(L, U, k)
+        ur_arm_listen(L, U)
         return nready
     io = <IOConn *><size_t>(ud & ~(<uint64_t>UD_MASK))
     if tag == UD_RECV:
@@ -384,8 +394,7 @@ cdef void ur_loop_run(Loop *L) noexcept nogil:
     fg_uring_enable(&U.ring)
     ur_arm_wake(L, U)
     lock(S)
-    for k in range(S.nlisten):
-        ur_arm_listen(L, U, k)
+    ur_arm_listen(L, U)
     while True:
         timeout = -1
         if L.idx == 0:

@@ -88,3 +88,24 @@ def test_the_bench_tool_passes_io_to_fastgear_only():
     assert server_flags("bg", "fastgear", "epoll") == ["--io", "epoll"]
     assert server_flags("bg", "gearmand", "epoll") == []
     assert server_flags("bg", "fastgear", None) == []
+
+
+@pytest.mark.parametrize("io", ["uring", "epoll"])
+def test_a_sigkilled_server_gives_its_port_back_at_once(start_server, io):
+    """A restart after a crash must find the port free: the kernel tears a dead
+    process's io_uring down some time after the process is gone, and a poll entry on a
+    listener would keep it listening (and the new server's clients queued on a dead
+    backlog) until then. The listeners are watched through an epoll set instead."""
+    import signal
+    import socket
+    srv = start_server("fastgear", "--io", io)
+    assert ("(io_uring)" if io == "uring" else "(epoll)") in ready_line(srv)
+    with Conn(srv) as c, Conn(srv) as w:
+        c.submit(b"f", b"x", kind=SUBMIT_JOB_BG)
+        w.send_raw(b"")     # a second connection with its receive armed
+        srv.proc.send_signal(signal.SIGKILL)
+        srv.proc.wait(10)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((srv.host, srv.port))    # EADDRINUSE while a dead listener lingers
+            s.listen()
