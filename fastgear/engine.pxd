@@ -273,6 +273,12 @@ cdef struct Dead:
     size_t size
 
 
+cdef struct FreeList:
+    # Dead records of one size, linked through their first word (engine.pyx fl_get).
+    void *head
+    uint32_t n
+
+
 cdef struct Engine:
     Function **ftab
     uint64_t fmask
@@ -370,12 +376,9 @@ cdef struct Engine:
     uint64_t d_del_cap
     # Free lists of the fixed-size records made and dropped per job or per registration
     # (at most FREE_MAX each, so a burst's records go back to malloc); freed at teardown.
-    Attach *free_attach
-    Ability *free_ability
-    Ack *free_ack
-    uint32_t n_free_attach
-    uint32_t n_free_ability
-    uint32_t n_free_ack
+    FreeList free_attach
+    FreeList free_ability
+    FreeList free_ack
     uint64_t n_reused       # records taken from a free list instead of malloc
     int64_t live_allocs      # debug build: engine allocations not freed yet (fgalloc.h)
 

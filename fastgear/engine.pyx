@@ -78,85 +78,66 @@ cdef inline int eq(const char *a, size_t an, const char *b, size_t bn) noexcept 
 # are made and dropped at packet rate: a bounded free list each spares malloc and free.
 # The debug build counts records on a list as live; engine_free frees them.
 
-cdef inline Attach *attach_new(Engine *e) noexcept nogil:
-    cdef Attach *a = e.free_attach
-    if a == NULL:
-        return <Attach *>fg_calloc(e, 1, sizeof(Attach))
-    e.free_attach = a.j_next
-    e.n_free_attach -= 1
+cdef inline void *fl_get(Engine *e, FreeList *fl, size_t size, bint zero) noexcept nogil:
+    cdef void **r = <void **>fl.head
+    if r == NULL:
+        return fg_calloc(e, 1, size) if zero else fg_malloc(e, size)
+    fl.head = r[0]
+    fl.n -= 1
     e.n_reused += 1
-    memset(a, 0, sizeof(Attach))
-    return a
+    if zero:
+        memset(r, 0, size)
+    return r
+
+
+cdef inline void fl_put(Engine *e, FreeList *fl, void *p) noexcept nogil:
+    if fl.n >= FREE_MAX:
+        fg_free(e, p)
+        return
+    (<void **>p)[0] = fl.head
+    fl.head = p
+    fl.n += 1
+
+
+cdef void fl_clear(Engine *e, FreeList *fl) noexcept nogil:
+    cdef void **r
+    while fl.head != NULL:
+        r = <void **>fl.head
+        fl.head = r[0]
+        fg_free(e, r)
+    fl.n = 0
+
+
+cdef inline Attach *attach_new(Engine *e) noexcept nogil:
+    return <Attach *>fl_get(e, &e.free_attach, sizeof(Attach), True)
 
 
 cdef inline void attach_put(Engine *e, Attach *a) noexcept nogil:
-    if e.n_free_attach >= FREE_MAX:
-        fg_free(e, a)
-        return
-    a.j_next = e.free_attach
-    e.free_attach = a
-    e.n_free_attach += 1
+    fl_put(e, &e.free_attach, a)
 
 
 cdef inline Ability *ability_new(Engine *e) noexcept nogil:
-    cdef Ability *a = e.free_ability
-    if a == NULL:
-        return <Ability *>fg_calloc(e, 1, sizeof(Ability))
-    e.free_ability = a.c_next
-    e.n_free_ability -= 1
-    e.n_reused += 1
-    memset(a, 0, sizeof(Ability))
-    return a
+    return <Ability *>fl_get(e, &e.free_ability, sizeof(Ability), True)
 
 
 cdef inline void ability_put(Engine *e, Ability *a) noexcept nogil:
-    if e.n_free_ability >= FREE_MAX:
-        fg_free(e, a)
-        return
-    a.c_next = e.free_ability
-    e.free_ability = a
-    e.n_free_ability += 1
+    fl_put(e, &e.free_ability, a)
 
 
 cdef inline Ack *ack_new(Engine *e) noexcept nogil:
-    cdef Ack *k = e.free_ack
-    if k == NULL:
-        return <Ack *>fg_malloc(e, sizeof(Ack))
-    e.free_ack = k.next
-    e.n_free_ack -= 1
-    e.n_reused += 1
-    return k
+    # Not zeroed: the caller sets every field.
+    return <Ack *>fl_get(e, &e.free_ack, sizeof(Ack), False)
 
 
 cdef void ack_put(Engine *e, Ack *k) noexcept nogil:
     """Give back an Ack (also one the I/O layer took off a job and answered)."""
-    if e.n_free_ack >= FREE_MAX:
-        fg_free(e, k)
-        return
-    k.next = e.free_ack
-    e.free_ack = k
-    e.n_free_ack += 1
+    fl_put(e, &e.free_ack, k)
 
 
 cdef void free_lists_clear(Engine *e) noexcept nogil:
-    cdef Attach *a
-    cdef Ability *b
-    cdef Ack *k
-    while e.free_attach != NULL:
-        a = e.free_attach
-        e.free_attach = a.j_next
-        fg_free(e, a)
-    while e.free_ability != NULL:
-        b = e.free_ability
-        e.free_ability = b.c_next
-        fg_free(e, b)
-    while e.free_ack != NULL:
-        k = e.free_ack
-        e.free_ack = k.next
-        fg_free(e, k)
-    e.n_free_attach = 0
-    e.n_free_ability = 0
-    e.n_free_ack = 0
+    fl_clear(e, &e.free_attach)
+    fl_clear(e, &e.free_ability)
+    fl_clear(e, &e.free_ack)
 
 
 # ---- output ---------------------------------------------------------------------------

@@ -176,8 +176,8 @@ cdef class EngineHarness:
 
     def free_lists(self):
         """Records waiting for reuse on each free list, and how many were reused."""
-        return {"attach": self.e.n_free_attach, "ability": self.e.n_free_ability,
-                "ack": self.e.n_free_ack, "reused": self.e.n_reused}
+        return {"attach": self.e.free_attach.n, "ability": self.e.free_ability.n,
+                "ack": self.e.free_ack.n, "reused": self.e.n_reused}
 
     def live_allocs(self):
         """The engine's allocations not freed yet (counted in debug builds only)."""
