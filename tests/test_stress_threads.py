@@ -175,6 +175,9 @@ def test_thousand_connections_over_threads_complete_every_job_exactly_once(
         rows = [r for r in status_rows(srv) if r[0] == b"stress"]
         return rows and rows[0][1:] == [b"0", b"0", b"0"]
     wait_for(drained, timeout=20, what="queues drained and connections closed")
-    # Memory comes back when the queues drain (allow for allocator slack).
-    assert rss_kb(srv.pid) < baseline + 16 * 1024
+    # Memory comes back when the queues drain (allow for allocator slack). An io_uring
+    # loop keeps its provided receive buffers (UR_NBUF x UR_BUFSZ = 4 MiB each in
+    # iothreads_uring.pxi), touched as the kernel fills them and kept for the next load.
+    ring_kb = int(threads) * 4096 if "I/O threads (io_uring)" in srv.log_text() else 0
+    assert rss_kb(srv.pid) < baseline + 16 * 1024 + ring_kb
     assert srv.alive()
