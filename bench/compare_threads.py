@@ -54,7 +54,8 @@ def start(kind, threads, tmp):
     port = free_port()
     if kind.startswith("fastgear"):
         # "fastgear:epoll": fastgear with --io epoll
-        cmd = [sys.executable, "-m", "fastgear", "serve", "--io", kind.partition(":")[2]]
+        io = kind.partition(":")[2]
+        cmd = [sys.executable, "-m", "fastgear", "serve"] + (["--io", io] if io else [])
     elif kind == "floor":
         sys.path.insert(0, str(ROOT))
         from fastgear.bench.servers import find_floor

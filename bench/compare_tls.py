@@ -143,7 +143,7 @@ def main(argv=None):
                     stop_all([proc])
                 idle[kind].append(f)
                 print(f"round {r + 1} idle {kind}: {f['bytes_per_conn']} B/conn, "
-                      f"{args.idle / float(f['connect_secs']):.0f} connects/s",
+                      f"{args.idle / max(float(f['connect_secs']), 1e-6):.0f} connects/s",
                       file=sys.stderr)
     print(f"| workload | plain jobs/s (median, min-max) | TLS jobs/s | TLS / plain "
           f"| plain µs CPU/job | TLS µs CPU/job |  (16-byte jobs, --grab {args.grab}, "
@@ -164,7 +164,7 @@ def main(argv=None):
         print("|---|---|---|")
         for kind in kinds:
             b = med([float(f["bytes_per_conn"]) for f in idle[kind]])
-            c = med([args.idle / float(f["connect_secs"]) for f in idle[kind]])
+            c = med([args.idle / max(float(f["connect_secs"]), 1e-6) for f in idle[kind]])
             print(f"| {kind} | {b[0] / 1024:.1f} KiB ({b[1] / 1024:.1f}-{b[2] / 1024:.1f}) "
                   f"| {c[0]:,.0f} ({c[1]:,.0f}-{c[2]:,.0f}) |")
     return 0
