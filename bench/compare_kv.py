@@ -13,34 +13,16 @@ per round trip, so it gets fewer jobs per round (--gearmand-jobs). Alternating s
 medians of the rounds.
 """
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
-from compare_threads import free_port, launch, stop_all
 from kvservers import MemcachedServer, RedisServer
-
-LOAD = ["--unique", "--clients", "4", "--workers", "64", "--pipeline", "200",
-        "--max-backlog", "2000", "--threads", "1"]
-
-
-def bench(port, pid, jobs):
-    res = subprocess.run([sys.executable, "-m", "fastgear.bench", "bg", "--port", str(port),
-                          "--jobs", str(jobs), "--server-pid", str(pid), "--json", "--quiet"]
-                         + LOAD, capture_output=True, text=True, timeout=900, check=False)
-    for line in reversed(res.stdout.strip().splitlines()):
-        rec = json.loads(line)
-        if rec.get("kind") == "run":
-            if rec["status"] != "ok":
-                raise RuntimeError(rec.get("error"))
-            return rec["jobs_per_s"]
-    raise RuntimeError(res.stderr[-2000:])
+from store_bench import alternate
 
 
 def main(argv=None):
@@ -77,20 +59,7 @@ def main(argv=None):
                 servers["gearmand -q libmemcached"] = lambda p: gm + [
                     "-p", str(p), "-P", f"{tmp}/e.pid"] + mq + [
                     "--libmemcached-prefix", "gdb_"] + base
-            running = {}
-            for name, cmd in servers.items():
-                port = free_port()
-                running[name] = launch(cmd(port), port)
-            results = {name: [] for name in servers}
-            try:
-                for _ in range(args.rounds):
-                    for name, (proc, port) in running.items():
-                        jobs = args.gearmand_jobs if name.startswith("gearmand") else args.jobs
-                        jps = bench(port, proc.pid, jobs)
-                        results[name].append(jps)
-                        print(f"{name}: {jps:,.0f} jobs/s", file=sys.stderr)
-            finally:
-                stop_all(proc for proc, _ in running.values())
+            results = alternate(servers, args.rounds, args.jobs, args.gearmand_jobs)
     finally:
         redis.stop()
         if mc is not None:

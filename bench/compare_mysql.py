@@ -14,32 +14,13 @@ round by round; the table prints medians (min-max).
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
-from compare_threads import free_port, launch, stop_all
-
-LOAD = ["--unique", "--clients", "4", "--workers", "64", "--pipeline", "200",
-        "--max-backlog", "2000", "--threads", "1"]
-
-
-def bench(port, pid, jobs):
-    res = subprocess.run([sys.executable, "-m", "fastgear.bench", "bg", "--port", str(port),
-                          "--jobs", str(jobs), "--server-pid", str(pid), "--json", "--quiet"]
-                         + LOAD, capture_output=True, text=True, timeout=900, check=False)
-    import json
-    for line in reversed(res.stdout.strip().splitlines()):
-        rec = json.loads(line)
-        if rec.get("kind") == "run":
-            if rec["status"] != "ok":
-                raise RuntimeError(rec.get("error"))
-            return rec["jobs_per_s"]
-    raise RuntimeError(res.stderr[-2000:])
-
+from store_bench import alternate
 
 
 def main(argv=None):
@@ -91,20 +72,7 @@ def main(argv=None):
                     "/usr/sbin/gearmand", "-p", str(p), "--mysql-table", "gd_bench",
                     "-P", f"{tmp}/c.pid"] + flags + base,
             }
-            running = {}
-            for name, cmd in servers.items():
-                port = free_port()
-                running[name] = launch(cmd(port), port)
-            results = {name: [] for name in servers}
-            try:
-                for _ in range(args.rounds):
-                    for name, (proc, port) in running.items():
-                        jobs = args.gearmand_jobs if name.startswith("gearmand") else args.jobs
-                        jps = bench(port, proc.pid, jobs)
-                        results[name].append(jps)
-                        print(f"{name}: {jps:,.0f} jobs/s", file=sys.stderr)
-            finally:
-                stop_all(proc for proc, _ in running.values())
+            results = alternate(servers, args.rounds, args.jobs, args.gearmand_jobs)
     finally:
         if server is not None:
             server.stop()
