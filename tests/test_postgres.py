@@ -39,6 +39,7 @@ from gearproto import (
     packet,
     status_table,
 )
+from outage import OutageLoad
 from pgcluster import PgCluster, pg_bindir
 
 LEASE = 2
@@ -388,69 +389,22 @@ def test_database_restart_under_load(pg, table, fastgear):
     reconnects by itself; completions made during the outage are deleted afterwards and
     never run again; the worker's connection survives."""
     srv = fastgear(table, lease=4)
-    stop = threading.Event()
-    acked, refused, slow = [], [], []
-    completed = []
-    worker_error = []
-
-    def client():
-        with Conn(srv.host, srv.port) as c:
-            i = 0
-            while not stop.is_set():
-                p = b"r%05d" % i
-                i += 1
-                t0 = time.monotonic()
-                c.send(SUBMIT_JOB_BG, b"outage", b"", p)
-                t, args = c.recv(timeout=20)
-                if time.monotonic() - t0 > 15:
-                    slow.append(p)
-                if t == JOB_CREATED:
-                    acked.append(p)
-                else:
-                    assert args[0] == b"QUEUE_ERROR", args
-                    refused.append(p)
-                    time.sleep(0.05)
-
-    def worker():
-        try:
-            with Conn(srv.host, srv.port) as w:
-                w.worker(b"outage")
-                while not stop.is_set():
-                    t, args = w.grab(GRAB_JOB, timeout=20)
-                    if t == NO_JOB:
-                        time.sleep(0.02)
-                        continue
-                    w.send(WORK_COMPLETE, args[0], b"")
-                    completed.append(bytes(args[2]))
-        except (Closed, OSError, TimeoutError) as exc:
-            worker_error.append(exc)
-
-    threads = [threading.Thread(target=client, daemon=True),
-               threading.Thread(target=worker, daemon=True)]
-    for t in threads:
-        t.start()
-    try:
-        wait_for(lambda: len(completed) >= 50, timeout=30, what="load running")
+    with OutageLoad(srv.host, srv.port, answer_within=15) as load:
+        wait_for(lambda: len(load.completed) >= 50, timeout=30, what="load running")
         pg.restart(mode="fast", down_s=3)          # past half the lease: fenced meanwhile
         back = time.monotonic()
-        wait_for(lambda: len(acked) and acked[-1] > (refused[-1] if refused else b""),
+        wait_for(lambda: load.acked and load.acked[-1] > (load.refused[-1] if load.refused
+                                                          else b""),
                  timeout=15, what="submissions acknowledged again after the restart")
         reconnect_s = time.monotonic() - back
-        n = len(acked)
-        wait_for(lambda: len(acked) >= n + 50, timeout=15, what="load flowing again")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(25)
-    assert not slow and not worker_error
-    assert refused, "the outage refused nothing: the restart was not under load"
+        n = len(load.acked)
+        wait_for(lambda: len(load.acked) >= n + 50, timeout=15, what="load flowing again")
+    assert load.refused, "the outage refused nothing: the restart was not under load"
     assert reconnect_s < 15
     out = srv.output()
     assert "store lease lapsed" in out and "store lease regained" in out, out
     # Every acknowledged job runs; the leftovers are drained by a fresh worker.
-    rest = drain(srv, b"outage", 100_000)
-    assert not (set(acked) - set(completed) - set(rest))
-    assert not (set(rest) & set(completed)), "a completed job ran again"
+    load.check(drain(srv, b"outage", 100_000))
     wait_for(lambda: rows(pg, table) == [], timeout=15, what="outage deletes retried")
 
 
