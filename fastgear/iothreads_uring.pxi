@@ -2,15 +2,15 @@
 # batches are loop_run()'s: gather input without the lock, lock once, process_input /
 # collect / route / stage, unlock, send. Only the kernel crossings differ. Each loop has
 # one ring, and each connection one multishot receive armed on it, filling buffers from
-# the loop's provided-buffer ring; a buffer is copied into the connection's input
-# buffer and handed back at once, so process_input() parses as before. Staged output
-# goes out as send entries from `sbuf`, swapped with `wbuf` when the kernel is done with
-# it, so stage() keeps appending to `wbuf` while a send is in flight. The eventfd poke
-# and listener readiness also come through the ring, so one batch costs one
-# io_uring_enter (io_uring_submit_and_wait) however many connections it serves, where
-# the epoll loop makes a recv and a send per connection and an epoll_wait.
-# Accepting stays accept_some()'s, driven by a poll entry on the loop's epoll set of
-# listeners re-armed after each wake-up, so the connection limit, the spare descriptor and refusals are the
+# the loop's provided-buffer ring; a buffer is copied into the connection's input buffer
+# and handed back at once, so process_input() parses as before. Staged output goes out
+# as send entries from `sbuf`, swapped with `wbuf` when the kernel is done with it, so
+# stage() keeps appending to `wbuf` while a send is in flight. The eventfd poke and
+# listener readiness also come through the ring, so one batch costs one io_uring_enter
+# (io_uring_submit_and_wait) however many connections it serves, where the epoll loop
+# makes a recv and a send per connection and an epoll_wait. Accepting stays
+# accept_some()'s, driven by a poll entry on the loop's epoll set of listeners re-armed
+# after each wake-up, so the connection limit, the spare descriptor and refusals are the
 # epoll loop's. Back-pressure cancels the receive of a paused connection and re-arms it
 # when its output has drained. The kernel may still write into an IOConn (receive) or
 # read its `sbuf` (send) until the operation's last completion arrives, so a closed
