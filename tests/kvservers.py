@@ -14,34 +14,14 @@ import subprocess
 import tempfile
 import time
 
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _listening(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
-
-
-def _wait(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+from throwaway import free_port, listening, wait
 
 
 class _Daemon:
     name = "server"
 
     def __init__(self, folder=None):
-        self.port = _free_port()
+        self.port = free_port()
         self.own_dir = folder is None
         self.dir = folder or tempfile.mkdtemp(prefix=f"fastgear-{self.name}-")
         os.makedirs(self.dir, exist_ok=True)
@@ -60,8 +40,8 @@ class _Daemon:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: "
                                    f"{self.output()}")
-            return _listening(self.port)
-        _wait(up, 15, f"{self.name} on port {self.port}")
+            return listening(self.port)
+        wait(up, 15, f"{self.name} on port {self.port}")
         return self
 
     def output(self):

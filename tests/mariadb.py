@@ -11,13 +11,13 @@ ends it by its pid and removes the folder. `sql()` runs statements as root over 
 socket; `add_database()` makes a database and a user `gear` (password `pw`) for it.
 """
 import os
-import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
+
+from throwaway import free_port, unprivileged_owner
 
 USER, PASSWORD = "gear", "pw"
 
@@ -30,36 +30,19 @@ def binaries():
     return (install, server) if install and server else None
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class MariaDB:
     def __init__(self, settings=()):
         found = binaries()
         if found is None:
             raise FileNotFoundError("mariadb-install-db / mariadbd not found")
         self.install, self.server = found
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="fastgear-mariadb-")
         self.data = os.path.join(self.dir, "data")
         self.socket = os.path.join(self.dir, "sock")
         self.settings = list(settings)
         self.proc = None
-        self.user = None
-        if os.getuid() == 0:
-            for name in ("mysql", "nobody"):
-                try:
-                    pw = pwd.getpwnam(name)
-                except KeyError:
-                    continue
-                self.user = name
-                os.chown(self.dir, pw.pw_uid, pw.pw_gid)
-                break
-            else:
-                raise RuntimeError("running as root and no unprivileged user to run mariadbd")
+        self.user = unprivileged_owner(self.dir, ("mysql", "nobody"), "mariadbd")
         r = subprocess.run(self._as_user([self.install, "--no-defaults", f"--datadir={self.data}",
                                           "--auth-root-authentication-method=normal",
                                           "--skip-test-db", "--skip-name-resolve"]),

@@ -11,13 +11,13 @@ outage tests.
 """
 import glob
 import os
-import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
+
+from throwaway import free_port, unprivileged_owner
 
 
 def pg_bindir():
@@ -30,33 +30,16 @@ def pg_bindir():
     return os.path.dirname(initdb) if initdb else None
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PgCluster:
     def __init__(self, bindir=None, settings=()):
         self.bindir = bindir or pg_bindir()
         if self.bindir is None:
             raise FileNotFoundError("PostgreSQL's initdb was not found")
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="fastgear-pg-")
         self.data = os.path.join(self.dir, "data")
         self.settings = list(settings)
-        self.user = None
-        if os.getuid() == 0:
-            for name in ("postgres", "nobody"):
-                try:
-                    pw = pwd.getpwnam(name)
-                except KeyError:
-                    continue
-                self.user = name
-                os.chown(self.dir, pw.pw_uid, pw.pw_gid)
-                break
-            else:
-                raise RuntimeError("running as root and no unprivileged user to run postgres")
+        self.user = unprivileged_owner(self.dir, ("postgres", "nobody"), "postgres")
         self._run([os.path.join(self.bindir, "initdb"), "-D", self.data, "-U", "postgres",
                    "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions"])
 
