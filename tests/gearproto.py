@@ -318,3 +318,23 @@ def status_table(conn):
 def workers_of(conn, func):
     """How many worker registrations `status` shows for `func`."""
     return status_table(conn).get(func, (0, 0, 0))[2]
+
+
+def drain(server, func, limit=1000):
+    """Grab and complete every queued job of `func` with one worker (`server`: anything
+    Conn takes alone); payloads in grab order. More than `limit` jobs fails the test
+    rather than returning a partial list."""
+    done = []
+    with Conn(server) as w:
+        w.worker(func)
+        for _ in range(limit + 1):
+            t, args = w.grab(GRAB_JOB)
+            if t == NO_JOB:
+                break
+            assert t == JOB_ASSIGN, (t, args)
+            w.send(WORK_COMPLETE, args[0], b"")
+            done.append(bytes(args[2]))
+        else:
+            raise AssertionError(f"more than {limit} jobs of {func!r} queued")
+        w.echo()
+    return done

@@ -54,6 +54,7 @@ from gearproto import (
     WORK_FAIL,
     Closed,
     Conn,
+    drain,
     packet,
     status_table,
 )
@@ -81,24 +82,6 @@ def as_bytes(value):
     return value if isinstance(value, bytes) else str(value).encode()
 
 
-def drain(srv, func, limit=1000):
-    """Grab and complete every queued job of `func` with one worker; payloads in grab
-    order. More than `limit` jobs (callers pass what they submitted plus a margin) fails
-    the test rather than returning a partial list."""
-    done = []
-    with Conn(srv) as w:
-        w.worker(func)
-        for _ in range(limit):
-            t, args = w.grab(GRAB_JOB)
-            if t == NO_JOB:
-                break
-            assert t == JOB_ASSIGN, (t, args)
-            w.send(WORK_COMPLETE, args[0], b"")
-            done.append(args[2])
-        else:
-            raise AssertionError(f"more than {limit} jobs of {func!r} queued")
-        w.echo()
-    return done
 
 
 def total_jobs(srv, func):

@@ -36,6 +36,7 @@ from gearproto import (
     WORK_FAIL,
     Closed,
     Conn,
+    drain,
     packet,
     status_table,
 )
@@ -148,22 +149,6 @@ def rows(pg, table, cols="data"):
     return pg.sql(f"SELECT {cols} FROM {table} ORDER BY id")
 
 
-def drain(srv, func, limit):
-    """Complete every job of `func` queued on srv (one worker); payloads in grab order."""
-    done = []
-    with Conn(srv.host, srv.port) as w:
-        w.worker(func)
-        for _ in range(limit + 1):
-            t, args = w.grab(GRAB_JOB)
-            if t == NO_JOB:
-                break
-            assert t == JOB_ASSIGN, (t, args)
-            w.send(WORK_COMPLETE, args[0], b"")
-            done.append(bytes(args[2]))
-        else:
-            raise AssertionError(f"more than {limit} jobs of {func!r} queued")
-        w.echo()
-    return done
 
 
 def submit_many(srv, func, payloads, kind=SUBMIT_JOB_BG, unique=b""):

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 
+import gearproto
 import pytest
 from conftest import free_port, missing, need_gearmand, need_module, wait_for
 from gearproto import (
@@ -26,7 +27,6 @@ from gearproto import (
     GRAB_JOB,
     JOB_ASSIGN,
     JOB_CREATED,
-    NO_JOB,
     SUBMIT_JOB_BG,
     SUBMIT_JOB_EPOCH,
     SUBMIT_JOB_HIGH_BG,
@@ -145,21 +145,7 @@ def backend(request):
 
 
 def drain(srv, func, limit=10_000):
-    """Complete every queued job of `func` with one worker; payloads in grab order."""
-    done = []
-    with Conn(srv) as w:
-        w.worker(func)
-        for _ in range(limit + 1):
-            t, args = w.grab(GRAB_JOB)
-            if t == NO_JOB:
-                break
-            assert t == JOB_ASSIGN, (t, args)
-            w.send(WORK_COMPLETE, args[0], b"")
-            done.append(bytes(args[2]))
-        else:
-            raise AssertionError(f"more than {limit} jobs of {func!r} queued")
-        w.echo()
-    return done
+    return gearproto.drain(srv, func, limit)
 
 
 def queued(srv, func):

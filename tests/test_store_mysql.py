@@ -24,7 +24,6 @@ from gearproto import (
     GRAB_JOB,
     JOB_ASSIGN,
     JOB_CREATED,
-    NO_JOB,
     SUBMIT_JOB_BG,
     SUBMIT_JOB_EPOCH,
     SUBMIT_JOB_HIGH_BG,
@@ -33,6 +32,7 @@ from gearproto import (
     WORK_EXCEPTION,
     Closed,
     Conn,
+    drain,
     packet,
     status_table,
 )
@@ -71,22 +71,6 @@ def rows(mdb, db, cols="unique_key, function_name, priority, data, when_to_run",
                                       database=db)]
 
 
-def drain(srv, func, limit=1000):
-    """Complete every queued job of `func` with one worker; payloads in grab order."""
-    done = []
-    with Conn(srv) as w:
-        w.worker(func)
-        for _ in range(limit + 1):
-            t, args = w.grab(GRAB_JOB)
-            if t == NO_JOB:
-                break
-            assert t == JOB_ASSIGN, (t, args)
-            w.send(WORK_COMPLETE, args[0], b"")
-            done.append(bytes(args[2]))
-        else:
-            raise AssertionError(f"more than {limit} jobs of {func!r} queued")
-        w.echo()
-    return done
 
 
 # -- the kill-and-replay contract -------------------------------------------------------------
