@@ -5,11 +5,41 @@ assert() on and Cython's bounds/overflow checks, so the test suite can be run ag
 a build that stops at the first broken invariant instead of corrupting memory.
 """
 import os
+import shlex
+import subprocess
+import sys
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("FASTGEAR_DEBUG", "") not in ("", "0")
+
+# The I/O loops link liburing (the io_uring loop) and OpenSSL (TLS). Without their
+# headers the C compiler would fail deep in the build; say which packages to install.
+C_HEADERS = {"liburing.h": "liburing-dev", "openssl/ssl.h": "libssl-dev"}
+
+
+def check_c_headers():
+    cc = shlex.split(os.environ.get("CC", "cc"))
+    missing = []
+    for header, package in C_HEADERS.items():
+        try:
+            r = subprocess.run(cc + ["-E", "-x", "c", "-", "-o", os.devnull],
+                               input=f"#include <{header}>\n", text=True,
+                               capture_output=True, check=False)
+        except FileNotFoundError:
+            return      # no C compiler at all: the build says so itself
+        if r.returncode != 0:
+            missing.append((header, package))
+    if missing:
+        sys.exit("fastgear: building needs the C headers "
+                 + ", ".join(h for h, _ in missing) + ". On Debian or Ubuntu: apt-get install "
+                 + " ".join(p for _, p in missing) + " (Fedora: "
+                 + " ".join(p.replace("-dev", "-devel").replace("libssl", "openssl")
+                            for _, p in missing) + ").")
+
+
+check_c_headers()
 
 if DEBUG:
     cflags = ["-O0", "-g", "-UNDEBUG", "-DFASTGEAR_DEBUG=1"]
