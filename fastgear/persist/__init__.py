@@ -30,6 +30,34 @@ import time
 log = logging.getLogger("fastgear.store")
 
 
+# A dead letter as the SQL stores keep it: the dict keys control.dead_restore takes, and
+# the table columns they are read from, in the same order.
+DEAD_FIELDS = ("id", "handle", "function", "unique", "priority", "data", "error", "reason",
+               "attempts", "submitted_us", "failed_us")
+DEAD_COLUMN_NAMES = ("id", "handle", "function_name", "unique_key", "priority", "data", "error",
+                     "reason", "attempts", "submitted_us", "failed_us")
+
+
+def as_bytes(value):
+    """A column value as bytes: drivers give bytes, bytearray or memoryview for BLOBs, and
+    str where a column still has a text type (a table gearmand made)."""
+    if value is None:
+        return b""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    return str(value).encode("utf-8")
+
+
+def dead_letter(row):
+    """One row read in DEAD_COLUMN_NAMES order, as the dict control.dead_restore takes."""
+    r = dict(zip(DEAD_FIELDS, row))
+    for k in ("handle", "function", "unique", "data", "error"):
+        r[k] = as_bytes(r[k])
+    for k in ("priority", "reason", "attempts", "submitted_us", "failed_us"):
+        r[k] = int(r[k] or 0)
+    return r
+
+
 class StoreError(Exception):
     """A store cannot be opened, replayed or written (start-up errors exit with 1)."""
 

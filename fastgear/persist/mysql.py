@@ -33,7 +33,14 @@ import os
 import re
 import time
 
-from fastgear.persist import StoreError, StoreRefused
+from fastgear.persist import (
+    DEAD_COLUMN_NAMES,
+    DEAD_FIELDS,
+    StoreError,
+    StoreRefused,
+    as_bytes,
+    dead_letter,
+)
 
 log = logging.getLogger("fastgear.store")
 
@@ -42,10 +49,6 @@ COLUMNS = ("id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY, unique_key B
 DEAD_COLUMNS = ("id BIGINT NOT NULL PRIMARY KEY, handle BLOB, function_name BLOB, "
                 "unique_key BLOB, priority INT, data LONGBLOB, error BLOB, reason INT, "
                 "attempts INT, submitted_us BIGINT, failed_us BIGINT")
-DEAD_FIELDS = ("id", "handle", "function", "unique", "priority", "data", "error", "reason",
-               "attempts", "submitted_us", "failed_us")
-_DEAD_SELECT = ("id", "handle", "function_name", "unique_key", "priority", "data", "error",
-                "reason", "attempts", "submitted_us", "failed_us")
 RETRY_COLUMNS = "function_name BLOB, retries INT, backoff_ms BIGINT"
 DEFAULT_SOCKET = "/run/mysqld/mysqld.sock"
 # A BLOB holds 65535 bytes: longer function names or unique keys are refused per job.
@@ -256,32 +259,27 @@ class MySQLStore:
             cur.execute(b"SELECT id, function_name, unique_key, priority, data, when_to_run "
                         b"FROM " + self.t + b" ORDER BY id")
             for rid, func, unique, prio, data, when in cur:
-                yield (int(rid), _bytes(func), _bytes(unique),
-                       int(prio if prio is not None else 1), _bytes(data), int(when or 0))
+                yield (int(rid), as_bytes(func), as_bytes(unique),
+                       int(prio if prio is not None else 1), as_bytes(data), int(when or 0))
         finally:
             cur.close()
             self.con.commit()
 
     def replay_dead(self):
         with self.con.cursor() as cur:
-            cur.execute(b"SELECT " + ", ".join(_DEAD_SELECT).encode() + b" FROM " +
+            cur.execute(b"SELECT " + ", ".join(DEAD_COLUMN_NAMES).encode() + b" FROM " +
                         self.t_dead + b" ORDER BY id")
             rows = cur.fetchall()
         self.con.commit()
         for row in rows:
-            r = dict(zip(DEAD_FIELDS, row))
-            for k in ("handle", "function", "unique", "data", "error"):
-                r[k] = _bytes(r[k])
-            for k in ("priority", "reason", "attempts", "submitted_us", "failed_us"):
-                r[k] = int(r[k] or 0)
-            yield r
+            yield dead_letter(row)
 
     def replay_retry(self):
         with self.con.cursor() as cur:
             cur.execute(b"SELECT function_name, retries, backoff_ms FROM " + self.t_retry)
             rows = cur.fetchall()
         self.con.commit()
-        return [(_bytes(f), int(n), int(ms) / 1000.0) for f, n, ms in rows]
+        return [(as_bytes(f), int(n), int(ms) / 1000.0) for f, n, ms in rows]
 
     def set_retry(self, function, retries, backoff_s):
         """Keep a function's retry setting (retries < 0: forget it)."""
@@ -368,7 +366,7 @@ class MySQLStore:
                     cur.execute(b"DELETE FROM " + self.t_dead + b" WHERE id IN (" + ids + b")")
             for d in dead_adds:
                 cur.execute(b"REPLACE INTO " + self.t_dead + b" (" +
-                            ", ".join(_DEAD_SELECT).encode() + b") VALUES (" +
+                            ", ".join(DEAD_COLUMN_NAMES).encode() + b") VALUES (" +
                             b",".join(_lit(d[k]) for k in DEAD_FIELDS) + b")")
             for stmt in statements:
                 cur.execute(stmt)
@@ -397,10 +395,3 @@ class MySQLStore:
     def close(self):
         self._drop_connection()
 
-
-def _bytes(value):
-    if value is None:
-        return b""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    return str(value).encode("utf-8")

@@ -45,7 +45,7 @@ import secrets
 import socket
 import time
 
-from fastgear.persist import StoreError
+from fastgear.persist import StoreError, as_bytes, dead_letter
 
 log = logging.getLogger("fastgear.store")
 
@@ -331,7 +331,7 @@ class PostgresStore:
     def replay_retry(self):
         """[(function, retries, backoff_s)]: the per-function retry settings."""
         from psycopg import sql
-        return [(_bytes(f), int(n), int(ms) / 1000.0) for f, n, ms in self._run(
+        return [(as_bytes(f), int(n), int(ms) / 1000.0) for f, n, ms in self._run(
             lambda con: con.execute(sql.SQL("SELECT function_name, retries, backoff_ms "
                                             "FROM {}").format(self._q["retry"])).fetchall())]
 
@@ -586,7 +586,7 @@ class PostgresStore:
         rows = []
         for _ in range(1_000_000):
             got = self._run(lambda con: con.execute(stmt, params).fetchall())
-            rows.extend((rid, _bytes(f), _bytes(u), int(p if p is not None else 1), _bytes(d),
+            rows.extend((rid, as_bytes(f), as_bytes(u), int(p if p is not None else 1), as_bytes(d),
                          int(w or 0)) for rid, f, u, p, d, w in got)
             if len(got) < CLAIM_SLICE:
                 break
@@ -617,14 +617,7 @@ class PostgresStore:
                 d=q["dead"], s=q["servers"])
         got = self._run(lambda con: con.execute(
             stmt, {"v": victim, "me": self.server_id, "ep": self.epoch}).fetchall())
-        for r in got:
-            d = dict(zip(("id", "handle", "function", "unique", "priority", "data", "error",
-                          "reason", "attempts", "submitted_us", "failed_us"), r))
-            for k in ("handle", "function", "unique", "data", "error"):
-                d[k] = _bytes(d[k])
-            for k in ("priority", "reason", "attempts", "submitted_us", "failed_us"):
-                d[k] = int(d[k] or 0)
-            self.claimed_dead.append(d)
+        self.claimed_dead.extend(dead_letter(r) for r in got)
         if got:
             log.warning("took over %d dead letters of server %s", len(got), victim)
 
@@ -665,10 +658,3 @@ class PostgresStore:
                 pass
         self._drop_connection()
 
-
-def _bytes(value):
-    if value is None:
-        return b""
-    if isinstance(value, (bytes, memoryview)):
-        return bytes(value)
-    return str(value).encode("utf-8")

@@ -14,7 +14,7 @@ import os
 import re
 import sqlite3
 
-from fastgear.persist import StoreError
+from fastgear.persist import DEAD_COLUMN_NAMES, DEAD_FIELDS, StoreError, as_bytes, dead_letter
 
 COLUMNS = "unique_key TEXT, function_name TEXT, priority INTEGER, data BLOB, when_to_run INTEGER"
 # fastgear's own tables beside it (gearmand ignores them): the dead letters, keyed by
@@ -22,10 +22,6 @@ COLUMNS = "unique_key TEXT, function_name TEXT, priority INTEGER, data BLOB, whe
 DEAD_COLUMNS = ("id INTEGER PRIMARY KEY, handle BLOB, function_name BLOB, unique_key BLOB, "
                 "priority INTEGER, data BLOB, error BLOB, reason INTEGER, attempts INTEGER, "
                 "submitted_us INTEGER, failed_us INTEGER")
-DEAD_FIELDS = ("id", "handle", "function", "unique", "priority", "data", "error", "reason",
-               "attempts", "submitted_us", "failed_us")
-_DEAD_SELECT = ("id", "handle", "function_name", "unique_key", "priority", "data", "error",
-                "reason", "attempts", "submitted_us", "failed_us")
 RETRY_COLUMNS = "function_name BLOB PRIMARY KEY, retries INTEGER, backoff_ms INTEGER"
 
 
@@ -84,24 +80,19 @@ class SQLiteStore:
         cur = self.db.execute(f"SELECT rowid, function_name, unique_key, priority, data, "
                               f"when_to_run FROM {self.table} ORDER BY rowid")
         for rid, func, unique, prio, data, when in cur:
-            yield (rid, _bytes(func), _bytes(unique), int(prio if prio is not None else 1),
-                   _bytes(data), int(when or 0))
+            yield (rid, as_bytes(func), as_bytes(unique), int(prio if prio is not None else 1),
+                   as_bytes(data), int(when or 0))
 
     def replay_dead(self):
         """Every stored dead letter, oldest first, as dicts (control.dead_restore)."""
-        cur = self.db.execute(f"SELECT {', '.join(_DEAD_SELECT)} FROM {self.table}_dead "
+        cur = self.db.execute(f"SELECT {', '.join(DEAD_COLUMN_NAMES)} FROM {self.table}_dead "
                               f"ORDER BY id")
         for row in cur:
-            r = dict(zip(DEAD_FIELDS, row))
-            for k in ("handle", "function", "unique", "data", "error"):
-                r[k] = _bytes(r[k])
-            for k in ("priority", "reason", "attempts", "submitted_us", "failed_us"):
-                r[k] = int(r[k] or 0)
-            yield r
+            yield dead_letter(row)
 
     def replay_retry(self):
         """[(function, retries, backoff_s)]: the per-function retry settings."""
-        return [(_bytes(f), int(n), int(ms) / 1000.0) for f, n, ms in self.db.execute(
+        return [(as_bytes(f), int(n), int(ms) / 1000.0) for f, n, ms in self.db.execute(
             f"SELECT function_name, retries, backoff_ms FROM {self.table}_retry")]
 
     def set_retry(self, function, retries, backoff_s):
@@ -123,7 +114,7 @@ class SQLiteStore:
         try:
             if dead_adds:
                 db.executemany(
-                    f"INSERT OR REPLACE INTO {self.table}_dead ({', '.join(_DEAD_SELECT)}) "
+                    f"INSERT OR REPLACE INTO {self.table}_dead ({', '.join(DEAD_COLUMN_NAMES)}) "
                     f"VALUES ({', '.join('?' * len(DEAD_FIELDS))})",
                     [tuple(d[k] for k in DEAD_FIELDS) for d in dead_adds])
             if dead_deletes:
@@ -162,10 +153,3 @@ class SQLiteStore:
             self.db.close()
             self.db = None
 
-
-def _bytes(value):
-    if value is None:
-        return b""
-    if isinstance(value, bytes):
-        return value
-    return str(value).encode("utf-8")
