@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 
-from throwaway import free_port, unprivileged_owner
+from throwaway import free_port, log_tail, read_pid, unprivileged_owner
 
 USER, PASSWORD = "gear", "pw"
 
@@ -76,19 +76,11 @@ class MariaDB:
                 time.sleep(0.1)
 
     def log(self):
-        try:
-            with open(os.path.join(self.dir, "log"), errors="replace") as f:
-                return f.read()[-3000:]
-        except OSError:
-            return ""
+        return log_tail(os.path.join(self.dir, "log"))
 
     def _server_pid(self):
         """mariadbd's own pid (runuser is its parent when we run as root)."""
-        try:
-            with open(os.path.join(self.dir, "pid")) as f:
-                return int(f.read().strip())
-        except (OSError, ValueError):
-            return None
+        return read_pid(os.path.join(self.dir, "pid"))
 
     def halt(self, sig=signal.SIGTERM, timeout=60):
         """Stop the server and keep its data; SIGKILL is a crash (InnoDB recovers)."""

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 
-from throwaway import free_port, unprivileged_owner
+from throwaway import free_port, log_tail, read_pid, unprivileged_owner
 
 
 def pg_bindir():
@@ -68,18 +68,10 @@ class PgCluster:
         return self
 
     def log(self):
-        try:
-            with open(os.path.join(self.dir, "log"), errors="replace") as f:
-                return f.read()[-3000:]
-        except OSError:
-            return ""
+        return log_tail(os.path.join(self.dir, "log"))
 
     def _postmaster_pid(self):
-        try:
-            with open(os.path.join(self.data, "postmaster.pid")) as f:
-                return int(f.readline())
-        except (OSError, ValueError):
-            return None
+        return read_pid(os.path.join(self.data, "postmaster.pid"))
 
     def halt(self, mode="fast"):
         """Stop the server, keep the data (pg_ctl's fast or immediate mode)."""

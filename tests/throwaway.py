@@ -43,3 +43,21 @@ def unprivileged_owner(folder, candidates, server):
         os.chown(folder, pw.pw_uid, pw.pw_gid)
         return name
     raise RuntimeError(f"running as root and no unprivileged user to run {server}")
+
+
+def log_tail(path, size=3000):
+    """The end of a server's log file, for an error message ("" when there is none)."""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()[-size:]
+    except OSError:
+        return ""
+
+
+def read_pid(path):
+    """The pid on the first line of a pid file, or None."""
+    try:
+        with open(path) as f:
+            return int(f.readline().strip())
+    except (OSError, ValueError):
+        return None
