@@ -10,10 +10,16 @@ the floor are reference instruments, not part of fastgear.
 
     python bench/compare_threads.py --threads 0 1 2 4 --rounds 5 --jobs 200000
 
+Beside jobs/s and server CPU per job, each row shows what the kernel is asked to do per
+job, which no server's code can avoid paying for: TCP segments sent (system-wide, from
+/proc/net/snmp; on loopback each is also received) and the server's context switches,
+and the generator's own CPU: near 100% it, not the server, is what sets jobs/s.
+
 `--io uring epoll` runs fastgear once per I/O backend (each its own server, all in the
 same alternation with gearmand), one table row per backend.
 """
 import argparse
+import math
 import os
 import re
 import shutil
@@ -91,20 +97,65 @@ def stop_all(procs, timeout=15):
             proc.kill()
 
 
+def tcp_out_segments():
+    """The kernel's count of TCP segments sent, all sockets (/proc/net/snmp OutSegs): on
+    loopback each one is also received, so per job it is what every server must pay
+    the TCP stack for, whatever its code does. None where it cannot be read."""
+    try:
+        with open("/proc/net/snmp") as f:
+            rows = [line.split() for line in f if line.startswith("Tcp:")]
+        return int(rows[1][rows[0].index("OutSegs")])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def context_switches(pid):
+    """Voluntary and involuntary context switches of every thread of process pid."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                total += sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
+        except (OSError, ValueError):
+            pass
+    return total
+
+
 def run_load(binary, port, pid, workload, jobs, gen_threads, functions=1):
     cmd = [binary, "--port", str(port), "--jobs", str(jobs), "--threads", str(gen_threads),
            "--server-pid", str(pid), "--functions", str(functions)] + WORKLOADS[workload]
+    segs0, csw0 = tcp_out_segments(), context_switches(pid)
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    segs1, csw1 = tcp_out_segments(), context_switches(pid)
     line = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
     fields = dict(re.findall(r"(\w+)=(\S+)", line))
     if res.returncode != 0 or fields.get("status") != "ok":
         raise RuntimeError(f"load run failed: {res.stdout[-500:]} {res.stderr[-500:]}")
+    # Segments include the other traffic on the machine, which is nothing much during a
+    # run; switches are the server's own threads' (threads that exit in the run and
+    # the --threads 0 servers' single thread included).
+    if segs0 is not None and segs1 is not None:
+        fields["segs_per_job"] = (segs1 - segs0) / jobs
+    if csw0 is not None and csw1 is not None:
+        fields["csw_per_job"] = (csw1 - csw0) / jobs
     return fields
 
 
 def med(runs, key):
     vals = [float(f[key]) for f in runs if key in f]
     return (statistics.median(vals) if vals else float("nan")), (vals or [float("nan")])
+
+
+def pair(a, b, key, fmt):
+    """'median of a / median of b' for a per-run figure, blank where either lacks it."""
+    (x, _), (y, _) = med(a, key), med(b, key)
+    if math.isnan(x) or math.isnan(y):     # not measured
+        return ""
+    return f"{x:{fmt}} / {y:{fmt}}"
 
 
 def cpu_per_job(runs):
@@ -151,10 +202,12 @@ def main(argv=None):
     floor = "floor" in kinds
     print("| -t | workload | --io | fastgear jobs/s (median, min-max) | gearmand jobs/s "
           "| ratio | fastgear µs CPU/job | gearmand µs CPU/job | CPU/job ratio "
-          "| fg p99 ms fastgear / gearmand |"
+          "| fg p99 ms fastgear / gearmand | TCP segments/job fastgear / gearmand "
+          "| context switches/job fastgear / gearmand | generator CPU % fastgear / gearmand |"
           + (" floor jobs/s | floor µs CPU/job | fastgear ÷ floor jobs/s, CPU/job |"
              if floor else ""))
-    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if floor else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+          + ("---|---|---|" if floor else ""))
     for threads, workload, got in rows:
         gj, gv = med(got["gearmand"], "jobs_per_s")
         gcpu = cpu_per_job(got["gearmand"])
@@ -169,7 +222,10 @@ def main(argv=None):
             print(f"| {threads} | {workload} | {kind.partition(':')[2]} "
                   f"| {fj:,.0f} ({min(fv):,.0f}-{max(fv):,.0f}) "
                   f"| {gj:,.0f} ({min(gv):,.0f}-{max(gv):,.0f}) | {fj / gj:.2f}x "
-                  f"| {fcpu:.2f} | {gcpu:.2f} | {fcpu / gcpu:.2f}x | {p99} |", end="")
+                  f"| {fcpu:.2f} | {gcpu:.2f} | {fcpu / gcpu:.2f}x | {p99} "
+                  f"| {pair(got[kind], got['gearmand'], 'segs_per_job', '.2f')} "
+                  f"| {pair(got[kind], got['gearmand'], 'csw_per_job', '.3f')} "
+                  f"| {pair(got[kind], got['gearmand'], 'gen_cpu_pct', '.0f')} |", end="")
             if floor:
                 lj, _ = med(got["floor"], "jobs_per_s")
                 lc = cpu_per_job(got["floor"])
