@@ -300,6 +300,8 @@ cdef int ur_complete(Loop *L, UringLoop *U, io_uring_cqe *cqe, IOConn **ready,
             if buf_append(&io.inbuf, U.bufs + <size_t>(flags >> IORING_CQE_BUFFER_SHIFT)
                           * UR_BUFSZ, <size_t>res) != 0:
                 io.dead = 1
+            else:
+                ack_big_input(io)
         ur_recycle(U, flags)
         if res == 0:
             io.eof = 1

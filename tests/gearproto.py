@@ -338,3 +338,29 @@ def drain(server, func, limit=1000):
             raise AssertionError(f"more than {limit} jobs of {func!r} queued")
         w.echo()
     return done
+
+
+def delayed_acks():
+    """The kernel's count of ACKs that waited for the delayed-ACK timer, all sockets of
+    this network namespace (TcpExt DelayedACKs in /proc/net/netstat)."""
+    with open("/proc/net/netstat") as f:
+        rows = [line.split() for line in f if line.startswith("TcpExt:")]
+    return int(rows[1][rows[0].index("DelayedACKs")])
+
+
+def upload_like_libgearman(server, func, size):
+    """Send one SUBMIT_JOB_BG of `size` bytes as libgearman's clients and workers do,
+    and return how many delayed ACKs the kernel counted until its JOB_CREATED: a
+    32 KiB send buffer (libgearman sets SO_SNDBUF and SO_RCVBUF to 32 KiB), so the
+    packet goes out in parts, each sent once the previous one is ACKed; and a request
+    answered first (PHP sends OPTION_REQ `exceptions` on every connection), which puts
+    the server's side of the connection in the kernel's request-response mode."""
+    with Conn(server) as c:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
+        c.send(OPTION_REQ, b"exceptions")
+        assert c.expect(OPTION_RES) == [b"exceptions"]
+        before = delayed_acks()
+        c.sock.settimeout(60)
+        c.send(SUBMIT_JOB_BG, func, b"", b"u" * size)
+        c.expect(JOB_CREATED, timeout=60)
+        return delayed_acks() - before

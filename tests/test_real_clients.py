@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import missing, wait_for
 from conftest import need_module as conftest_need_module
+from gearproto import delayed_acks
 
 CLIENTS = Path(__file__).resolve().parent / "clients"
 RUN_TIMEOUT = 60          # seconds, for any one client command
@@ -761,17 +762,44 @@ def test_php_client_is_told_when_php_worker_fails_the_job(server, procs):
 
 def test_one_mib_payload_round_trips_between_php_client_and_perl_worker(server, procs,
                                                                         tmp_path):
-    # libgearman sets 32 KiB SO_SNDBUF/SO_RCVBUF, so on loopback every segment it sends
-    # or receives is below one MSS and waits out the peer's ~40 ms delayed ACK: 10 MiB
-    # takes ~6 s each way against gearmand and fastgear alike. 1 MiB (32 buffers' worth)
-    # exercises the same partial-read/partial-write path in 0.1 s; the 10 MiB round trip
-    # is the Perl test below.
+    # libgearman sets 32 KiB SO_SNDBUF/SO_RCVBUF, so a large payload goes in parts, and
+    # against gearmand each part waits out a ~40 ms delayed ACK: 10 MiB takes 5-6 s each
+    # way there (fastgear ACKs at once: the delayed-ACK tests above). 1 MiB (32 buffers'
+    # worth) exercises the same partial-read/partial-write path on both servers in
+    # 0.1 s; the 10 MiB round trip is the Perl test below.
     perl_worker(procs, server, "phbig", "reverse")
     src, dst = tmp_path / "payload.bin", tmp_path / "result.bin"
     payload = os.urandom(1024 * 1024)
     src.write_bytes(payload)
     assert php_client(server, "do", "phbig", f"@{src}", out=dst) == [f"complete:@{dst}"]
     assert dst.read_bytes() == payload[::-1]
+
+
+# libgearman's 32 KiB send buffer and PHP's OPTION_REQ on every connection: a large
+# payload goes in parts, each after the server's ACK of the last, and gearmand's ACKs
+# wait for the kernel's delayed-ACK timer (10 MiB took 5.4 s). Counted, not timed: the
+# kernel's count of such ACKs (about 40 for 4 MiB on gearmand; fastgear ACKs at once).
+PHP_UPLOAD = 4 * 1024 * 1024
+
+
+def php_upload_delayed_acks(server, tmp_path):
+    src = tmp_path / "payload.bin"
+    src.write_bytes(b"p" * PHP_UPLOAD)
+    before = delayed_acks()
+    (handle,) = php_client(server, "background", "phack", f"@{src}")
+    assert handle.startswith("H:"), handle
+    return delayed_acks() - before
+
+
+@pytest.mark.difference
+def test_php_client_uploads_a_large_payload_without_waiting_on_delayed_acks(server,
+                                                                            tmp_path):
+    assert php_upload_delayed_acks(server, tmp_path) <= 6
+
+
+@pytest.mark.gearmand_quirk
+def test_gearmand_makes_a_php_upload_wait_on_delayed_acks(server, tmp_path):
+    assert php_upload_delayed_acks(server, tmp_path) >= 12
 
 
 def test_ten_mib_payload_round_trips_between_perl_client_and_perl_worker(server, procs,

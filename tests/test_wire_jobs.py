@@ -45,7 +45,9 @@ from gearproto import (
     WORK_STATUS,
     WORK_WARNING,
     Conn,
+    drain,
     packet,
+    upload_like_libgearman,
 )
 
 
@@ -559,6 +561,24 @@ def test_a_10_mib_payload_round_trips(server):
         assert w.recv(timeout=20) == (JOB_ASSIGN, [h, b"big", big_in])
         w.send(WORK_COMPLETE, h, big_out)
         assert c.recv(timeout=20) == (WORK_COMPLETE, [h, big_out])
+
+
+# A 4 MiB packet from a libgearman-like sender goes in about 60 parts, each sent once the
+# server has ACKed the last. The kernel counts the ACKs that waited for its delayed-ACK
+# timer (40 ms or more each: 10 MiB from PHP took 5-6 s); the tests count them instead of
+# timing the upload. The bounds leave room for other traffic on the machine.
+BIG_UPLOAD = 4 * 1024 * 1024
+
+
+@pytest.mark.difference
+def test_a_large_packet_from_a_small_send_buffer_is_acked_as_it_arrives(server):
+    assert upload_like_libgearman(server, b"bigack", BIG_UPLOAD) <= 6
+    assert drain(server, b"bigack") == [b"u" * BIG_UPLOAD]
+
+
+@pytest.mark.gearmand_quirk
+def test_gearmand_acks_a_large_packet_only_as_delayed_ack_timers_run_out(server):
+    assert upload_like_libgearman(server, b"bigack", BIG_UPLOAD) >= 12
 
 
 # -- scheduled jobs -----------------------------------------------------------------------

@@ -91,6 +91,7 @@ cdef extern from "<netinet/in.h>" nogil:
 cdef extern from "<netinet/tcp.h>" nogil:
     enum:
         TCP_NODELAY
+        TCP_QUICKACK
         TCP_KEEPIDLE
         TCP_KEEPINTVL
         TCP_KEEPCNT
