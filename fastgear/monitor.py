@@ -890,17 +890,28 @@ def _bind(host: str, port: int, handler):
     raise error
 
 
-def start(cfg, server):
-    """Start the listener for cfg.monitor; returns a Monitor (with stop()) or None when
-    monitoring is off or the default port is busy. Raises MonitorError when an address
-    the user chose cannot be bound."""
+class Bound:
+    """A listener bound for cfg.monitor and not yet served (see bind())."""
+
+    def __init__(self, httpd, handler):
+        self.httpd, self.handler = httpd, handler
+
+    def close(self):
+        self.httpd.server_close()
+
+
+def bind(cfg):
+    """Bind the listener for cfg.monitor: a Bound for start(), or None when monitoring is
+    off or the default port is busy. Raises MonitorError when an address the user chose
+    cannot be bound. The server binds before it detaches (-d), so that this error reaches
+    the terminal and the exit status; the threads start after the fork."""
     where = config.parse_monitor(cfg.monitor)
     if not where:
         return None
     host, port = where
     handler = type("BoundHandler", (Handler,), {})
     try:
-        httpd = _bind(host, port, handler)
+        return Bound(_bind(host, port, handler), handler)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         if where == config.parse_monitor(config.DEFAULT_MONITOR):
@@ -909,6 +920,17 @@ def start(cfg, server):
             return None
         raise MonitorError(f"cannot listen for monitoring on {host}:{port}: {reason}") \
             from exc
+
+
+def start(cfg, server, bound=None):
+    """Serve cfg.monitor (bound by bind(), or here): returns a Monitor (with stop()) or
+    None when monitoring is off or the default port is busy. Raises MonitorError when an
+    address the user chose cannot be bound."""
+    if bound is None:
+        bound = bind(cfg)
+        if bound is None:
+            return None
+    httpd, handler = bound.httpd, bound.handler
     version = server.control.version() if hasattr(server, "control") else ""
     sampler = Sampler(server.loop, version)
     sampler.store_status = getattr(server, "store_status", None)

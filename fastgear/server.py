@@ -722,6 +722,7 @@ def run(cfg):
         log.warning("cn: entries of --admin-allow / --admin-allow-read match only TLS "
                     "peers with a client certificate; without TLS none will match")
     sockets, http_sockets, tls_sockets, store, pid_path, replayed = [], [], [], None, None, 0
+    mon_bound = None
     try:
         # Key and certificates are read here, once, before binding and before -u drops
         # the privileges that may be needed to read them.
@@ -739,15 +740,20 @@ def run(cfg):
         # terminal; its thread starts after the fork (threads do not survive fork()).
         if cfg.queue_type != "builtin":
             store, replayed = open_store(cfg, srv.loop)
+        # The monitor's address too, so that a busy one the user chose is reported on
+        # the terminal; it is served once the loops run (monitor.start below).
+        mon_bound = monitor.bind(cfg)
         if cfg.daemon:
             daemonize()
         pid_path = write_pid_file(cfg)
         drop_privileges(cfg)
-    except (StartupError, StoreError) as exc:
+    except (StartupError, StoreError, monitor.MonitorError) as exc:
         log.error("%s", exc)
         print(f"fastgear: {exc}", file=sys.stderr)
         for s in sockets + http_sockets + tls_sockets:
             s.close()
+        if mon_bound is not None:
+            mon_bound.close()
         if store is not None:
             store.close()
         remove_pid_file(pid_path)
@@ -760,14 +766,9 @@ def run(cfg):
         srv.store_thread = store_thread
     mon = None
     try:
-        # The monitor first: a bad --monitor address fails before any job is taken, and
-        # once connections are served its listener is already there.
-        try:
-            mon = monitor.start(cfg, srv)
-        except monitor.MonitorError as exc:
-            log.error("%s", exc)
-            print(f"fastgear: {exc}", file=sys.stderr)
-            return 1
+        # The monitor first: once connections are served its listener is already there.
+        if mon_bound is not None:
+            mon = monitor.start(cfg, srv, mon_bound)
         srv.start(sockets, http_sockets, tls_sockets)
         log_notice(startup_line(cfg, sockets, srv.loop.threads, replayed, mon, http_sockets,
                                 tls_sockets, srv.loop.io_backend))

@@ -697,7 +697,11 @@ def test_a_busy_default_monitor_port_is_logged_and_not_fatal(start_server):
         holder.close()
 
 
-def test_a_busy_monitor_port_the_user_chose_stops_the_server_with_exit_code_1(tmp_path):
+# With -d too: the address is bound before the server detaches, so the error reaches the
+# terminal and the exit status instead of only the log of a daemon that then exits.
+@pytest.mark.parametrize("daemon", [[], ["-d"]], ids=["foreground", "daemon"])
+def test_a_busy_monitor_port_the_user_chose_stops_the_server_with_exit_code_1(tmp_path,
+                                                                              daemon):
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
     holder.listen(1)
@@ -705,7 +709,7 @@ def test_a_busy_monitor_port_the_user_chose_stops_the_server_with_exit_code_1(tm
     proc = subprocess.Popen(
         [sys.executable, "-m", "fastgear", "serve", "-p", str(free_port()),
          "-L", "127.0.0.1", "--log-file", "none", "-P", str(tmp_path / "pid"),
-         "--monitor", f"127.0.0.1:{busy}"],
+         "--monitor", f"127.0.0.1:{busy}"] + daemon,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(tmp_path))
     try:
         _, err = proc.communicate(timeout=30)
