@@ -23,6 +23,7 @@ import gearproto
 import pytest
 from conftest import free_port, missing, need_gearmand, need_module, wait_for
 from gearproto import (
+    CAN_DO,
     ERROR,
     GRAB_JOB,
     JOB_ASSIGN,
@@ -32,6 +33,7 @@ from gearproto import (
     SUBMIT_JOB_HIGH_BG,
     SUBMIT_JOB_LOW_BG,
     WORK_COMPLETE,
+    WORK_EXCEPTION,
     Conn,
     status_table,
 )
@@ -65,13 +67,21 @@ class RedisBackend:
         with self.server.client() as r:
             return sorted(r.scan_iter(match=self.prefix.encode() + b"*", count=1000))
 
+    def job_keys(self):
+        """The jobs' hashes (fastgear's or gearmand's), not the id counter, the dead
+        letters or the retry settings."""
+        return [k for k in self.keys() if not k.endswith((b":fg:seq", b":fg:retry"))
+                and b":fg:dead:" not in k]
+
     def job_count(self):
-        return sum(1 for k in self.keys() if not k.endswith(b":seq"))
+        return len(self.job_keys())
+
+    def dead_keys(self):
+        return [k for k in self.keys() if b":fg:dead:" in k]
 
     def stored_whens(self):
         with self.server.client() as r:
-            return sorted(int(r.hget(k, "when")) for k in self.keys()
-                          if not k.endswith(b":seq"))
+            return sorted(int(r.hget(k, "when")) for k in self.job_keys())
 
     def crash(self):
         """Redis itself dies too: what comes back is what its append-only file kept."""
@@ -140,6 +150,15 @@ def backend(request):
     if request.param not in _running:
         _running[request.param] = BACKENDS[request.param]()
     b = _running[request.param]
+    b.new_prefix()
+    return b
+
+
+@pytest.fixture
+def redis_backend():
+    if "redis" not in _running:
+        _running["redis"] = RedisBackend()
+    b = _running["redis"]
     b.new_prefix()
     return b
 
@@ -248,6 +267,50 @@ def test_replay_keeps_priorities_empty_uniques_binary_names_and_epoch_times(
         with backend.server.client() as r:
             stats = r.info("commandstats")
         assert "cmdstat_scan" in stats and "cmdstat_keys" not in stats
+
+
+def test_dead_letters_and_retry_settings_survive_sigkill_with_redis(redis_backend,
+                                                                   start_server):
+    """As with the SQL stores: a dead letter's hash replaces its job's hash in one
+    MULTI/EXEC, the retry settings are kept, and both come back after a SIGKILL (of
+    fastgear and Redis) with the dead letter still re-queueable."""
+    from test_dead_letters import dead, listing, run_next
+    b = redis_backend
+    srv = start_server("fastgear", *b.flags())
+    with Conn(srv) as client, Conn(srv) as worker, Conn(srv) as admin:
+        assert admin.admin("retry keep 2 0.5") == b"OK\r\n"
+        worker.send(CAN_DO, b"other")
+        handles = []
+        for data in (b"a\x00a", b"b"):
+            handles.append(client.submit(b"other", data, b"u-" + data[:1],
+                                         kind=SUBMIT_JOB_BG))
+            run_next(worker, WORK_EXCEPTION, b"trace " + data[:1])
+        # Discarded: its hash goes too.
+        victim = dead(admin)[0]["handle"]
+        assert victim == handles[1]
+        assert admin.admin(f"dead discard {victim.decode()}") == b"OK\r\n"
+        before = dead(admin)
+        assert [r["handle"] for r in before] == [handles[0]]
+        wait_for(lambda: len(b.dead_keys()) == 1 and b.job_count() == 0,
+                 what="the dead letter's hash in place of its job's")
+        with b.server.client() as r:
+            wait_for(lambda: r.hgetall(f"{b.prefix}:fg:retry") == {b"keep": b"2 500"},
+                     what="the retry setting's hash")
+    srv.stop(signal.SIGKILL)
+    b.crash()
+    again = start_server("fastgear", *b.flags())
+    with Conn(again) as worker, Conn(again) as admin:
+        assert dead(admin) == before
+        assert [b"keep", b"2", b"0.5"] in listing(admin, "retry")
+        assert admin.admin(f"dead requeue {handles[0].decode()}").startswith(b"OK ")
+        worker.send(CAN_DO, b"other")
+        assert run_next(worker, WORK_COMPLETE)[2:] == [b"u-a", b"a\x00a"]
+        wait_for(lambda: b.dead_keys() == [] and b.job_count() == 0,
+                 what="the requeued dead letter's hashes to go")
+        assert admin.admin("retry keep default") == b"OK\r\n"
+    with b.server.client() as r:
+        wait_for(lambda: r.hgetall(f"{b.prefix}:fg:retry") == {},
+                 what="the retry setting to be forgotten")
 
 
 @pytest.mark.difference

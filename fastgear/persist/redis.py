@@ -12,6 +12,12 @@ in blocks, so replay restores submission order. Names never start `PREFIX-`, so 
 layouts never meet. gearmand's keys found at start-up are migrated: each becomes a
 fastgear hash and the old key goes in the same MULTI/EXEC.
 
+Dead letters and per-function retry settings (`retry F N BACKOFF`) are kept beside the
+jobs, as the SQL stores keep them: each dead letter a hash `PREFIX:fg:dead:ID` (the
+engine's dead-letter id) written in the same MULTI/EXEC that deletes its job's hash, and
+the retry settings one hash `PREFIX:fg:retry` (field: the function, value: "RETRIES
+BACKOFF_MS"). Both are read back at start-up.
+
 Durability: a batch of adds and deletes is one pipelined MULTI/EXEC, and JOB_CREATED
 goes out after EXEC's reply, i.e. once the write reached the server. It is exactly as
 durable as that server's persistence: `appendonly yes` with `appendfsync always` loses
@@ -22,7 +28,7 @@ with QUEUE_ERROR and the next batch reconnects; every call is bounded by socket 
 """
 import logging
 
-from fastgear.persist import StoreError
+from fastgear.persist import DEAD_FIELDS, StoreError, dead_letter
 
 log = logging.getLogger("fastgear.store")
 
@@ -75,7 +81,7 @@ def _is_uuid(word):
 
 class RedisStore:
     kind = "redis"
-    supports_dead = False
+    supports_dead = True
 
     def __init__(self, server=None, port=None, password=None, prefix="_gear_"):
         self.redis = _redis()
@@ -85,6 +91,8 @@ class RedisStore:
         self.prefix = (prefix if prefix is not None else "_gear_").encode("utf-8")
         self.job_prefix = self.prefix + b":fg:"
         self.seq_key = self.job_prefix + b"seq"
+        self.dead_prefix = self.job_prefix + b"dead:"
+        self.retry_key = self.job_prefix + b"retry"
         self.next_id = 0
         self.id_limit = 0
         self.max_bulk = DEFAULT_MAX_BULK
@@ -140,8 +148,8 @@ class RedisStore:
 
     # -- replay ------------------------------------------------------------------------
 
-    def _scan(self):
-        pattern = _glob_escape(self.prefix) + b"*"
+    def _scan(self, prefix=None):
+        pattern = _glob_escape(self.prefix if prefix is None else prefix) + b"*"
         cursor = 0
         while True:
             cursor, keys = self.client.scan(cursor, match=pattern, count=SCAN_COUNT)
@@ -181,6 +189,40 @@ class RedisStore:
                          h.get(b"data", b""), _int(h.get(b"when"), 0)))
         rows.sort()
         return rows
+
+    def replay_dead(self):
+        """Every stored dead letter, oldest first, as dicts (control.dead_restore)."""
+        keys = [k for k in self._scan(self.dead_prefix)
+                if k[len(self.dead_prefix):].isdigit()]
+        found = []
+        for _, h in self._fetch(keys):
+            if h and h.get(b"id", b"").isdigit():
+                d = dead_letter(tuple(h.get(f.encode(), b"") for f in DEAD_FIELDS))
+                d["id"] = int(d["id"])
+                found.append(d)
+        found.sort(key=lambda d: d["id"])
+        return found
+
+    def replay_retry(self):
+        """[(function, retries, backoff_s)]: the per-function retry settings."""
+        out = []
+        for func, value in self.client.hgetall(self.retry_key).items():
+            try:
+                retries, backoff_ms = (int(w) for w in value.split())
+            except ValueError:
+                log.warning("ignoring a malformed retry setting for %r in %s: %r",
+                            func, self.retry_key, value)
+                continue
+            out.append((func, retries, backoff_ms / 1000.0))
+        return out
+
+    def set_retry(self, function, retries, backoff_s):
+        """Keep a function's retry setting (retries < 0: forget it)."""
+        if retries < 0:
+            self.client.hdel(self.retry_key, function)
+        else:
+            self.client.hset(self.retry_key, function,
+                             b"%d %d" % (retries, round(backoff_s * 1000)))
 
     def _migrate(self, keys, ours):
         plen = len(self.prefix) + 1
@@ -228,8 +270,9 @@ class RedisStore:
                     f"proto-max-bulk-len ({self.max_bulk})")
         return None
 
-    def write(self, adds, deletes):
-        """One MULTI/EXEC: delete finished rows, store new ones; returns their ids."""
+    def write(self, adds, deletes, dead_adds=(), dead_deletes=()):
+        """One MULTI/EXEC: delete finished rows, store new ones (returns their ids), store
+        dead letters (dicts) and delete dead letters by id."""
         r = self.redis
         ids = []
         # Rows of a batch that failed may still have been written (the reply to EXEC was
@@ -245,6 +288,11 @@ class RedisStore:
                 pipe.hset(jp + b"%d" % rid, mapping={b"function": func, b"unique": unique,
                                                      b"priority": prio, b"data": data,
                                                      b"when": when})
+            if dead_deletes:
+                pipe.delete(*[self.dead_prefix + b"%d" % d for d in dead_deletes])
+            for d in dead_adds:
+                pipe.hset(self.dead_prefix + b"%d" % d["id"],
+                          mapping={f.encode(): d[f] for f in DEAD_FIELDS})
             pipe.execute()
         except (r.ConnectionError, r.TimeoutError, OSError) as exc:
             self.last_error = str(exc)
