@@ -300,8 +300,6 @@ cdef int ur_complete(Loop *L, UringLoop *U, io_uring_cqe *cqe, IOConn **ready,
             if buf_append(&io.inbuf, U.bufs + <size_t>(flags >> IORING_CQE_BUFFER_SHIFT)
                           * UR_BUFSZ, <size_t>res) != 0:
                 io.dead = 1
-            else:
-                ack_big_input(io)
         ur_recycle(U, flags)
         if res == 0:
             io.eof = 1
@@ -426,6 +424,11 @@ cdef void ur_loop_run(Loop *L) noexcept nogil:
         refused = 0
         accept_failed = 0
         nready = ur_harvest(L, U, ready, accepted, &naccepted, &refused, &accept_failed, 0)
+        for i in range(nready):
+            # Once per batch, not per 16 KiB receive buffer: one call leaves the
+            # kernel's request-response mode until this connection sends again.
+            if not ready[i].dead and not ready[i].eof:
+                ack_big_input(ready[i])
         lock(S)
         engine_clock(&S.eng)
         if refused:
