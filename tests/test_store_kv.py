@@ -76,8 +76,14 @@ class RedisBackend:
     def job_count(self):
         return len(self.job_keys())
 
-    def dead_keys(self):
-        return [k for k in self.keys() if b":fg:dead:" in k]
+    def dead_count(self):
+        return sum(1 for k in self.keys() if b":fg:dead:" in k)
+
+    def retry_settings(self):
+        """{function: (retries, backoff_ms)} as stored."""
+        with self.server.client() as r:
+            return {f: tuple(int(w) for w in v.split())
+                    for f, v in r.hgetall(f"{self.prefix}:fg:retry").items()}
 
     def stored_whens(self):
         with self.server.client() as r:
@@ -114,7 +120,21 @@ class MemcachedBackend:
         return [k for k in self.server.stored_keys() if k.startswith(self.prefix.encode())]
 
     def job_count(self):
-        return len(self.keys())
+        return sum(1 for k in self.keys() if b"~fd~" not in k and not k.endswith(b"~fr"))
+
+    def dead_count(self):
+        return sum(1 for k in self.keys() if b"~fd~" in k)
+
+    def retry_settings(self):
+        from pymemcache.client.base import Client
+
+        from fastgear.persist.memcached import decode_retry
+        c = Client(("127.0.0.1", self.server.port))
+        try:
+            value = c.get(self.prefix.encode() + b"~fr")
+        finally:
+            c.close()
+        return decode_retry(value) if value else {}
 
     def stored_whens(self):
         from pymemcache.client.base import Client
@@ -122,7 +142,8 @@ class MemcachedBackend:
         from fastgear.persist.memcached import decode
         c = Client(("127.0.0.1", self.server.port))
         try:
-            return sorted(decode(v)[4] for v in c.get_many(self.keys()).values())
+            return sorted(decode(v)[4] for k, v in c.get_many(self.keys()).items()
+                          if b"~fd~" not in k and not k.endswith(b"~fr"))
         finally:
             c.close()
 
@@ -150,15 +171,6 @@ def backend(request):
     if request.param not in _running:
         _running[request.param] = BACKENDS[request.param]()
     b = _running[request.param]
-    b.new_prefix()
-    return b
-
-
-@pytest.fixture
-def redis_backend():
-    if "redis" not in _running:
-        _running["redis"] = RedisBackend()
-    b = _running["redis"]
     b.new_prefix()
     return b
 
@@ -269,14 +281,12 @@ def test_replay_keeps_priorities_empty_uniques_binary_names_and_epoch_times(
         assert "cmdstat_scan" in stats and "cmdstat_keys" not in stats
 
 
-def test_dead_letters_and_retry_settings_survive_sigkill_with_redis(redis_backend,
-                                                                   start_server):
-    """As with the SQL stores: a dead letter's hash replaces its job's hash in one
-    MULTI/EXEC, the retry settings are kept, and both come back after a SIGKILL (of
-    fastgear and Redis) with the dead letter still re-queueable."""
+def test_dead_letters_and_retry_settings_survive_sigkill(backend, start_server):
+    """As with the SQL stores: a dead letter is stored with the batch that deletes its
+    job, the retry settings are kept, and both come back after a SIGKILL (of fastgear,
+    and of Redis) with the dead letter still re-queueable."""
     from test_dead_letters import dead, listing, run_next
-    b = redis_backend
-    srv = start_server("fastgear", *b.flags())
+    srv = start_server("fastgear", *backend.flags())
     with Conn(srv) as client, Conn(srv) as worker, Conn(srv) as admin:
         assert admin.admin("retry keep 2 0.5") == b"OK\r\n"
         worker.send(CAN_DO, b"other")
@@ -285,32 +295,29 @@ def test_dead_letters_and_retry_settings_survive_sigkill_with_redis(redis_backen
             handles.append(client.submit(b"other", data, b"u-" + data[:1],
                                          kind=SUBMIT_JOB_BG))
             run_next(worker, WORK_EXCEPTION, b"trace " + data[:1])
-        # Discarded: its hash goes too.
+        # Discarded: its stored copy goes too.
         victim = dead(admin)[0]["handle"]
         assert victim == handles[1]
         assert admin.admin(f"dead discard {victim.decode()}") == b"OK\r\n"
         before = dead(admin)
         assert [r["handle"] for r in before] == [handles[0]]
-        wait_for(lambda: len(b.dead_keys()) == 1 and b.job_count() == 0,
-                 what="the dead letter's hash in place of its job's")
-        with b.server.client() as r:
-            wait_for(lambda: r.hgetall(f"{b.prefix}:fg:retry") == {b"keep": b"2 500"},
-                     what="the retry setting's hash")
+        wait_for(lambda: backend.dead_count() == 1 and backend.job_count() == 0,
+                 what="the dead letter stored in place of its job")
+        wait_for(lambda: backend.retry_settings() == {b"keep": (2, 500)},
+                 what="the retry setting stored")
     srv.stop(signal.SIGKILL)
-    b.crash()
-    again = start_server("fastgear", *b.flags())
+    backend.crash()
+    again = start_server("fastgear", *backend.flags())
     with Conn(again) as worker, Conn(again) as admin:
         assert dead(admin) == before
         assert [b"keep", b"2", b"0.5"] in listing(admin, "retry")
         assert admin.admin(f"dead requeue {handles[0].decode()}").startswith(b"OK ")
         worker.send(CAN_DO, b"other")
         assert run_next(worker, WORK_COMPLETE)[2:] == [b"u-a", b"a\x00a"]
-        wait_for(lambda: b.dead_keys() == [] and b.job_count() == 0,
-                 what="the requeued dead letter's hashes to go")
+        wait_for(lambda: backend.dead_count() == 0 and backend.job_count() == 0,
+                 what="the requeued dead letter's items to go")
         assert admin.admin("retry keep default") == b"OK\r\n"
-    with b.server.client() as r:
-        wait_for(lambda: r.hgetall(f"{b.prefix}:fg:retry") == {},
-                 what="the retry setting to be forgotten")
+    wait_for(lambda: backend.retry_settings() == {}, what="the retry setting forgotten")
 
 
 @pytest.mark.difference
@@ -422,6 +429,23 @@ def test_memcached_says_it_is_not_durable(start_server):
     srv = start_server("fastgear", *b.flags())
     wait_for(lambda: "NOT durable" in srv.log_text(), what="the start-up line")
     assert "WARNING the memcached store is not durable" in srv.log_text()
+
+
+def test_memcached_dead_letter_and_retry_items_decode_to_what_was_stored():
+    from fastgear.persist.memcached import (
+        decode_dead,
+        decode_retry,
+        encode_dead,
+        encode_retry,
+    )
+    d = {"id": 7, "handle": b"H:x:9", "function": b"f\x00n", "unique": b"", "priority": 2,
+         "data": bytes(range(256)) * 3, "error": b"trace\n\t", "reason": 1, "attempts": 4,
+         "submitted_us": 1_700_000_000_000_000, "failed_us": 1_700_000_000_500_000}
+    assert decode_dead(encode_dead(d)) == d
+    with pytest.raises(ValueError):
+        decode_dead(encode_dead(d) + b"x")
+    settings = {b"keep": (2, 500), b"other\x00fn": (0, 0), b"": (1000000, 86400000)}
+    assert decode_retry(encode_retry(settings)) == settings
 
 
 @pytest.mark.parametrize("rest, func, unique", [

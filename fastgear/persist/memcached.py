@@ -16,6 +16,13 @@ followed by function, unique key and payload, so names are binary-safe and jobs 
 collide; the flags carry the priority as gearmand's do. A batch is sent as pipelined
 sets (deletes likewise) and JOB_CREATED follows the server's STORED replies.
 
+Dead letters are items `PREFIX~fd~ID` (the engine's dead-letter id; a header of the
+numbers and lengths, then handle, function, unique key, payload and error text), set
+with the batch that deletes their job's item; the per-function retry settings
+(`retry F N BACKOFF`) are one item `PREFIX~fr`. Both are read back at start-up, and
+both are as lasting as memcached's items. A dead letter larger than memcached's item
+limit is kept in memory only (logged).
+
 Replay lists the keys with `lru_crawler metadump all` (memcached >= 1.4.31; the
 `stats cachedump` libmemcached's dump uses lists at most one slab page per class on 1.6),
 fetches them with pipelined gets, migrates gearmand's items to fastgear's layout, and
@@ -33,6 +40,13 @@ log = logging.getLogger("fastgear.store")
 MAGIC = b"FGQ1"
 # magic, priority, when_to_run, len(function), len(unique)
 HEADER = struct.Struct(">4sBqII")
+DEAD_MAGIC = b"FGD1"
+# magic, id, priority, reason, attempts, submitted_us, failed_us, then the lengths of
+# handle, function, unique, data and error
+DEAD_HEADER = struct.Struct(">4sqBBIqqIIIII")
+DEAD_BYTES = ("handle", "function", "unique", "data", "error")
+# one retry setting: len(function), retries, backoff in ms; then the function
+RETRY_ENTRY = struct.Struct(">Iiq")
 CONNECT_TIMEOUT_S = 3.0
 IO_TIMEOUT_S = 5.0
 CHUNK = 500
@@ -87,6 +101,45 @@ def decode(value):
             value[at + flen + ulen:], when)
 
 
+def encode_dead(d):
+    parts = [bytes(d[k]) for k in DEAD_BYTES]
+    return DEAD_HEADER.pack(DEAD_MAGIC, d["id"], d["priority"], d["reason"], d["attempts"],
+                            d["submitted_us"], d["failed_us"],
+                            *[len(p) for p in parts]) + b"".join(parts)
+
+
+def decode_dead(value):
+    """A dead letter's item as the dict control.dead_restore takes."""
+    (magic, did, prio, reason, attempts, submitted, failed,
+     *lens) = DEAD_HEADER.unpack_from(value)
+    if magic != DEAD_MAGIC:
+        raise ValueError("not a fastgear dead letter")
+    d = {"id": did, "priority": prio, "reason": reason, "attempts": attempts,
+         "submitted_us": submitted, "failed_us": failed}
+    at = DEAD_HEADER.size
+    for k, n in zip(DEAD_BYTES, lens):
+        d[k] = value[at:at + n]
+        at += n
+    if at != len(value):
+        raise ValueError("a dead letter's lengths do not add up")
+    return d
+
+
+def encode_retry(settings):
+    return b"".join(RETRY_ENTRY.pack(len(f), n, ms) + f for f, (n, ms) in settings.items())
+
+
+def decode_retry(value):
+    """{function: (retries, backoff_ms)} from the retry settings' item."""
+    out, at = {}, 0
+    while at < len(value):
+        flen, n, ms = RETRY_ENTRY.unpack_from(value, at)
+        at += RETRY_ENTRY.size
+        out[value[at:at + flen]] = (n, ms)
+        at += flen
+    return out
+
+
 def split_gearmand_name(rest):
     from fastgear.persist.redis import split_gearmand_name as split
     return split(rest)
@@ -94,13 +147,18 @@ def split_gearmand_name(rest):
 
 class MemcachedStore:
     kind = "memcached"
-    supports_dead = False
+    supports_dead = True
 
     def __init__(self, servers, prefix="gear_"):
         self.Client, self.HashClient = _pymemcache()
         self.servers = parse_servers(servers)
         self.prefix = (prefix if prefix is not None else "gear_").encode("utf-8")
         self.job_prefix = self.prefix + b"~fg~"
+        self.dead_prefix = self.prefix + b"~fd~"
+        self.retry_key = self.prefix + b"~fr"
+        self.retry = {}                 # function -> (retries, backoff_ms), as stored
+        self.dead_keys = []             # dead letters' keys found by replay()
+        self._dead_too_big_logged = False
         self.next_id = 1
         self.item_max = 1 << 20
         self.client = None
@@ -172,10 +230,14 @@ class MemcachedStore:
     def replay(self):
         ours, theirs = [], []
         plen, jlen = len(self.prefix), len(self.job_prefix)
+        dlen = len(self.dead_prefix)
+        self.dead_keys = []
         for server, key in self._keys():
             if key.startswith(self.job_prefix) and key[jlen:].isdigit():
                 ours.append(key)
-            elif b"-" in key[plen:]:
+            elif key.startswith(self.dead_prefix) and key[dlen:].isdigit():
+                self.dead_keys.append(key)
+            elif key != self.retry_key and b"-" in key[plen:]:
                 theirs.append((server, key))
         rows = []
         for key, value in self._get(ours):
@@ -189,6 +251,56 @@ class MemcachedStore:
         if theirs:
             rows.extend(self._migrate(theirs))
         return rows
+
+    def replay_dead(self):
+        """Every stored dead letter (found by replay()), oldest first, as dicts."""
+        found = []
+        for key, value in self._get(self.dead_keys):
+            try:
+                found.append(decode_dead(value))
+            except (ValueError, struct.error):
+                log.warning("ignoring a malformed dead letter in memcached item %r", key)
+        found.sort(key=lambda d: d["id"])
+        return found
+
+    def replay_retry(self):
+        """[(function, retries, backoff_s)]: the per-function retry settings."""
+        value = self.client.get(self.retry_key)
+        try:
+            self.retry = decode_retry(value) if value else {}
+        except (ValueError, struct.error):
+            log.warning("ignoring malformed retry settings in memcached item %r",
+                        self.retry_key)
+            self.retry = {}
+        return [(f, n, ms / 1000.0) for f, (n, ms) in self.retry.items()]
+
+    def set_retry(self, function, retries, backoff_s):
+        """Keep a function's retry setting (retries < 0: forget it): the whole set is one
+        item, written again (this store thread is its only writer)."""
+        if retries < 0:
+            self.retry.pop(function, None)
+        else:
+            self.retry[function] = (retries, round(backoff_s * 1000))
+        if self.retry:
+            self.client.set(self.retry_key, encode_retry(self.retry), expire=0,
+                            noreply=False)
+        else:
+            self.client.delete(self.retry_key, noreply=False)
+
+    def _dead_items(self, dead_adds):
+        """{key: value} of the dead letters memcached can hold; the others stay in memory."""
+        items = {}
+        for d in dead_adds:
+            value = encode_dead(d)
+            if len(value) + MAX_KEY + ITEM_OVERHEAD > self.item_max:
+                if not self._dead_too_big_logged:
+                    self._dead_too_big_logged = True
+                    log.warning("a dead letter of %d bytes is larger than memcached's item "
+                                "size limit (%d bytes, memcached -I): kept in memory only",
+                                len(value), self.item_max)
+                continue
+            items[self.dead_prefix + b"%d" % d["id"]] = value
+        return items
 
     def _migrate(self, found_keys):
         """gearmand's items become fastgear's; read and deleted on the server that listed
@@ -225,8 +337,9 @@ class MemcachedStore:
                     f"({self.item_max} bytes, memcached -I)")
         return None
 
-    def write(self, adds, deletes):
-        """Pipelined sets of new rows and deletes of finished ones; returns the ids."""
+    def write(self, adds, deletes, dead_adds=(), dead_deletes=()):
+        """Pipelined sets of new rows and deletes of finished ones (returns the ids), then
+        the dead letters' sets and deletes."""
         from pymemcache.exceptions import MemcacheError
         jp = self.job_prefix
         ids = list(range(self.next_id, self.next_id + len(adds)))
@@ -245,6 +358,12 @@ class MemcachedStore:
                 if failed:
                     raise StoreError(f"memcached did not store {len(failed)} of "
                                      f"{len(adds)} jobs")
+            if dead_deletes:
+                self.client.delete_many([self.dead_prefix + b"%d" % d for d in dead_deletes],
+                                        noreply=False)
+            dead = self._dead_items(dead_adds) if dead_adds else None
+            if dead and self.client.set_many(dead, expire=0, noreply=False):
+                raise StoreError("memcached did not store a dead letter")
         except (MemcacheError, OSError, StoreError) as exc:
             self.orphans = orphans + ids
             if isinstance(exc, StoreError):
