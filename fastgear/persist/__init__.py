@@ -1,7 +1,8 @@
 """Persistent stores for background jobs, and the thread that feeds them.
 
-Every backend (sqlite.py, postgres.py, mysql.py, redis.py, memcached.py) implements one interface: `kind`, `open()`
-(create or migrate its tables), `replay()` (the jobs this server takes at start-up,
+Every backend (sqlite.py, postgres.py, mysql.py, redis.py, memcached.py) implements one
+interface: `kind`, `open()` (create or migrate its tables), `replay()` (the jobs this
+server takes at start-up,
 FIFO, as (row_id, function, unique, priority, data, when_to_run)), `write(adds,
 deletes)` (one transaction: insert the new rows, delete finished ones; returns the new
 row ids, or for a job the backend cannot take a StoreRefused in its place), `delete_rows(ids)`, `close()`. A store shared by several servers also has
