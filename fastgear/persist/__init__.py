@@ -2,15 +2,16 @@
 
 Every backend (sqlite.py, postgres.py, mysql.py, redis.py, memcached.py) implements one
 interface: `kind`, `open()` (create or migrate its tables), `replay()` (the jobs this
-server takes at start-up,
-FIFO, as (row_id, function, unique, priority, data, when_to_run)), `write(adds,
-deletes)` (one transaction: insert the new rows, delete finished ones; returns the new
-row ids, or for a job the backend cannot take a StoreRefused in its place), `delete_rows(ids)`, `close()`. A store shared by several servers also has
-`tick_s`, `maintain()` (lease renewal and takeover: returns rows to load into the engine
-while serving, and whether the engine must first drop the stored jobs it holds),
-`fenced()` (the lease lapsed: dispatch and acknowledgements stop) and `status()`. A
-store whose server limits the size of a value (redis.py, memcached.py) has `refuse(add)`:
-the reason one job cannot be stored, or None; such jobs get QUEUE_ERROR at once.
+server takes at start-up, FIFO, as (row_id, function, unique, priority, data,
+when_to_run)), `write(adds, deletes)` (one transaction: insert the new rows, delete
+finished ones; returns the new row ids, or for a job the backend cannot take a
+StoreRefused in its place), `delete_rows(ids)`, `close()`. A store shared by several
+servers also has `tick_s`, `maintain()` (lease renewal and takeover: returns rows to
+load into the engine while serving, and whether the engine must first drop the stored
+jobs it holds), `fenced()` (the lease lapsed: dispatch and acknowledgements stop) and
+`status()`. A store whose server limits the size of a value (redis.py, memcached.py) has
+`refuse(add)`: the reason one job cannot be stored, or None; such jobs get QUEUE_ERROR
+at once.
 
 `StoreThread` runs the group commit: it waits until the I/O loops have rows to write,
 takes *all* of them at once, writes them in one transaction, and then tells the loops,
