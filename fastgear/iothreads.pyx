@@ -308,9 +308,10 @@ cdef void ack_big_input(IOConn *io) noexcept nogil:
     still arriving. A peer with a small send buffer (libgearman sets 32 KiB) can only
     send its next part once this one is ACKed, and a request-response connection is in
     the kernel's "pingpong" mode, whose ACKs wait for data to ride on: none comes until
-    the packet is whole, so each part waited out the timer (a 10 MiB SUBMIT_JOB took
-    26 s on loopback, gearmand 29 s). TCP_QUICKACK leaves that mode and ACKs what was
-    read; it costs one call per read, and only for packets of BIG_INPUT bytes or more."""
+    the packet is whole, so each part waited out the timer (a 10 MiB doBackground from
+    PHP took 5.2 s on loopback, 5.4 s on gearmand). TCP_QUICKACK leaves that mode and
+    ACKs what was read: one call per read (per batch on io_uring), and only while a
+    packet of BIG_INPUT bytes or more is incomplete."""
     cdef const unsigned char *h
     cdef size_t have = buf_len(&io.inbuf)
     cdef size_t size

@@ -338,8 +338,10 @@ class MemcachedStore:
         return None
 
     def write(self, adds, deletes, dead_adds=(), dead_deletes=()):
-        """Pipelined sets of new rows and deletes of finished ones (returns the ids), then
-        the dead letters' sets and deletes."""
+        """Pipelined sets of new rows and deletes of finished ones (returns the ids), and
+        the dead letters' sets and deletes. memcached has no transaction, so dead letters
+        are set before their jobs' items go: a failure in between leaves a job to run
+        again, never a failed job lost."""
         from pymemcache.exceptions import MemcacheError
         jp = self.job_prefix
         ids = list(range(self.next_id, self.next_id + len(adds)))
@@ -349,6 +351,9 @@ class MemcachedStore:
         orphans, self.orphans = self.orphans, []
         deletes = orphans + list(deletes)
         try:
+            dead = self._dead_items(dead_adds) if dead_adds else None
+            if dead and self.client.set_many(dead, expire=0, noreply=False):
+                raise StoreError("memcached did not store a dead letter")
             if deletes:
                 self.client.delete_many([jp + b"%d" % d for d in deletes], noreply=False)
             if adds:
@@ -361,9 +366,6 @@ class MemcachedStore:
             if dead_deletes:
                 self.client.delete_many([self.dead_prefix + b"%d" % d for d in dead_deletes],
                                         noreply=False)
-            dead = self._dead_items(dead_adds) if dead_adds else None
-            if dead and self.client.set_many(dead, expire=0, noreply=False):
-                raise StoreError("memcached did not store a dead letter")
         except (MemcacheError, OSError, StoreError) as exc:
             self.orphans = orphans + ids
             if isinstance(exc, StoreError):
