@@ -458,6 +458,29 @@ def test_dead_letters_and_retry_settings_survive_sigkill_and_restart(pg, table, 
                  what="the requeued dead letter's rows to go")
 
 
+def test_a_retry_setting_made_on_one_server_reaches_the_others(pg, table, fastgear):
+    """Servers sharing a database share the retry policy: `retry F N BACKOFF` on one is
+    applied by the others within a store tick, and so is `retry F default`."""
+    from test_dead_letters import dead, listing, run_next
+    a = fastgear(table)
+    b = fastgear(table)
+    with Conn(a.host, a.port) as admin_a, Conn(b.host, b.port) as admin_b:
+        assert admin_a.admin("retry flaky 1 0.05") == b"OK\r\n"
+        wait_for(lambda: [b"flaky", b"1", b"0.05"] in listing(admin_b, "retry"),
+                 timeout=LEASE + 10, what="b to take a's retry setting")
+        # b applies it: a job of flaky that fails on b once runs again, then dies.
+        with Conn(b.host, b.port) as client, Conn(b.host, b.port) as worker:
+            worker.send(CAN_DO, b"flaky")
+            handle = client.submit(b"flaky", b"x", kind=SUBMIT_JOB_BG)
+            assert run_next(worker, WORK_FAIL)[0] == handle
+            assert run_next(worker, WORK_FAIL)[0] == handle
+            wait_for(lambda: [r["handle"] for r in dead(admin_b)] == [handle],
+                     what="the job dead after its one retry")
+        assert admin_b.admin("retry flaky default") == b"OK\r\n"
+        wait_for(lambda: not any(r[0] == b"flaky" for r in listing(admin_a, "retry")),
+                 timeout=LEASE + 10, what="a to drop the setting b dropped")
+
+
 def test_a_survivor_takes_over_a_killed_servers_dead_letters(pg, table, fastgear):
     from test_dead_letters import dead, run_next
     a = fastgear(table)

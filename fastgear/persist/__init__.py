@@ -93,6 +93,9 @@ class StoreThread(threading.Thread):
         self.pending_meta = []
         # A store whose server caps the size of a value says which jobs it cannot hold.
         self.refuse = getattr(store, "refuse", None)
+        # A store shared by several servers: the retry settings as last read from it, so
+        # that a change made on another server reaches this one (follow_retry).
+        self.shared_retry = None
 
     def run(self):
         poller = select.poll()
@@ -135,6 +138,8 @@ class StoreThread(threading.Thread):
                 dead = adopted()
                 if dead:
                     control.dead_restore(self.loop, dead)
+            if self.keeps_dead:
+                self.follow_retry()
         fenced = self.store.fenced()
         if fenced != self.fenced:
             self.fenced = fenced
@@ -162,6 +167,28 @@ class StoreThread(threading.Thread):
         control.dead_id_floor(self.loop, getattr(self.store, "dead_id_floor", 0))
         if dropped:
             log.warning("dropped %d dead letters whose rows other servers took over", dropped)
+
+    def follow_retry(self):
+        """(shared store, every tick) Apply the retry settings other servers changed:
+        what differs from the last read, not from this engine, so that a setting made
+        here and not yet written is never undone; a function whose own change is still
+        pending is left to it. A read that fails is tried again next tick."""
+        try:
+            now = {f: (n, b) for f, n, b in self.store.replay_retry()}
+        except Exception as exc:  # noqa: BLE001 (database errors: retried next tick)
+            log.debug("reading the shared retry settings failed: %s", exc)
+            return
+        # The first read is applied whole: it may be newer than the start-up replay.
+        last, self.shared_retry = self.shared_retry or {}, now
+        from fastgear import control
+        pending = {m[0] for m in self.pending_meta}
+        changed = [(f, *v) for f, v in now.items() if last.get(f) != v and f not in pending]
+        changed += [(f, -1, 0.0) for f in last if f not in now and f not in pending]
+        for function, retries, backoff_s in changed:
+            control.set_retry(self.loop, function, retries, backoff_s)
+        if changed:
+            log.info("retry settings changed by another server: %s",
+                     ", ".join(f.decode("utf-8", "replace") for f, *_ in changed))
 
     def set_retry(self, function, retries, backoff_s):
         """(control thread) Keep a function's retry setting with the next commit."""
