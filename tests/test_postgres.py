@@ -280,6 +280,49 @@ def test_survivor_takes_over_a_killed_servers_jobs_within_lease_plus_5s(pg, tabl
              what="the dead server's registration removed")
 
 
+def test_a_big_takeover_goes_in_steps_and_the_survivor_keeps_its_lease_and_serving(
+        pg, table, fastgear):
+    """A dead server's backlog of many claim slices is taken over in steps, with the
+    survivor's own commits (and lease renewals) in between: a client of the survivor
+    gets JOB_CREATED for every job it submits meanwhile, the survivor never lapses, and
+    every job runs once. (All at once, 63,000 of 100,000 rows took longer than this
+    2 s lease: the survivor lost it and refused submissions.)"""
+    a = fastgear(table, monitor=True)
+    b = fastgear(table, monitor=True)
+    backlog = [b"b%06d" % i for i in range(30_000)]
+    for i in range(0, len(backlog), 5_000):
+        submit_many(a, b"big", backlog[i:i + 5_000])
+    wait_for(lambda: any(p["addr"].endswith(f":{a.port}") for p in b.status()["store"]["peers"]),
+             what="b sees a")
+    a.stop(signal.SIGKILL)
+    stop, live, errors = threading.Event(), [], []
+
+    def submit_to_b():
+        with Conn(b.host, b.port) as c:
+            while not stop.is_set():
+                p = b"live%05d" % len(live)
+                c.send(SUBMIT_JOB_BG, b"live", b"", p)
+                t, args = c.recv(timeout=30)
+                (live if t == JOB_CREATED else errors).append((p, t, args))
+    t = threading.Thread(target=submit_to_b, daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: b.status()["store"]["jobs_claimed"] == len(backlog),
+                 timeout=LEASE + 60, what="b to claim a's whole backlog")
+    finally:
+        stop.set()
+        t.join(30)
+    assert not errors, errors[:3]
+    assert live, "no submission to b was answered during the takeover"
+    out = b.output()
+    assert "more to come" in out, "the takeover was not split into steps"
+    assert "lease lapsed" not in out and not b.status()["store"]["fenced"]
+    assert b.status()["store"]["takeovers"] == 1
+    assert sorted(drain(b, b"big", 100_000)) == backlog
+    assert sorted(drain(b, b"live", 100_000)) == [p for p, _, _ in live]
+    wait_for(lambda: rows(pg, table) == [], what="every row deleted")
+
+
 class Submitter(threading.Thread):
     """Pipelines background submits to one server until it dies or `limit` are acked."""
 

@@ -105,8 +105,9 @@ class StoreThread(threading.Thread):
             if self.tick_s is not None:
                 self.tend()
             # Also on every timeout: admin actions (dead letters discarded or re-queued,
-            # retry settings) do not poke the store's eventfd.
-            poller.poll(wait_ms)
+            # retry settings) do not poke the store's eventfd. A takeover in steps
+            # comes straight back after the commit.
+            poller.poll(0 if getattr(self.store, "claim_more", False) else wait_ms)
             self.commit_once()
         # What the loops handed over before they stopped still goes to disk.
         self.commit_once()
@@ -114,7 +115,7 @@ class StoreThread(threading.Thread):
     def tend(self):
         """A shared store's upkeep between commits: renew, recover, take over, fence."""
         now = time.monotonic()
-        if now >= self.next_tick:
+        if now >= self.next_tick or getattr(self.store, "claim_more", False):
             self.next_tick = now + self.tick_s
             try:
                 rows, forget = self.store.maintain()

@@ -50,6 +50,10 @@ from fastgear.persist import StoreError, as_bytes, dead_letter
 log = logging.getLogger("fastgear.store")
 
 CLAIM_SLICE = 1000
+# While serving, a takeover claims at most this many slices per store tick, then the
+# store thread commits what is waiting and comes straight back for more: a dead server's
+# big backlog never holds this server's own acknowledgements for longer than that.
+CLAIM_SLICES_PER_STEP = 4
 # libpq settings that keep every call bounded when the database or the network goes
 # away (the user's conninfo wins where it sets them).
 CONNECT_DEFAULTS = {"connect_timeout": "5", "keepalives": "1", "keepalives_idle": "5",
@@ -98,6 +102,9 @@ class PostgresStore:
         self.takeovers = 0
         self.jobs_claimed = 0
         self.last_takeover = None       # wall clock
+        self.claim_more = False         # a takeover stopped at its step's budget
+        self._claim_budget = None       # slices left in this step (None: no limit)
+        self._taking = set()            # victims whose takeover is counted, not done
         self.peers = []                 # [(server_id, addr, epoch, lease age s)]
         self.reconnects = 0
         self.claimed_dead = []          # dead letters claimed, for adopted_dead()
@@ -548,19 +555,35 @@ class PostgresStore:
                       for sid, addr, ep, age, _dead in peers]
         dead = [sid for sid, _addr, _ep, _age, is_dead in peers if is_dead]
         rows = []
+        self.claim_more = False
+        self._claim_budget = None if startup else CLAIM_SLICES_PER_STEP
         for sid in dead:
-            got = self._claim(sid, fence=True)
+            got, done = self._claim(sid, fence=True)
             if got:
-                self.takeovers += 1
+                if sid not in self._taking:     # one takeover, however many steps
+                    self._taking.add(sid)
+                    self.takeovers += 1
                 self.jobs_claimed += len(got)
                 self.last_takeover = time.time()
-                log.warning("took over %d jobs of server %s (lease expired)", len(got), sid)
+                log.warning("took over %d jobs of server %s (lease expired)%s", len(got), sid,
+                            "" if done else "; more to come")
+            if done:
+                self._taking.discard(sid)
             rows.extend(got)
+            if not done:
+                break
         for owner in orphans:
-            got = self._claim(owner, fence=False)
+            got, done = self._claim(owner, fence=False)
             rows.extend(got)
         rows.sort(key=lambda r: r[0])
         return rows
+
+    def _keep_lease(self):
+        """Renew the lease when due in the middle of a long claim: a big takeover must
+        not cost the survivor its own lease. False once it is lost or lapsed."""
+        if time.monotonic() - self.renewed_at > self.lease_s / 4:
+            self._renew()
+        return not self.fenced()
 
     def _claim(self, victim, fence):
         from psycopg import sql
@@ -585,6 +608,13 @@ class PostgresStore:
         params = {"v": victim, "me": self.server_id, "ep": self.epoch, "n": CLAIM_SLICE}
         rows = []
         for _ in range(1_000_000):
+            if self._claim_budget is not None:
+                if self._claim_budget <= 0:
+                    self.claim_more = True
+                    return rows, False
+                self._claim_budget -= 1
+            if not self._keep_lease():
+                return rows, False
             got = self._run(lambda con: con.execute(stmt, params).fetchall())
             rows.extend((rid, as_bytes(f), as_bytes(u), int(p if p is not None else 1), as_bytes(d),
                          int(w or 0)) for rid, f, u, p, d, w in got)
@@ -600,7 +630,7 @@ class PostgresStore:
                         "NOT EXISTS (SELECT 1 FROM {d} WHERE owner = %s)").format(
                             s=q["servers"], q=q["q"], d=q["dead"]),
                 (victim, victim, victim)))
-        return rows
+        return rows, True
 
     def _claim_dead(self, victim):
         """The victim's dead letters become ours (kept in claimed_dead for the engine)."""
