@@ -105,6 +105,7 @@ class PostgresStore:
         self.claim_more = False         # a takeover stopped at its step's budget
         self._claim_budget = None       # slices left in this step (None: no limit)
         self._taking = set()            # victims whose takeover is counted, not done
+        self._claim_after = {}          # victim -> highest id claimed in this pass
         self.peers = []                 # [(server_id, addr, epoch, lease age s)]
         self.reconnects = 0
         self.claimed_dead = []          # dead letters claimed, for adopted_dead()
@@ -232,6 +233,7 @@ class PostgresStore:
         if idx is None:
             ex(sql.SQL("CREATE INDEX {} ON {} (owner, owner_epoch)").format(
                 q["owner_idx"], q["q"]))
+
         ex(sql.SQL("CREATE TABLE IF NOT EXISTS {} (server_id text PRIMARY KEY, "
                    "epoch bigint NOT NULL, addr text NOT NULL, pid integer, "
                    "started timestamptz NOT NULL DEFAULT now(), "
@@ -596,16 +598,28 @@ class PostgresStore:
                         "WHERE server_id = %s AND lease_until > '-infinity' AND "
                         "(lease_until < now() OR addr = %s)").format(
                             s=q["servers"], seq=q["seq"]), (victim, self.addr)))
-        owner_cond = sql.SQL("owner IS NULL") if victim is None else sql.SQL("owner = %(v)s")
+        # The victim's lease is checked once (an init plan), not per row: a per-row
+        # check kept the planner from walking the primary key in id order, so every
+        # slice read and sorted all the victim's remaining rows (120 ms per 1,000 rows
+        # with 300,000 left, against 6 ms). Sorting is also ruled out for the slice's
+        # transaction, so a table without statistics yet gets the same plan.
+        owner_cond = sql.SQL("owner IS NULL") if victim is None else sql.SQL(
+            "owner = %(v)s AND NOT EXISTS (SELECT 1 FROM {s} WHERE server_id = %(v)s AND "
+            "lease_until >= now())").format(s=q["servers"])
         stmt = sql.SQL(
-            "WITH c AS (SELECT id FROM {q} WHERE {cond} AND NOT EXISTS (SELECT 1 FROM {s} "
-            "  WHERE server_id = {q}.owner AND lease_until >= now()) AND EXISTS (SELECT 1 "
+            "WITH c AS (SELECT id FROM {q} WHERE {cond} AND EXISTS (SELECT 1 "
             "  FROM {s} WHERE server_id = %(me)s AND epoch = %(ep)s AND lease_until >= now()) "
-            "  ORDER BY id LIMIT %(n)s FOR UPDATE SKIP LOCKED) "
+            "  AND id > %(after)s ORDER BY id LIMIT %(n)s FOR UPDATE SKIP LOCKED) "
             "UPDATE {q} SET owner = %(me)s, owner_epoch = %(ep)s FROM c WHERE {q}.id = c.id "
             "RETURNING {q}.id, {q}.function_name, {q}.unique_key, {q}.priority, {q}.data, "
             "{q}.when_to_run").format(q=q["q"], s=q["servers"], cond=owner_cond)
-        params = {"v": victim, "me": self.server_id, "ep": self.epoch, "n": CLAIM_SLICE}
+        # Each slice starts after the last one's highest id: the rows claimed before
+        # are dead versions in the primary key until VACUUM, and a scan from the start
+        # would step over all of them in every slice. A row skipped because another
+        # survivor had it locked, and then not taken by it, is found when the next pass
+        # starts from the beginning (the cursor goes when a pass ends).
+        params = {"v": victim, "me": self.server_id, "ep": self.epoch, "n": CLAIM_SLICE,
+                  "after": self._claim_after.get(victim, 0)}
         rows = []
         for _ in range(1_000_000):
             if self._claim_budget is not None:
@@ -615,11 +629,14 @@ class PostgresStore:
                 self._claim_budget -= 1
             if not self._keep_lease():
                 return rows, False
-            got = self._run(lambda con: con.execute(stmt, params).fetchall())
+            got = self._run(lambda con: self._claim_slice(con, stmt, params))
             rows.extend((rid, as_bytes(f), as_bytes(u), int(p if p is not None else 1), as_bytes(d),
                          int(w or 0)) for rid, f, u, p, d, w in got)
+            if got:
+                params["after"] = self._claim_after[victim] = max(r[0] for r in got)
             if len(got) < CLAIM_SLICE:
                 break
+        self._claim_after.pop(victim, None)
         self._claim_dead(victim)
         if fence:
             # Gone once every row of it is claimed (rows another survivor still holds
@@ -631,6 +648,12 @@ class PostgresStore:
                             s=q["servers"], q=q["q"], d=q["dead"]),
                 (victim, victim, victim)))
         return rows, True
+
+    @staticmethod
+    def _claim_slice(con, stmt, params):
+        with con.transaction():
+            con.execute("SET LOCAL enable_sort = off")
+            return con.execute(stmt, params).fetchall()
 
     def _claim_dead(self, victim):
         """The victim's dead letters become ours (kept in claimed_dead for the engine)."""
