@@ -42,6 +42,7 @@ from gearproto import (
 )
 from outage import OutageLoad
 from pgcluster import PgCluster, pg_bindir
+from throwaway import listening
 
 LEASE = 2
 
@@ -84,7 +85,7 @@ class Fastgear:
         try:
             wait_for(self._ready, timeout=30, what=f"fastgear on {port}")
             if monitor:
-                wait_for(lambda: _listening(self.monitor_port), timeout=15, what="monitor")
+                wait_for(lambda: listening(self.monitor_port), timeout=15, what="monitor")
         except AssertionError:
             self.stop(signal.SIGKILL)
             raise AssertionError(f"fastgear did not start: {self.output()}") from None
@@ -206,7 +207,7 @@ def test_gearmand_queue_table_is_migrated_on_open(pg, table, fastgear, tmp_path)
                           "--libpq-table", table], stdout=subprocess.DEVNULL,
                          stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: _listening(port), timeout=15, what="gearmand")
+        wait_for(lambda: listening(port), timeout=15, what="gearmand")
         with Conn("127.0.0.1", port) as c:
             c.submit(b"gm", b"n1", unique=b"u1", kind=SUBMIT_JOB_BG)
             c.submit(b"gm", b"h1", unique=b"u2", kind=SUBMIT_JOB_HIGH_BG)
@@ -232,14 +233,6 @@ def test_gearmand_queue_table_is_migrated_on_open(pg, table, fastgear, tmp_path)
     # The finished jobs' rows go in the store thread's next commit.
     wait_for(lambda: rows(pg, table, "data, when_to_run") == [(b"ep", 1900000000)],
              what="the finished jobs' rows deleted, the epoch job's kept")
-
-
-def _listening(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 # -- takeover ------------------------------------------------------------------------------
