@@ -311,19 +311,16 @@ cdef void ack_big_input(IOConn *io) noexcept nogil:
     the packet is whole, so each part waited out the timer (a 10 MiB doBackground from
     PHP took 5.2 s on loopback, 5.4 s on gearmand). TCP_QUICKACK leaves that mode and
     ACKs what was read: one call per read (per batch on io_uring), and only while a
-    packet of BIG_INPUT bytes or more is incomplete."""
-    cdef const unsigned char *h
+    binary packet of BIG_INPUT bytes or more is incomplete; the header is read as
+    parse_packet() reads it (either magic)."""
+    cdef const char *h = buf_head(&io.inbuf)
     cdef size_t have = buf_len(&io.inbuf)
     cdef size_t size
     cdef int one = 1
-    if have < 12:
+    if io.dead or io.eof or have < HEADER_SIZE or memcmp(h, b"\0RE", 3) != 0:
         return
-    h = <const unsigned char *>buf_head(&io.inbuf)
-    if h[0] != 0 or h[1] != 82 or h[2] != 69 or h[3] != 81:      # "\0REQ"
-        return
-    size = ((<size_t>h[8] << 24) | (<size_t>h[9] << 16) | (<size_t>h[10] << 8)
-            | <size_t>h[11])
-    if size >= BIG_INPUT and have < size + 12:
+    size = HEADER_SIZE + <size_t>get_be32(h + 8)
+    if size >= BIG_INPUT and have < size:
         setsockopt(io.c.fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one))
 
 
@@ -334,8 +331,7 @@ cdef int read_conn(Loop *L, IOConn *io) noexcept nogil:
     cdef Conn *c = &io.c
     if io.ssl != NULL:
         n = tls_read(L, io)
-        if n:
-            ack_big_input(io)
+        ack_big_input(io)
         return <int>n
     while total < READ_BUDGET:
         if buf_reserve(&io.inbuf, READ_CHUNK) != 0:

@@ -427,8 +427,7 @@ cdef void ur_loop_run(Loop *L) noexcept nogil:
         for i in range(nready):
             # Once per batch, not per 16 KiB receive buffer: one call leaves the
             # kernel's request-response mode until this connection sends again.
-            if not ready[i].dead and not ready[i].eof:
-                ack_big_input(ready[i])
+            ack_big_input(ready[i])
         lock(S)
         engine_clock(&S.eng)
         if refused:
