@@ -51,11 +51,12 @@ def as_bytes(value):
 
 
 def dead_letter(row):
-    """One row read in DEAD_COLUMN_NAMES order, as the dict control.dead_restore takes."""
+    """One row read in DEAD_COLUMN_NAMES order, as the dict control.dead_restore takes
+    (numbers may come as text, as Redis gives them)."""
     r = dict(zip(DEAD_FIELDS, row))
     for k in ("handle", "function", "unique", "data", "error"):
         r[k] = as_bytes(r[k])
-    for k in ("priority", "reason", "attempts", "submitted_us", "failed_us"):
+    for k in ("id", "priority", "reason", "attempts", "submitted_us", "failed_us"):
         r[k] = int(r[k] or 0)
     return r
 

@@ -197,9 +197,7 @@ class RedisStore:
         found = []
         for _, h in self._fetch(keys):
             if h and h.get(b"id", b"").isdigit():
-                d = dead_letter(tuple(h.get(f.encode(), b"") for f in DEAD_FIELDS))
-                d["id"] = int(d["id"])
-                found.append(d)
+                found.append(dead_letter(tuple(h.get(f.encode(), b"") for f in DEAD_FIELDS)))
         found.sort(key=lambda d: d["id"])
         return found
 
