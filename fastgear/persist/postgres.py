@@ -233,7 +233,6 @@ class PostgresStore:
         if idx is None:
             ex(sql.SQL("CREATE INDEX {} ON {} (owner, owner_epoch)").format(
                 q["owner_idx"], q["q"]))
-
         ex(sql.SQL("CREATE TABLE IF NOT EXISTS {} (server_id text PRIMARY KEY, "
                    "epoch bigint NOT NULL, addr text NOT NULL, pid integer, "
                    "started timestamptz NOT NULL DEFAULT now(), "
@@ -575,8 +574,7 @@ class PostgresStore:
             if not done:
                 break
         for owner in orphans:
-            got, done = self._claim(owner, fence=False)
-            rows.extend(got)
+            rows.extend(self._claim(owner, fence=False)[0])
         rows.sort(key=lambda r: r[0])
         return rows
 
