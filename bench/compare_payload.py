@@ -16,7 +16,6 @@ machine). Prints medians of --rounds as a Markdown table.
 import argparse
 import socket
 import statistics
-import struct
 import sys
 import tempfile
 import time
@@ -25,7 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_threads import start, stop_all
 
-REQ = b"\0REQ"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from fastgear.protocol import encode, parse
+
 OPTION_REQ, OPTION_RES, SUBMIT_JOB_BG, JOB_CREATED = 26, 27, 18, 8
 
 
@@ -36,19 +37,19 @@ def delayed_acks():
 
 
 def reply(sock, want):
-    head = b""
-    while len(head) < 12:
-        chunk = sock.recv(12 - len(head))
+    """The next packet's fields, through the server's own codec; it must be `want`."""
+    data = b""
+    while True:
+        got, _ = parse(data)
+        if got:
+            kind, ptype, fields = got[0]
+            if kind != "packet" or ptype != want:
+                raise RuntimeError(f"expected packet type {want}, got {kind} {ptype}")
+            return fields
+        chunk = sock.recv(65536)
         if not chunk:
             raise RuntimeError("server closed the connection")
-        head += chunk
-    _, ptype, size = struct.unpack(">4sII", head)
-    body = b""
-    while len(body) < size:
-        body += sock.recv(size - len(body))
-    if ptype != want:
-        raise RuntimeError(f"expected packet type {want}, got {ptype}: {body[:80]!r}")
-    return body
+        data += chunk
 
 
 def upload(port, size, timeout):
@@ -57,10 +58,9 @@ def upload(port, size, timeout):
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
-        s.sendall(REQ + struct.pack(">II", OPTION_REQ, 10) + b"exceptions")
+        s.sendall(encode(OPTION_REQ, [b"exceptions"], request=True))
         reply(s, OPTION_RES)
-        body = b"payload\0\0" + b"x" * size
-        packet = REQ + struct.pack(">II", SUBMIT_JOB_BG, len(body)) + body
+        packet = encode(SUBMIT_JOB_BG, [b"payload", b"", b"x" * size], request=True)
         acks0, t0 = delayed_acks(), time.perf_counter()
         s.sendall(packet)
         reply(s, JOB_CREATED)
@@ -96,7 +96,7 @@ def main(argv=None):
     for size in args.sizes:
         f = [statistics.median(x) for x in zip(*got[kinds[0], size])]
         g = [statistics.median(x) for x in zip(*got["gearmand", size])]
-        print(f"| {size:,} B | {f[0]:.4f} | {g[0]:.4f} | {g[0] / f[0]:.0f}x "
+        print(f"| {size:,} B | {f[0]:.4f} | {g[0]:.4f} | {g[0] / f[0]:.1f}x "
               f"| {size / f[0] / 1e6:,.1f} | {size / g[0] / 1e6:,.1f} "
               f"| {f[1]:.0f} / {g[1]:.0f} |")
     return 0
