@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_threads import start, stop_all
+from compare_threads import kernel_counter, start, stop_all
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fastgear.protocol import encode, parse
@@ -31,9 +31,7 @@ OPTION_REQ, OPTION_RES, SUBMIT_JOB_BG, JOB_CREATED = 26, 27, 18, 8
 
 
 def delayed_acks():
-    with open("/proc/net/netstat") as f:
-        rows = [line.split() for line in f if line.startswith("TcpExt:")]
-    return int(rows[1][rows[0].index("DelayedACKs")])
+    return kernel_counter("/proc/net/netstat", "TcpExt", "DelayedACKs")
 
 
 def reply(sock, want):

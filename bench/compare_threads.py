@@ -97,16 +97,23 @@ def stop_all(procs, timeout=15):
             proc.kill()
 
 
-def tcp_out_segments():
-    """The kernel's count of TCP segments sent, all sockets (/proc/net/snmp OutSegs): on
-    loopback each one is also received, so per job it is what every server must pay
-    the TCP stack for, whatever its code does. None where it cannot be read."""
+def kernel_counter(path, section, name):
+    """One counter of /proc/net/snmp or /proc/net/netstat (a header row of names, then a
+    row of values, both starting `section:`), for this network namespace; None where
+    it cannot be read."""
     try:
-        with open("/proc/net/snmp") as f:
-            rows = [line.split() for line in f if line.startswith("Tcp:")]
-        return int(rows[1][rows[0].index("OutSegs")])
+        with open(path) as f:
+            rows = [line.split() for line in f if line.startswith(section + ":")]
+        return int(rows[1][rows[0].index(name)])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def tcp_out_segments():
+    """The kernel's count of TCP segments sent, all sockets (OutSegs): on loopback each
+    one is also received, so per job it is what every server must pay the TCP stack
+    for, whatever its code does."""
+    return kernel_counter("/proc/net/snmp", "Tcp", "OutSegs")
 
 
 def context_switches(pid):
